@@ -1,0 +1,1 @@
+"""Keeps a PostgreSQL fleet recoverable across clouds: backups, copies, drills, evidence."""

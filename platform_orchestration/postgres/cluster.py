@@ -1,0 +1,188 @@
+"""Local PostgreSQL clusters: the demo's servers, the tests' servers, and drill targets.
+
+initdb and postgres refuse to run as root. When we are root (CI, containers) the server
+runs as the unprivileged `nobody`, which then needs to reach the data directory and the
+binaries; binaries that live somewhere `nobody` cannot enter (a virtualenv under /root)
+are mirrored once into a world-readable cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from platform_orchestration.postgres.binaries import PgInstall, server_install
+from platform_orchestration.postgres.connection import PgConnection
+
+_UNPRIVILEGED_USER = "nobody"
+
+
+class ClusterError(RuntimeError):
+    """A local cluster could not be created, started or stopped."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _unprivileged_can_execute(path: Path) -> bool:
+    probe = subprocess.run(
+        ["setpriv", f"--reuid={_UNPRIVILEGED_USER}", "--regid=nogroup", "--clear-groups",
+         "test", "-x", str(path)],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+def _install_reachable_by_unprivileged(install: PgInstall) -> PgInstall:
+    if not _running_as_root() or _unprivileged_can_execute(install.bindir / "postgres"):
+        return install
+    prefix = install.bindir.parent
+    digest = hashlib.sha256(str(prefix).encode()).hexdigest()[:12]
+    mirror = Path(tempfile.gettempdir()) / f"platform-orchestration-pg-{install.version}-{digest}"
+    if not (mirror / "bin" / "postgres").is_file():
+        staging = mirror.with_name(mirror.name + f".tmp{os.getpid()}")
+        shutil.copytree(prefix, staging, symlinks=True)
+        os.chmod(staging, 0o755)
+        try:
+            staging.rename(mirror)
+        except OSError:  # another process won the race; its copy is as good as ours
+            shutil.rmtree(staging, ignore_errors=True)
+    return PgInstall(install.major, install.version, mirror / "bin")
+
+
+@dataclass
+class LocalCluster:
+    """A PostgreSQL cluster in a local directory, listening on 127.0.0.1:port.
+
+    The data directory survives `stop()`, so the same object serves the demo's
+    long-lived servers and, through `ephemeral_cluster`, throwaway drill targets.
+    """
+
+    base_dir: Path
+    port: int
+    install: PgInstall
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.base_dir / "sock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.base_dir / "postgres.log"
+
+    def connection(self, dbname: str = "postgres") -> PgConnection:
+        return PgConnection(f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}")
+
+    def _server_command(self, *args: str) -> list[str]:
+        if not _running_as_root():
+            return list(args)
+        return ["setpriv", f"--reuid={_UNPRIVILEGED_USER}", "--regid=nogroup", "--clear-groups",
+                "--reset-env", *args]
+
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        result = subprocess.run(self._server_command(*args), capture_output=True, text=True,
+                                timeout=timeout)
+        if result.returncode != 0:
+            log_tail = ""
+            if self.log_file.exists():
+                log_tail = "\n" + "\n".join(self.log_file.read_text(errors="replace").splitlines()[-15:])
+            raise ClusterError(
+                f"{Path(args[0]).name} failed for cluster in {self.base_dir} "
+                f"(exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}{log_tail}"
+            )
+
+    def _hand_to_server_user(self, path: Path) -> None:
+        if _running_as_root():
+            user = pwd.getpwnam(_UNPRIVILEGED_USER)
+            for root, dirs, files in os.walk(path):
+                for name in [*dirs, *files]:
+                    os.lchown(os.path.join(root, name), user.pw_uid, user.pw_gid)
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+    def is_initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").is_file()
+
+    def is_running(self) -> bool:
+        return (self.data_dir / "postmaster.pid").is_file() and subprocess.run(
+            [self.install.tool("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            capture_output=True,
+        ).returncode == 0
+
+    def init(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base_dir, 0o755)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        self._hand_to_server_user(self.data_dir)
+        self._hand_to_server_user(self.socket_dir)
+        self.log_file.touch()
+        self._hand_to_server_user(self.log_file)
+        self._run(self.install.tool("initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                  "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync")
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
+                   "-c max_wal_size=2GB -c max_connections=40")
+        self._run(self.install.tool("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
+                  "-w", "-t", "60", "-o", options, "start")
+
+    def stop(self) -> None:
+        if (self.data_dir / "postmaster.pid").exists():
+            self._run(self.install.tool("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
+                      "stop")
+
+    def ensure_running(self) -> None:
+        if not self.is_initialised():
+            self.init()
+        if not self.is_running():
+            self.start()
+
+
+def local_cluster(base_dir: Path, port: int, min_major: int = 0) -> LocalCluster:
+    install = _install_reachable_by_unprivileged(server_install(min_major))
+    return LocalCluster(base_dir=base_dir, port=port, install=install)
+
+
+@contextlib.contextmanager
+def ephemeral_cluster(min_major: int = 0, parent_dir: Path | None = None) -> Iterator[LocalCluster]:
+    """A fresh, empty cluster on a free port, stopped and deleted on exit whatever happens."""
+    base_dir = Path(tempfile.mkdtemp(prefix="pg-ephemeral-", dir=parent_dir))
+    cluster = local_cluster(base_dir, free_port(), min_major)
+    started = time.monotonic()
+    try:
+        cluster.init()
+        for attempt in range(3):
+            try:
+                cluster.start()
+                break
+            except ClusterError:
+                if attempt == 2:
+                    raise
+                cluster.port = free_port()  # lost a race for the port
+        cluster.startup_seconds = time.monotonic() - started  # type: ignore[attr-defined]
+        yield cluster
+    finally:
+        with contextlib.suppress(ClusterError, subprocess.SubprocessError):
+            cluster.stop()
+        shutil.rmtree(base_dir, ignore_errors=True)
