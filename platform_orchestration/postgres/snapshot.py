@@ -1,0 +1,83 @@
+"""A consistent view of one database, shared with pg_dump through an exported snapshot.
+
+Row counts, the LSN and pg_dump's data all come from the same MVCC snapshot, so the
+counts recorded in the manifest are exactly what a correct restore must contain.
+The exporting transaction stays open until the dump is finished: an exported
+snapshot is only importable while its transaction lives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from platform_orchestration.postgres.connection import PgConnection
+
+_USER_TABLES = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+
+@dataclass(frozen=True)
+class SnapshotFacts:
+    snapshot_id: str
+    snapshot_at: datetime
+    lsn: str
+    server_version: str
+    server_version_num: int
+    system_identifier: str
+    database_bytes: int
+
+
+def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """Ordinary tables outside system schemas and not owned by extensions (pg_dump's view)."""
+    return [(r[0], r[1]) for r in conn.execute(_USER_TABLES).fetchall()]
+
+
+def count_rows(conn: psycopg.Connection) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for schema, table in user_tables(conn):
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        counts[f"{schema}.{table}"] = int(conn.execute(query).fetchone()[0])
+    return counts
+
+
+class ExportedSnapshot:
+    """Context manager: opens a REPEATABLE READ transaction and exports its snapshot."""
+
+    def __init__(self, connection: PgConnection) -> None:
+        self._connection = connection
+        self._conn: psycopg.Connection | None = None
+
+    def __enter__(self) -> ExportedSnapshot:
+        self._conn = psycopg.connect(self._connection.dsn, **self._connection.psycopg_kwargs(),
+                                     application_name="platform-orchestration-backup")
+        self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = self._conn.execute(
+            """SELECT pg_export_snapshot(), now(),
+                      CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                           ELSE pg_current_wal_lsn() END::text,
+                      current_setting('server_version'),
+                      current_setting('server_version_num')::int,
+                      (SELECT system_identifier::text FROM pg_control_system()),
+                      pg_database_size(current_database())"""
+        ).fetchone()
+        self.facts = SnapshotFacts(*row)
+        return self
+
+    def count_rows(self) -> dict[str, int]:
+        assert self._conn is not None
+        return count_rows(self._conn)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            self._conn.close()

@@ -1,0 +1,108 @@
+"""The object-store contract every backend (local, s3, azure, gcs) implements.
+
+The contract is deliberately small: streamed writes that become visible atomically on
+`commit()` (or never, on `abort()`), streamed reads, listing by prefix, deletion. Every
+higher-level guarantee (a backup without a manifest does not exist, a copy is verified
+before its manifest is written) is built on exactly these operations, so a new backend
+only has to pass the conformance tests to inherit them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+READ_CHUNK_BYTES = 1024 * 1024
+
+
+class StoreError(RuntimeError):
+    """An object-store operation failed; the message names the store and the key."""
+
+
+class ObjectNotFound(StoreError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified_at: datetime
+
+
+class ObjectWriter(Protocol):
+    def write(self, chunk: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+    def __enter__(self) -> ObjectWriter: ...
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """A named place that holds objects under `/`-separated keys."""
+
+    name: str
+
+    def describe(self) -> str:
+        """Where the store is, for messages (never credentials)."""
+        ...
+
+    def open_writer(self, key: str) -> ObjectWriter:
+        """A writer whose object appears at `key` only on commit(), all at once."""
+        ...
+
+    def read(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+        """Stream an object; raises ObjectNotFound if it does not exist."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every committed object whose key starts with `prefix`, in key order."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove an object; deleting a missing object is not an error."""
+        ...
+
+
+class WriterLifecycle:
+    """Context-manager behaviour shared by writers: abort unless committed."""
+
+    committed = False
+    aborted = False
+
+    def commit(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def abort(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):  # noqa: ANN204 - returns the concrete writer
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        if not self.committed and not self.aborted:
+            self.abort()
+
+
+def write_bytes(store: ObjectStore, key: str, data: bytes) -> None:
+    with store.open_writer(key) as writer:
+        writer.write(data)
+        writer.commit()
+
+
+def read_bytes(store: ObjectStore, key: str) -> bytes:
+    return b"".join(store.read(key))
+
+
+def check_key(key: str) -> str:
+    """Keys are relative, `/`-separated and free of `.`/`..` segments on every backend."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
