@@ -1,0 +1,645 @@
+"""Typed, frozen model of the fleet file: clusters, backup stores, databases and their policies.
+
+The models validate one fleet on their own (field types, secret hygiene, cross references), so a
+``Fleet`` built in code is as trustworthy as one loaded from YAML. The loader
+(:mod:`platform_orchestration.fleet.loader`) adds file names and line numbers to the messages.
+
+No secret is ever resolved here: a :class:`SecretRef` only says where a secret lives.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Protocol, TypeAlias, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from platform_orchestration.fleet.durations import format_duration, parse_duration
+
+__all__ = [
+    "AzureStoreSpec",
+    "Cloud",
+    "Cluster",
+    "ClusterRole",
+    "Database",
+    "DrillPolicy",
+    "Duration",
+    "Fleet",
+    "FleetValidationContext",
+    "GcsStoreSpec",
+    "Identifier",
+    "Loc",
+    "LocalStoreSpec",
+    "PASSWORD_IN_FLEET_FILE",
+    "Policy",
+    "ReferenceProblem",
+    "RetentionPolicy",
+    "S3StoreSpec",
+    "STORE_KINDS",
+    "SecretRef",
+    "Store",
+    "StoreKind",
+    "UnknownNameError",
+    "find_reference_problems",
+    "format_field_path",
+]
+
+Cloud: TypeAlias = Literal["aws", "azure", "gcp", "onprem", "local"]
+ClusterRole: TypeAlias = Literal["primary", "standby", "dr"]
+StoreKind: TypeAlias = Literal["local", "s3", "azure", "gcs"]
+STORE_KINDS: tuple[StoreKind, ...] = ("local", "s3", "azure", "gcs")
+
+Loc: TypeAlias = tuple[str | int, ...]
+"""A field path inside the fleet document, as in pydantic's ``loc``: ``("databases", 1, "policy")``."""
+
+PASSWORD_IN_FLEET_FILE = (
+    "a password must not be written in the fleet file; "
+    "use `password: {env: ...}` or a Vault reference"
+)
+
+
+@dataclass(frozen=True)
+class FleetValidationContext:
+    """Passed as pydantic ``context`` when validating a :class:`Fleet`.
+
+    ``fleet_dir`` anchors relative paths (local stores, ``file:`` secrets); without a context they
+    are resolved against the current directory. The loader sets ``check_references=False``
+    because it reports reference problems itself, with line numbers.
+    """
+
+    fleet_dir: Path
+    check_references: bool = True
+
+
+# --- scalar types -------------------------------------------------------------------------------
+
+_IDENTIFIER = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def _check_identifier(value: str) -> str:
+    if not _IDENTIFIER.fullmatch(value):
+        raise ValueError(
+            "expected a name of lowercase letters, digits, '-' and '_' starting with a letter "
+            f"or digit (at most 63 characters), got {value!r}"
+        )
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_check_identifier)]
+"""A fleet-wide name: ``[a-z0-9][a-z0-9_-]*``, at most 63 characters."""
+
+
+def _check_not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+_Text = Annotated[str, AfterValidator(_check_not_blank)]
+
+
+def _check_http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+_HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+
+
+def _strip_slashes(value: str) -> str:
+    return value.strip("/")
+
+
+_KeyPrefix = Annotated[str, AfterValidator(_strip_slashes)]
+"""An object-key prefix, stored without leading or trailing ``/``; empty means the bucket root."""
+
+
+def _bucket_name_checker(pattern: str, description: str) -> AfterValidator:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"expected {description}, got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+_S3BucketName = Annotated[
+    str,
+    _bucket_name_checker(
+        r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+        "a bucket name of 3-63 lowercase letters, digits, '.' and '-'",
+    ),
+]
+_GcsBucketName = Annotated[
+    str,
+    _bucket_name_checker(
+        r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]",
+        "a bucket name of 3-63 lowercase letters, digits, '.', '-' and '_'",
+    ),
+]
+_AzureContainerName = Annotated[
+    str,
+    _bucket_name_checker(
+        r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}",
+        "a container name of 3-63 lowercase letters, digits and single '-'",
+    ),
+]
+
+
+def _parse_duration_field(value: object) -> object:
+    if isinstance(value, timedelta):
+        if value <= timedelta(0):
+            raise ValueError(f"expected a duration greater than zero, got {value}")
+        return value
+    return parse_duration(value)  # type: ignore[arg-type]  # parse_duration rejects other types
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_parse_duration_field),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+"""A positive :class:`~datetime.timedelta` written as ``90s``, ``30m``, ``6h``, ``1d``, ``2w``, ``1h30m``."""
+
+
+def _reject_blank_path(value: object) -> object:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("expected a path, got an empty string")
+    return value
+
+
+def _resolve_against_fleet_dir(value: Path, info: ValidationInfo) -> Path:
+    context = info.context
+    base = context.fleet_dir if isinstance(context, FleetValidationContext) else Path.cwd()
+    # normpath, not resolve(): symlinks in the path are the operator's choice and stay visible.
+    return Path(os.path.normpath(base / value.expanduser()))
+
+
+_FleetRelativePath = Annotated[
+    Path, BeforeValidator(_reject_blank_path), AfterValidator(_resolve_against_fleet_dir)
+]
+"""A path; a relative one is resolved against the fleet file's directory and stored absolute."""
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+class _FrozenSpec(BaseModel):
+    # hide_input_in_errors: a rejected DSN may contain the very password we refuse to store.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+_SECRET_REF_FORMS = "{env: VAR}, {file: PATH} or {vault: PATH, key: FIELD}"
+
+
+class SecretRef(_FrozenSpec):
+    """Where a secret lives: exactly one of ``env``, ``file`` or ``vault`` (``key`` only with vault).
+
+    Never holds the secret itself; resolving it is another module's job.
+    """
+
+    env: str | None = None
+    file: _FleetRelativePath | None = None
+    vault: str | None = None
+    key: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _require_mapping(cls, data: object) -> object:
+        if isinstance(data, str):
+            raise ValueError(
+                f"secrets must not be written in the fleet file; expected a reference like {_SECRET_REF_FORMS}"
+            )
+        return data
+
+    @field_validator("env")
+    @classmethod
+    def _check_env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"expected an environment variable name, got {value!r}")
+        return value
+
+    @field_validator("vault", "key")
+    @classmethod
+    def _check_not_blank(cls, value: str | None) -> str | None:
+        return None if value is None else _check_not_blank(value)
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> SecretRef:
+        given = [name for name in ("env", "file", "vault") if getattr(self, name) is not None]
+        if len(given) != 1:
+            got = " and ".join(given) if given else "none"
+            raise ValueError(f"expected exactly one of env, file or vault, got {got}")
+        if self.key is not None and self.vault is None:
+            raise ValueError("key only applies to a vault reference")
+        return self
+
+    @property
+    def source(self) -> Literal["env", "file", "vault"]:
+        """Which kind of reference this is."""
+        if self.env is not None:
+            return "env"
+        if self.file is not None:
+            return "file"
+        return "vault"
+
+    def describe(self) -> str:
+        """A log-safe description such as ``env:ORDERS_PGPASSWORD`` or ``vault:secret/data/gcs#json``."""
+        if self.env is not None:
+            return f"env:{self.env}"
+        if self.file is not None:
+            return f"file:{self.file}"
+        return f"vault:{self.vault}" + (f"#{self.key}" if self.key is not None else "")
+
+
+class Cluster(_FrozenSpec):
+    """A PostgreSQL cluster (server) hosting one or more databases."""
+
+    name: Identifier
+    cloud: Cloud
+    region: _Text
+    role: ClusterRole = "primary"
+
+
+class _StoreSpec(_FrozenSpec):
+    """Fields every backup store has. ``cloud`` defaults to the cloud the store kind belongs to."""
+
+    # Subclasses narrow ``kind`` to a Literal and give ``cloud`` its per-kind default.
+    name: Identifier
+    kind: StoreKind
+    cloud: Cloud
+    credential_names: ClassVar[frozenset[str]] = frozenset()
+
+    @property
+    def cloud_declared(self) -> bool:
+        """Whether the fleet file set ``cloud`` explicitly rather than taking the kind's default."""
+        return "cloud" in self.model_fields_set
+
+    @classmethod
+    def _check_credential_names(
+        cls, credentials: Mapping[str, SecretRef] | None
+    ) -> Mapping[str, SecretRef] | None:
+        if credentials is None:
+            return None
+        allowed = ", ".join(sorted(cls.credential_names))
+        for name in credentials:
+            if name not in cls.credential_names:
+                raise ValueError(f"unknown credential {name!r} (allowed: {allowed})")
+        return credentials
+
+
+class LocalStoreSpec(_StoreSpec):
+    """A directory on this machine; in the demo, each one stands in for a cloud's object store."""
+
+    kind: Literal["local"] = "local"
+    cloud: Cloud = "local"
+    path: _FleetRelativePath
+
+
+class S3StoreSpec(_StoreSpec):
+    """An S3 bucket (or an S3-compatible store reached through ``endpoint_url``)."""
+
+    kind: Literal["s3"] = "s3"
+    cloud: Cloud = "aws"
+    bucket: _S3BucketName
+    prefix: _KeyPrefix = ""
+    region: _Text | None = None
+    endpoint_url: _HttpUrl | None = None
+    credentials: Mapping[str, SecretRef] | None = None
+    credential_names: ClassVar[frozenset[str]] = frozenset(
+        {"access_key_id", "secret_access_key", "session_token"}
+    )
+
+    @field_validator("credentials")
+    @classmethod
+    def _check_credentials(
+        cls, credentials: Mapping[str, SecretRef] | None
+    ) -> Mapping[str, SecretRef] | None:
+        credentials = cls._check_credential_names(credentials)
+        if credentials and ("access_key_id" in credentials) != ("secret_access_key" in credentials):
+            raise ValueError("access_key_id and secret_access_key must be given together")
+        return credentials
+
+
+class AzureStoreSpec(_StoreSpec):
+    """An Azure Blob Storage container."""
+
+    kind: Literal["azure"] = "azure"
+    cloud: Cloud = "azure"
+    account_url: _HttpUrl
+    container: _AzureContainerName
+    prefix: _KeyPrefix = ""
+    credentials: Mapping[str, SecretRef] | None = None
+    credential_names: ClassVar[frozenset[str]] = frozenset(
+        {"account_key", "sas_token", "connection_string"}
+    )
+
+    @field_validator("credentials")
+    @classmethod
+    def _check_credentials(
+        cls, credentials: Mapping[str, SecretRef] | None
+    ) -> Mapping[str, SecretRef] | None:
+        return cls._check_credential_names(credentials)
+
+
+class GcsStoreSpec(_StoreSpec):
+    """A Google Cloud Storage bucket."""
+
+    kind: Literal["gcs"] = "gcs"
+    cloud: Cloud = "gcp"
+    bucket: _GcsBucketName
+    project: _Text | None = None
+    prefix: _KeyPrefix = ""
+    endpoint_url: _HttpUrl | None = None
+    credentials: Mapping[str, SecretRef] | None = None
+    credential_names: ClassVar[frozenset[str]] = frozenset({"service_account_json"})
+
+    @field_validator("credentials")
+    @classmethod
+    def _check_credentials(
+        cls, credentials: Mapping[str, SecretRef] | None
+    ) -> Mapping[str, SecretRef] | None:
+        return cls._check_credential_names(credentials)
+
+
+Store: TypeAlias = LocalStoreSpec | S3StoreSpec | AzureStoreSpec | GcsStoreSpec
+"""Any backup store; ``isinstance(x, Store)`` works, ``store.kind`` tells which one."""
+
+
+def _check_dsn(dsn: str) -> str:
+    """Accept a libpq URI or key=value DSN that carries no password."""
+    text = dsn.strip()
+    if re.match(r"postgres(ql)?://", text):
+        parts = urlsplit(text)
+        if parts.password is not None or "password" in parse_qs(parts.query):
+            raise ValueError(PASSWORD_IN_FLEET_FILE)
+        return text
+    # The DSN itself is never echoed: a malformed one may still contain a secret.
+    shape_hint = "expected a libpq URI (postgresql://user@host:port/dbname) or a key=value DSN"
+    if "://" in text:
+        raise ValueError(shape_hint)
+    keyword_value = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']+)\s*")
+    position, keywords = 0, []
+    while position < len(text):
+        match = keyword_value.match(text, position)
+        if match is None:
+            raise ValueError(shape_hint)
+        keywords.append(match.group(1).lower())
+        position = match.end()
+    if not keywords:
+        raise ValueError(shape_hint)
+    if "password" in keywords:
+        raise ValueError(PASSWORD_IN_FLEET_FILE)
+    return text
+
+
+class Database(_FrozenSpec):
+    """A database to protect. Connects with ``dsn`` (+ optional ``password``) or ``connection``."""
+
+    name: Identifier
+    cluster: Identifier
+    # Field order matters: the validators of connection and password read the fields above them.
+    dsn: Annotated[str, AfterValidator(_check_dsn)] | None = None
+    connection: SecretRef | None = None
+    password: SecretRef | None = None
+    policy: Identifier
+
+    @field_validator("connection")
+    @classmethod
+    def _not_both_dsn_and_connection(cls, value: SecretRef | None, info: ValidationInfo) -> SecretRef | None:
+        if value is not None and info.data.get("dsn") is not None:
+            raise ValueError("give either dsn or connection, not both")
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password_needs_dsn(cls, value: SecretRef | None, info: ValidationInfo) -> SecretRef | None:
+        if value is not None and info.data.get("connection") is not None:
+            raise ValueError("password only applies to dsn; a connection reference carries its own credentials")
+        return value
+
+    @model_validator(mode="after")
+    def _dsn_or_connection(self) -> Database:
+        if self.dsn is None and self.connection is None:
+            raise ValueError("one of dsn or connection is required")
+        return self
+
+
+class DrillPolicy(_FrozenSpec):
+    """How often a restore drill runs and how long the restore may take."""
+
+    every: Duration
+    rto: Duration
+
+
+class RetentionPolicy(_FrozenSpec):
+    """How many backup generations to keep: the newest ``keep_last`` plus daily/weekly/monthly ones."""
+
+    keep_last: int = Field(ge=1)
+    daily: int = Field(default=0, ge=0)
+    weekly: int = Field(default=0, ge=0)
+    monthly: int = Field(default=0, ge=0)
+
+
+class Policy(_FrozenSpec):
+    """Recovery objectives shared by databases: RPO, where copies go, drills and retention."""
+
+    name: Identifier
+    rpo: Duration
+    stores: tuple[Identifier, ...] = Field(min_length=1)
+    drill: DrillPolicy
+    retention: RetentionPolicy
+
+
+class UnknownNameError(KeyError):
+    """A lookup by name failed; ``str()`` is the plain message (KeyError would quote it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_NamedItem = TypeVar("_NamedItem", bound=_Named)
+
+
+def _known_names(names: Sequence[str] | Mapping[str, Any]) -> str:
+    return f"known: {', '.join(sorted(names))}" if names else "none defined"
+
+
+def _lookup(items: Sequence[_NamedItem], name: str, noun: str) -> _NamedItem:
+    for item in items:
+        if item.name == name:
+            return item
+    raise UnknownNameError(f"unknown {noun} {name!r} ({_known_names([item.name for item in items])})")
+
+
+class Fleet(_FrozenSpec):
+    """The whole fleet file. Names are unique per section and every reference resolves."""
+
+    clusters: tuple[Cluster, ...]
+    stores: tuple[Annotated[Store, Field(discriminator="kind")], ...]
+    databases: tuple[Database, ...]
+    policies: tuple[Policy, ...]
+    source: Path
+    """The fleet file this was loaded from (absolute)."""
+
+    @model_validator(mode="after")
+    def _references_resolve(self, info: ValidationInfo) -> Fleet:
+        context = info.context
+        if isinstance(context, FleetValidationContext) and not context.check_references:
+            return self
+        problems = find_reference_problems(self.model_dump(exclude={"source"}))
+        if problems:
+            raise ValueError("; ".join(problem.describe() for problem in problems))
+        return self
+
+    def cluster(self, name: str) -> Cluster:
+        """The cluster called ``name``; :class:`UnknownNameError` (a KeyError) if there is none."""
+        return _lookup(self.clusters, name, "cluster")
+
+    def store(self, name: str) -> Store:
+        """The store called ``name``; :class:`UnknownNameError` (a KeyError) if there is none."""
+        return _lookup(self.stores, name, "store")
+
+    def database(self, name: str) -> Database:
+        """The database called ``name``; :class:`UnknownNameError` (a KeyError) if there is none."""
+        return _lookup(self.databases, name, "database")
+
+    def policy(self, name: str) -> Policy:
+        """The policy called ``name``; :class:`UnknownNameError` (a KeyError) if there is none."""
+        return _lookup(self.policies, name, "policy")
+
+    def policy_for(self, database_name: str) -> Policy:
+        """The policy governing ``database_name``."""
+        return self.policy(self.database(database_name).policy)
+
+    def stores_for(self, database_name: str) -> tuple[Store, ...]:
+        """The stores ``database_name`` is copied to, in the order its policy lists them."""
+        return tuple(self.store(name) for name in self.policy_for(database_name).stores)
+
+    def cluster_for(self, database_name: str) -> Cluster:
+        """The cluster hosting ``database_name``."""
+        return self.cluster(self.database(database_name).cluster)
+
+
+# --- cross references ---------------------------------------------------------------------------
+
+
+def format_field_path(loc: Loc) -> str:
+    """``("databases", 1, "policy")`` -> ``databases[1].policy``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+@dataclass(frozen=True)
+class ReferenceProblem:
+    """A duplicate name or a dangling reference at ``loc``; ``earlier`` points at the first occurrence."""
+
+    loc: Loc
+    message: str
+    earlier: Loc | None = None
+    earlier_label: str = "first defined"
+
+    def describe(self) -> str:
+        """The problem with field paths only (the loader substitutes line numbers)."""
+        suffix = f" ({self.earlier_label} at {format_field_path(self.earlier)})" if self.earlier else ""
+        return f"{format_field_path(self.loc)}: {self.message}{suffix}"
+
+
+_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("clusters", "cluster"),
+    ("stores", "store"),
+    ("databases", "database"),
+    ("policies", "policy"),
+)
+
+
+def _section_items(document: Mapping[str, Any], section: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    items = document.get(section)
+    if isinstance(items, (list, tuple)):
+        for index, item in enumerate(items):
+            if isinstance(item, Mapping):
+                yield index, item
+
+
+def find_reference_problems(document: Mapping[str, Any]) -> list[ReferenceProblem]:
+    """Duplicate names and references to undefined clusters, policies and stores.
+
+    Works on plain data (the parsed YAML or ``Fleet.model_dump()``) and skips anything malformed,
+    so it can run alongside schema validation and report every problem in one go.
+    """
+    problems: list[ReferenceProblem] = []
+    defined: dict[str, dict[str, Loc]] = {}
+    for section, noun in _SECTIONS:
+        first_definition: dict[str, Loc] = {}
+        for index, item in _section_items(document, section):
+            name = item.get("name")
+            if not isinstance(name, str):
+                continue
+            loc: Loc = (section, index, "name")
+            if name in first_definition:
+                problems.append(
+                    ReferenceProblem(loc, f"duplicate {noun} name {name!r}", first_definition[name])
+                )
+            else:
+                first_definition[name] = loc
+        defined[section] = first_definition
+
+    for index, database in _section_items(document, "databases"):
+        for field, section, noun in (("cluster", "clusters", "cluster"), ("policy", "policies", "policy")):
+            reference = database.get(field)
+            if isinstance(reference, str) and reference not in defined[section]:
+                problems.append(
+                    ReferenceProblem(
+                        ("databases", index, field),
+                        f"unknown {noun} {reference!r} ({_known_names(defined[section])})",
+                    )
+                )
+
+    for index, policy in _section_items(document, "policies"):
+        store_names = policy.get("stores")
+        if not isinstance(store_names, (list, tuple)):
+            continue
+        first_listing: dict[str, Loc] = {}
+        for position, store_name in enumerate(store_names):
+            if not isinstance(store_name, str):
+                continue
+            loc = ("policies", index, "stores", position)
+            if store_name not in defined["stores"]:
+                problems.append(
+                    ReferenceProblem(loc, f"unknown store {store_name!r} ({_known_names(defined['stores'])})")
+                )
+            elif store_name in first_listing:
+                problems.append(
+                    ReferenceProblem(
+                        loc, f"store {store_name!r} listed twice", first_listing[store_name], "first listed"
+                    )
+                )
+            else:
+                first_listing[store_name] = loc
+    return problems
