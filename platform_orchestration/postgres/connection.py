@@ -22,6 +22,14 @@ class PgConnection:
     def dbname(self) -> str:
         return str(conninfo_to_dict(self.dsn).get("dbname", ""))
 
+    @classmethod
+    def from_dsn(cls, dsn: str, password: str | None = None) -> PgConnection:
+        """Split any password out of `dsn` (e.g. a DSN read from a secret) so it never
+        reaches a command line."""
+        parts = conninfo_to_dict(dsn)
+        embedded = parts.pop("password", None)
+        return cls(make_conninfo(**parts), password if password is not None else embedded)
+
     def for_database(self, dbname: str) -> PgConnection:
         """The same server and credentials, another database (maintenance work)."""
         return PgConnection(make_conninfo(self.dsn, dbname=dbname), self.password)

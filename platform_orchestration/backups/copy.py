@@ -1,0 +1,86 @@
+"""Copying a verified backup into another store, and repairing missing copies.
+
+The copy streams from source to target (no local file), is checked against the
+manifest's SHA-256 while it streams and read back once written; only then does the
+target get its manifest. A target that already holds the backup is left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from platform_orchestration.backups.catalog import StoredBackup, find_backup, list_backups
+from platform_orchestration.backups.integrity import (
+    BackupCorrupt,
+    checked_stored_chunks,
+    stored_checksum_matches,
+)
+from platform_orchestration.backups.progress import ProgressListener, no_progress
+from platform_orchestration.storage import ObjectNotFound, ObjectStore, StoreError, write_bytes
+
+
+class CopyFailed(RuntimeError):
+    pass
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def copy_backup(source: StoredBackup, target: ObjectStore, *,
+                progress: ProgressListener = no_progress,
+                clock: Callable[[], datetime] = _utcnow) -> StoredBackup:
+    manifest = source.manifest
+    what = f"copy of backup {manifest.backup_id} of {manifest.database} from {source.store.name} to {target.name}"
+    try:
+        with target.open_writer(manifest.dump_key) as writer:
+            for chunk in checked_stored_chunks(source.store, manifest, progress, "copy"):
+                writer.write(chunk)
+            writer.commit()
+        stored_checksum_matches(target, manifest)
+        write_bytes(target, manifest.manifest_key,
+                    manifest.in_store(target.name, clock(), copied_from=source.store.name).to_json())
+    except (BackupCorrupt, StoreError, ObjectNotFound) as exc:
+        raise CopyFailed(f"{what} failed: {exc}") from exc
+    return StoredBackup(target, manifest.in_store(target.name, clock(), copied_from=source.store.name))
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    backup_id: str
+    already_present: tuple[str, ...]
+    copied: tuple[str, ...]
+    failed: dict[str, str]
+
+
+def ensure_copies(database: str, stores: Sequence[ObjectStore], *,
+                  progress: ProgressListener = no_progress) -> CopyReport:
+    """Make sure the latest backup of `database` has a verified copy in every store,
+    copying it from a store that holds it where it is missing."""
+    latest = find_backup(stores, database)
+    present: list[str] = []
+    missing: list[ObjectStore] = []
+    sources: list[StoredBackup] = []
+    for store in stores:
+        held = [b for b in list_backups(store, database) if b.backup_id == latest.backup_id]
+        if held:
+            present.append(store.name)
+            sources.append(held[0])
+        else:
+            missing.append(store)
+    copied: list[str] = []
+    failed: dict[str, str] = {}
+    for target in missing:
+        errors = []
+        for source in sources:  # a corrupt source copy is skipped for the next one
+            try:
+                copy_backup(source, target, progress=progress)
+                copied.append(target.name)
+                break
+            except CopyFailed as exc:
+                errors.append(str(exc))
+        else:
+            failed[target.name] = "; ".join(errors) or "no source copy"
+    return CopyReport(latest.backup_id, tuple(present), tuple(copied), failed)

@@ -1,0 +1,234 @@
+"""platform-dr: the break-glass CLI. Works from the fleet file and the stores alone.
+
+In a disaster Dagster may be down too, so this needs no Dagster instance, no
+scheduler and no database of its own: it reads the fleet file, talks to PostgreSQL
+and to the stores, and shares every line of backup/restore logic with the Dagster layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from platform_orchestration.backups.catalog import BackupNotFound
+from platform_orchestration.backups.copy import CopyFailed
+from platform_orchestration.backups.integrity import BackupCorrupt
+from platform_orchestration.backups.restore import RestoreFailed, RestoreRefused
+from platform_orchestration.backups.take import BackupFailed
+from platform_orchestration.fleet import FleetError, fleet_path_from_env, load_fleet
+from platform_orchestration.postgres.binaries import PostgresToolsMissing
+from platform_orchestration.postgres.cluster import ClusterError
+from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.protection import FleetProtection
+from platform_orchestration.secrets import SecretUnavailable
+from platform_orchestration.storage import StoreError
+
+# Errors that are the operator's to act on: printed as one line, no traceback.
+_OPERATOR_ERRORS = (BackupCorrupt, BackupFailed, BackupNotFound, ClusterError, CopyFailed, KeyError,
+                    PostgresToolsMissing, RestoreFailed, RestoreRefused, SecretUnavailable, StoreError)
+
+
+def human_bytes(count: float) -> str:
+    """
+    >>> human_bytes(1536)
+    '1.5 KiB'
+    >>> human_bytes(3 * 1024**3)
+    '3.0 GiB'
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+class TerminalProgress:
+    """Redraws one status line (stage, bytes, rate) on a terminal at most 5 times a second;
+    silent when the output is not a terminal, so logs and pipes stay clean."""
+
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self._out = out
+        self._enabled = out.isatty()
+        self._stage = ""
+        self._stage_started = time.monotonic()
+        self._last_draw = 0.0
+
+    def __call__(self, stage: str, done_bytes: int) -> None:
+        if not self._enabled:
+            return
+        now = time.monotonic()
+        if stage != self._stage:
+            self._stage, self._stage_started = stage, now
+        elif now - self._last_draw < 0.2:
+            return
+        self._last_draw = now
+        elapsed = max(now - self._stage_started, 1e-6)
+        self._out.write(f"\r\x1b[K{stage:<8} {human_bytes(done_bytes):>10}  "
+                        f"{human_bytes(done_bytes / elapsed)}/s  {elapsed:5.1f}s")
+        self._out.flush()
+
+    def finish(self) -> None:
+        if self._enabled and self._stage:
+            self._out.write("\r\x1b[K")
+            self._out.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="platform-dr",
+        description="Break-glass backups and restores of the PostgreSQL fleet, without Dagster.",
+    )
+    parser.add_argument("--fleet", help="fleet file (default: $PLATFORM_FLEET or deploy/fleet/demo.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("validate", help="check the fleet file")
+
+    backup = commands.add_parser("backup", help="take a backup now into every required store")
+    backup.add_argument("database")
+
+    listing = commands.add_parser("list", help="backups across all stores, one row per copy")
+    listing.add_argument("database", nargs="?")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    verify = commands.add_parser("verify", help="re-read a stored backup and check it end to end")
+    verify.add_argument("database")
+    verify.add_argument("--backup", help="backup id (default: the latest)")
+    verify.add_argument("--store", help="store to read from (default: the first holding it)")
+
+    restore = commands.add_parser("restore", help="restore a backup into a PostgreSQL database")
+    restore.add_argument("database")
+    restore.add_argument("--backup", help="backup id (default: the latest)")
+    restore.add_argument("--store", help="store to read from (default: the first holding it)")
+    restore.add_argument("--target-dsn", required=True,
+                         help="libpq DSN of the database to restore into (password via PGPASSWORD)")
+    restore.add_argument("--replace", action="store_true",
+                         help="drop and recreate the target database if it is not empty")
+    restore.add_argument("--jobs", type=int, default=2, help="parallel pg_restore jobs (default 2)")
+
+    copies = commands.add_parser("copies", help="copy the latest backup into stores missing it")
+    copies.add_argument("database")
+
+    drill = commands.add_parser("drill", help="restore the latest backup into a throwaway cluster")
+    drill.add_argument("database")
+    drill.add_argument("--store", help="store to drill (default: rotate across the policy's stores)")
+
+    commands.add_parser("status", help="compliance of every database (RPO, copies, drills)")
+    return parser
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    fleet_path = args.fleet or os.environ.get("PLATFORM_FLEET") or str(fleet_path_from_env())
+    fleet = load_fleet(fleet_path)
+    protection = FleetProtection(fleet)
+    progress = TerminalProgress()
+
+    if args.command == "validate":
+        print(f"{fleet_path}: ok ({len(fleet.clusters)} clusters, {len(fleet.stores)} stores, "
+              f"{len(fleet.databases)} databases, {len(fleet.policies)} policies)", file=out)
+        return 0
+
+    if args.command == "backup":
+        outcome = protection.backup(args.database, progress)
+        progress.finish()
+        manifest = outcome.manifest
+        rate = manifest.dump.raw_bytes / max(outcome.seconds, 1e-6)
+        print(manifest.backup_id, file=out)
+        print(f"{args.database}: {human_bytes(manifest.dump.raw_bytes)} dumped, "
+              f"{human_bytes(manifest.dump.stored_bytes)} stored, {human_bytes(rate)}/s, "
+              f"in {', '.join(outcome.stored_in)}", file=sys.stderr)
+        for store, reason in outcome.failed_stores.items():
+            print(f"warning: no copy in {store}: {reason}", file=sys.stderr)
+        return 0 if not outcome.failed_stores else 3
+
+    if args.command == "list":
+        rows = [
+            {"id": b.backup_id, "database": b.manifest.database, "store": b.store.name,
+             "created_at": b.manifest.snapshot_at.isoformat(), "size": b.manifest.dump.stored_bytes,
+             "raw_size": b.manifest.dump.raw_bytes, "lsn": b.manifest.lsn,
+             "server": b.manifest.server.version}
+            for b in protection.list_backups(args.database)
+        ]
+        rows.sort(key=lambda r: (r["database"], r["id"], r["store"]))
+        if args.json:
+            json.dump(rows, out, indent=2)
+            out.write("\n")
+        else:
+            print(f"{'ID':<28} {'DATABASE':<16} {'STORE':<16} {'CREATED_AT':<26} {'SIZE':>10}", file=out)
+            for r in rows:
+                print(f"{r['id']:<28} {r['database']:<16} {r['store']:<16} "
+                      f"{r['created_at'][:26]:<26} {human_bytes(r['size']):>10}", file=out)
+        return 0
+
+    if args.command == "verify":
+        stored = protection.verify(args.database, args.backup, args.store, progress)
+        progress.finish()
+        print(f"ok: backup {stored.backup_id} of {args.database} in store {stored.store.name}: "
+              f"{human_bytes(stored.manifest.dump.stored_bytes)}, sha256 {stored.manifest.dump.sha256[:16]}..., "
+              "archive intact", file=out)
+        return 0
+
+    if args.command == "restore":
+        target = PgConnection.from_dsn(args.target_dsn, os.environ.get("PGPASSWORD"))
+        result = protection.restore(args.database, target, backup_id=args.backup, store_name=args.store,
+                                    replace=args.replace, jobs=args.jobs, progress=progress)
+        progress.finish()
+        print(f"restored backup {result.backup_id} of {result.database} from {result.store} into "
+              f"{result.target} in {result.recovery_seconds:.1f}s; verified {result.tables_verified} "
+              f"tables, {result.rows_verified} rows", file=out)
+        return 0
+
+    if args.command == "copies":
+        report = protection.ensure_copies(args.database, progress)
+        progress.finish()
+        print(f"backup {report.backup_id}: present in {', '.join(report.already_present) or '-'}; "
+              f"copied to {', '.join(report.copied) or '-'}", file=out)
+        for store, reason in report.failed.items():
+            print(f"error: {store}: {reason}", file=sys.stderr)
+        return 1 if report.failed else 0
+
+    if args.command == "drill":
+        record = protection.drill(args.database, args.store, progress)
+        progress.finish()
+        verdict = "passed" if record.passed else f"FAILED: {record.failure}"
+        rto = f"RTO {record.rto_seconds:.1f}s" if record.rto_seconds is not None else "RTO -"
+        rpo = f"RPO {record.rpo_seconds:.0f}s" if record.rpo_seconds is not None else "RPO -"
+        print(f"drill {record.drill_id} of {args.database} from {record.source_store}, backup "
+              f"{record.backup_id}: {rto}, {rpo}: {verdict}", file=out)
+        return 0 if record.passed else 1
+
+    if args.command == "status":
+        failing = 0
+        for assessment in protection.assess_fleet():
+            failing += not assessment.passed
+            print(f"{assessment.database} ({assessment.policy}): "
+                  f"{'compliant' if assessment.passed else 'NOT COMPLIANT'}", file=out)
+            for finding in assessment.findings:
+                print(f"  [{'ok' if finding.passed else 'FAIL'}] {finding.check}: {finding.detail}", file=out)
+        return 1 if failing else 0
+
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args, out)
+    except FleetError as exc:
+        print(f"platform-dr: invalid fleet file:\n{exc}", file=sys.stderr)
+        return 2
+    except _OPERATOR_ERRORS as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"platform-dr: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nplatform-dr: interrupted; nothing partial was left visible", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The protection flow for one fleet: the single API that the CLI and Dagster both call.
+
+It turns fleet entries into open stores and database connections (secrets resolved
+through the configured provider) and hands them to the backup, copy, drill, restore
+and compliance functions, which know nothing of fleets, Dagster or secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from platform_orchestration.backups.catalog import StoredBackup, find_backup, list_backups
+from platform_orchestration.backups.compliance import DatabaseCompliance, assess_database
+from platform_orchestration.backups.copy import CopyReport, ensure_copies
+from platform_orchestration.backups.drill import run_restore_drill
+from platform_orchestration.backups.integrity import verify_stored_backup
+from platform_orchestration.backups.manifest import DrillRecord, new_backup_id
+from platform_orchestration.backups.progress import ProgressListener, no_progress
+from platform_orchestration.backups.restore import RestoreResult, restore_backup
+from platform_orchestration.backups.take import BackupOutcome, CompressionSettings, take_backup
+from platform_orchestration.fleet import Fleet
+from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.secrets import LocalSecretProvider, SecretProvider
+from platform_orchestration.storage import ObjectStore, StoreError, open_store, write_bytes
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class FleetProtection:
+    fleet: Fleet
+    secrets: SecretProvider = field(default_factory=LocalSecretProvider)
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
+    workdir: Path | None = None
+    clock: Callable[[], datetime] = _utcnow
+
+    def store(self, name: str) -> ObjectStore:
+        return open_store(self.fleet.store(name))
+
+    def stores_for(self, database: str) -> list[ObjectStore]:
+        """The stores the database's policy requires, in policy order."""
+        return [open_store(spec) for spec in self.fleet.stores_for(database)]
+
+    def all_stores(self) -> list[ObjectStore]:
+        return [open_store(spec) for spec in self.fleet.stores]
+
+    def connection_for(self, database: str) -> PgConnection:
+        spec = self.fleet.database(database)
+        password = self.secrets.resolve(spec.password) if spec.password else None
+        if spec.connection is not None:
+            return PgConnection.from_dsn(self.secrets.resolve(spec.connection), password)
+        return PgConnection.from_dsn(spec.dsn, password)
+
+    def backup(self, database: str, progress: ProgressListener = no_progress) -> BackupOutcome:
+        spec = self.fleet.database(database)
+        return take_backup(
+            database=database, cluster=spec.cluster, policy=spec.policy,
+            connection=self.connection_for(database), stores=self.stores_for(database),
+            compression=self.compression, progress=progress, clock=self.clock,
+        )
+
+    def ensure_copies(self, database: str, progress: ProgressListener = no_progress) -> CopyReport:
+        return ensure_copies(database, self.stores_for(database), progress=progress)
+
+    def drill(self, database: str, store_name: str | None = None,
+              progress: ProgressListener = no_progress) -> DrillRecord:
+        policy = self.fleet.policy_for(database)
+        return run_restore_drill(
+            database=database, stores=self.stores_for(database), store_name=store_name,
+            rto_target=policy.drill.rto, rpo_target=policy.rpo, progress=progress,
+            clock=self.clock, workdir=self.workdir,
+        )
+
+    def _search_order(self, database: str) -> list[ObjectStore]:
+        """Policy stores first, then any other store (a backup may outlive a policy change)."""
+        required = self.stores_for(database)
+        names = {s.name for s in required}
+        return required + [s for s in self.all_stores() if s.name not in names]
+
+    def find_backup(self, database: str, backup_id: str | None = None,
+                    store_name: str | None = None) -> StoredBackup:
+        self.fleet.database(database)  # unknown names fail with the fleet's message
+        return find_backup(self._search_order(database), database, backup_id, store_name)
+
+    def list_backups(self, database: str | None = None) -> list[StoredBackup]:
+        if database is not None:
+            self.fleet.database(database)
+        stores = self._search_order(database) if database else self.all_stores()
+        return [b for store in stores for b in list_backups(store, database)]
+
+    def verify(self, database: str, backup_id: str | None = None, store_name: str | None = None,
+               progress: ProgressListener = no_progress) -> StoredBackup:
+        stored = self.find_backup(database, backup_id, store_name)
+        verify_stored_backup(stored.store, stored.manifest, progress)
+        return stored
+
+    def restore(self, database: str, target: PgConnection, *, backup_id: str | None = None,
+                store_name: str | None = None, replace: bool = False, jobs: int = 2,
+                progress: ProgressListener = no_progress) -> RestoreResult:
+        stored = self.find_backup(database, backup_id, store_name)
+        return restore_backup(stored, target, replace=replace, jobs=jobs, progress=progress,
+                              workdir=self.workdir)
+
+    def assess(self, database: str, now: datetime | None = None) -> DatabaseCompliance:
+        policy = self.fleet.policy_for(database)
+        return assess_database(
+            database=database, policy=policy.name, stores=self.stores_for(database), rpo=policy.rpo,
+            drill_every=policy.drill.every, rto=policy.drill.rto, now=now or self.clock(),
+        )
+
+    def assess_fleet(self, now: datetime | None = None) -> list[DatabaseCompliance]:
+        now = now or self.clock()
+        return [self.assess(db.name, now) for db in self.fleet.databases]
+
+    def record_compliance(self, report: bytes, now: datetime | None = None) -> tuple[str, list[str]]:
+        """Write a compliance report into every store of the fleet; returns (key, stores)."""
+        key = f"evidence/compliance/{new_backup_id(now or self.clock())}.json"
+        written = []
+        for store in self.all_stores():
+            try:
+                write_bytes(store, key, report)
+                written.append(store.name)
+            except StoreError:
+                continue
+        return key, written
