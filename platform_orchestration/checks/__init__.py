@@ -1,0 +1,46 @@
+"""Asset checks: the policy's promises, evaluated per database from the stores.
+
+They run after the assets they guard and can also be run alone from the UI; each
+reports what it saw (ids, ages, stores) so a failure explains itself.
+"""
+
+import dagster as dg
+
+from platform_orchestration.backups.compliance import (
+    BACKUP_WITHIN_RPO,
+    COPIES_IN_REQUIRED_STORES,
+    DRILL_PASSED_WITHIN_CADENCE,
+)
+from platform_orchestration.resources import FleetResource
+
+
+def _finding_check(check_name: str, asset: dg.AssetsDefinition, description: str,
+                   partitions: dg.StaticPartitionsDefinition) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset, name=check_name, description=description, partitions_def=partitions)
+    def _check(context: dg.AssetCheckExecutionContext, fleet: FleetResource) -> dg.AssetCheckResult:
+        assessment = fleet.protection().assess(context.partition_key)
+        finding = assessment.finding(check_name)
+        return dg.AssetCheckResult(
+            passed=finding.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=finding.detail,
+            metadata={"database": assessment.database, "policy": assessment.policy,
+                      "latest_backup_id": assessment.latest_backup_id or "none",
+                      "latest_drill_id": assessment.latest_drill_id or "none"},
+        )
+
+    return _check
+
+
+def build_checks(assets_by_name: dict[str, dg.AssetsDefinition],
+                 partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+    return [
+        _finding_check(BACKUP_WITHIN_RPO, assets_by_name["backups"],
+                       "The newest backup is younger than the policy's RPO.", partitions),
+        _finding_check(COPIES_IN_REQUIRED_STORES, assets_by_name["backup_copies"],
+                       "The newest backup has a verified copy in every store the policy requires.",
+                       partitions),
+        _finding_check(DRILL_PASSED_WITHIN_CADENCE, assets_by_name["restore_drills"],
+                       "The last restore drill passed, under the RTO target, within the drill cadence.",
+                       partitions),
+    ]

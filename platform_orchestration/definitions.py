@@ -1,0 +1,79 @@
+"""The one place this code location's Definitions are assembled.
+
+The fleet file (PLATFORM_FLEET, default deploy/fleet/demo.yaml) decides the database
+partitions; jobs/*.yaml and schedules/*.yaml decide jobs and schedules. The executor is
+in-process/multiprocess locally and Kubernetes (one pod per step) when
+PLATFORM_EXECUTOR=k8s.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from platform_orchestration.assets import build_assets, database_partitions
+from platform_orchestration.checks import build_checks
+from platform_orchestration.fleet import fleet_path_from_env, load_fleet
+from platform_orchestration.ops import build_disaster_restore_job
+from platform_orchestration.resources import AlertsResource, FleetResource
+from platform_orchestration.sensors import report_failed_runs
+from platform_orchestration.specs import (
+    AssetJobSpec,
+    build_jobs, build_schedules,
+    load_job_specs,
+    load_schedule_specs,
+)
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _spec_dir(env_name: str, default: str) -> Path:
+    return Path(os.environ.get(env_name) or REPOSITORY_ROOT / default)
+
+
+def select_executor(name: str) -> dg.ExecutorDefinition:
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "multiprocess":
+        return dg.multiprocess_executor
+    raise ValueError(f"PLATFORM_EXECUTOR: expected one of in_process, multiprocess, k8s, got {name!r}")
+
+
+def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
+    fleet_file = fleet_file or fleet_path_from_env()
+    fleet = load_fleet(fleet_file)
+    partitions = database_partitions([db.name for db in fleet.databases])
+    assets = build_assets(partitions)
+    assets_by_name = {a.key.to_user_string(): a for a in assets}
+    checks = build_checks(assets_by_name, partitions)
+    job_specs = load_job_specs(_spec_dir("PLATFORM_JOBS_DIR", "jobs"))
+    jobs = build_jobs(job_specs, set(assets_by_name), build_disaster_restore_job)
+    partitioned = {
+        spec.name for spec in job_specs
+        if isinstance(spec, AssetJobSpec)
+        and any(assets_by_name[name].partitions_def is not None for name in spec.assets)
+    }
+    schedules = build_schedules(load_schedule_specs(_spec_dir("PLATFORM_SCHEDULES_DIR", "schedules")),
+                                jobs, fleet, partitioned)
+    alerts_file = os.environ.get("PLATFORM_ALERTS_FILE") or str(REPOSITORY_ROOT / "var" / "alerts.jsonl")
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=jobs,
+        schedules=schedules,
+        sensors=[report_failed_runs],
+        resources={
+            "fleet": FleetResource(fleet_file=str(Path(fleet_file).resolve())),
+            "alerts": AlertsResource(alerts_file=alerts_file),
+        },
+        executor=select_executor(os.environ.get("PLATFORM_EXECUTOR", "multiprocess")),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,72 @@
+"""Op jobs: operator actions that are not assets (a disaster-recovery restore)."""
+
+import os
+
+import dagster as dg
+from pydantic import Field
+from psycopg.conninfo import conninfo_to_dict
+
+from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.resources import FleetResource
+
+
+class DisasterRestoreConfig(dg.Config):
+    """Launchpad form of a disaster-recovery restore."""
+
+    database: str = Field(description="database of the fleet whose backup to restore")
+    backup_id: str = "latest"
+    source_store: str = ""
+    target_dsn: str = ""
+    target_password_env: str = ""
+    replace: bool = False
+    jobs: int = 2
+
+
+def _target_connection(config: DisasterRestoreConfig) -> PgConnection:
+    if not config.target_dsn:
+        raise dg.Failure(description="target_dsn is required: the libpq DSN of the database to restore into")
+    try:
+        parts = conninfo_to_dict(config.target_dsn)
+    except Exception as exc:  # psycopg.ProgrammingError, with the DSN's syntax problem
+        raise dg.Failure(description=f"target_dsn is not a valid libpq DSN: {exc}") from None
+    if "password" in parts:
+        # Run config is stored in Dagster's run history and shown in the UI.
+        raise dg.Failure(description="target_dsn must not contain a password (run config is stored "
+                                     "and displayed); name an environment variable in target_password_env")
+    password = None
+    if config.target_password_env:
+        password = os.environ.get(config.target_password_env)
+        if password is None:
+            raise dg.Failure(description=f"target_password_env: environment variable "
+                                         f"{config.target_password_env} is not set on the run worker")
+    return PgConnection(config.target_dsn, password)
+
+
+@dg.op(description="Restore a backup (latest by default) from a store into a target database, "
+                   "refusing a non-empty target unless replace is set; verifies row counts.",
+       tags={"kind": "postgres"})
+def restore_from_backup(context: dg.OpExecutionContext, config: DisasterRestoreConfig,
+                     fleet: FleetResource) -> dg.Output[dict]:
+    target = _target_connection(config)
+    protection = fleet.protection()
+    backup_id = None if config.backup_id in ("", "latest") else config.backup_id
+    try:
+        result = protection.restore(config.database, target, backup_id=backup_id,
+                                    store_name=config.source_store or None, replace=config.replace,
+                                    jobs=config.jobs)
+    except Exception as exc:
+        raise dg.Failure(description=f"disaster restore of {config.database} failed: {exc}") from exc
+    context.log.info(f"restored backup {result.backup_id} of {result.database} from {result.store} into "
+                     f"{result.target} in {result.recovery_seconds:.1f}s")
+    summary = {"backup_id": result.backup_id, "store": result.store, "target": result.target,
+               "recovery_seconds": round(result.recovery_seconds, 2),
+               "tables_verified": result.tables_verified, "rows_verified": result.rows_verified}
+    return dg.Output(summary, metadata={k: str(v) if isinstance(v, str) else v for k, v in summary.items()})
+
+
+def build_disaster_restore_job(name: str, description: str) -> dg.JobDefinition:
+    @dg.job(name=name, description=description, tags={"kind": "disaster-recovery"})
+    def _job() -> None:
+        restore_from_backup()
+
+    return _job
