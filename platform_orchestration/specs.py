@@ -154,7 +154,7 @@ def _schedule(spec: ScheduleSpec, job, databases: list[str], partitioned: bool) 
     @dg.schedule(name=spec.name, cron_schedule=spec.cron, execution_timezone=spec.timezone, job=job,
                  description=spec.description or None, default_status=status)
     def _evaluate(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-        tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
+        tick = context.scheduled_execution_time.isoformat()
         if not partitioned:
             return [dg.RunRequest(run_key=f"{spec.name}:{tick}")]
         # One run per database: a slow or failing database never holds the others back.

@@ -1,0 +1,207 @@
+"""The Dagster layer over real PostgreSQL and local stores: assets, checks, jobs, sensor."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from conftest import SOURCE_DB
+from fleetfiles import write_fleet
+from pg import fingerprint
+
+from platform_orchestration.alerts import FileAlertSink
+from platform_orchestration.definitions import REPOSITORY_ROOT, build_definitions
+from platform_orchestration.resources import AlertsResource
+from platform_orchestration.sensors import report_failed_runs
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test(overrides={"telemetry": {"enabled": False}}) as test_instance:
+        yield test_instance
+
+
+def _defs(tmp_path: Path, cluster, **policy) -> dg.Definitions:
+    return build_definitions(write_fleet(tmp_path, cluster, SOURCE_DB, **policy))
+
+
+def _check_results(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def _run_checks(defs: dg.Definitions, instance, partition: str) -> dict[str, bool]:
+    """Run the asset checks for one database without backing it up again. (The cheap
+    `databases` asset rides along: a checks-only selection gives Dagster no partitions.)"""
+    checks_job = dg.define_asset_job(
+        "only_checks", selection=dg.AssetSelection.assets("databases") | dg.AssetSelection.all_asset_checks())
+    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[checks_job]))
+    result = merged.resolve_job_def("only_checks").execute_in_process(
+        partition_key=partition, instance=instance, run_config=QUIET, raise_on_error=False)
+    return _check_results(result)
+
+
+def test_demo_definitions_load_with_jobs_schedules_sensor_and_lineage():
+    defs = build_definitions(REPOSITORY_ROOT / "deploy" / "fleet" / "demo.yaml")
+    dg.Definitions.validate_loadable(defs)
+    repo = defs.get_repository_def()
+    assert {"protection_flow", "take_backups", "run_restore_drills", "refresh_compliance",
+            "disaster_restore"} <= {job.name for job in repo.get_all_jobs()}
+    assert {s.name for s in repo.schedule_defs} == {"critical_backups_hourly", "standard_backups_daily",
+                                                    "restore_drills_daily", "compliance_hourly"}
+    assert [s.name for s in repo.sensor_defs] == ["report_failed_runs"]
+    graph = repo.asset_graph
+    lineage = [("clusters", "databases"), ("databases", "backups"), ("backups", "backup_copies"),
+               ("backup_copies", "restore_drills"), ("restore_drills", "compliance_report")]
+    for upstream, downstream in lineage:
+        assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
+    partitions = graph.get(dg.AssetKey("backups")).partitions_def
+    assert partitions.get_partition_keys() == ["orders", "inventory", "customers"]
+
+
+def test_partitioned_schedule_requests_one_run_per_selected_database():
+    defs = build_definitions(REPOSITORY_ROOT / "deploy" / "fleet" / "demo.yaml")
+    repository = defs.get_repository_def()
+    schedule = repository.get_schedule_def("critical_backups_hourly")
+    assert schedule.cron_schedule == "0 * * * *"
+    tick = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
+    requests = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repository)).run_requests
+    assert sorted(r.partition_key for r in requests) == ["customers", "orders"]
+    assert len({r.run_key for r in requests}) == 2
+
+
+def test_executor_is_kubernetes_when_configured(monkeypatch):
+    monkeypatch.setenv("PLATFORM_EXECUTOR", "k8s")
+    defs = build_definitions(REPOSITORY_ROOT / "deploy" / "fleet" / "demo.yaml")
+    job = defs.resolve_job_def("take_backups")
+    assert job.executor_def.name == "k8s"
+
+
+def test_protection_flow_backs_up_copies_drills_and_passes_checks(tmp_path, source_cluster, source_db,
+                                                                  instance):
+    defs = _defs(tmp_path, source_cluster)
+    result = defs.resolve_job_def("protection_flow").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
+
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"clusters", "databases", "backups", "backup_copies", "restore_drills",
+                            "compliance_report"}
+    assert _check_results(result) == {"backup_within_rpo": True, "copies_in_required_stores": True,
+                                      "drill_passed_within_cadence": True}
+    backup_meta = result.asset_materializations_for_node("backups")[0].metadata
+    assert backup_meta["stored_in"].value == "aws, azure, gcp"
+    for store in ("aws", "azure", "gcp"):
+        assert list((tmp_path / "stores" / store / "backups" / SOURCE_DB).glob("*/manifest.json"))
+
+
+def test_copy_check_fails_when_a_required_store_lost_its_copy(tmp_path, source_cluster, source_db,
+                                                              instance):
+    defs = _defs(tmp_path, source_cluster)
+    defs.resolve_job_def("protection_flow").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
+    for manifest in (tmp_path / "stores" / "azure" / "backups" / SOURCE_DB).glob("*/manifest.json"):
+        manifest.unlink()
+
+    results = _run_checks(defs, instance, SOURCE_DB)
+
+    assert results["copies_in_required_stores"] is False
+    assert results["backup_within_rpo"] is True
+
+
+def test_rpo_check_fails_once_the_latest_backup_is_older_than_the_rpo(tmp_path, source_cluster,
+                                                                     source_db, instance):
+    defs = _defs(tmp_path, source_cluster, rpo="2s")
+    defs.resolve_job_def("take_backups").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
+    assert _run_checks(defs, instance, SOURCE_DB)["backup_within_rpo"] is True
+
+    time.sleep(2.5)
+
+    assert _run_checks(defs, instance, SOURCE_DB)["backup_within_rpo"] is False
+
+
+def _restore_config(target_dsn: str, replace: bool = False) -> dict:
+    return {**QUIET, "ops": {"restore_from_backup": {"config": {
+        "database": SOURCE_DB, "backup_id": "latest", "source_store": "gcp",
+        "target_dsn": target_dsn, "replace": replace}}}}
+
+
+def _failure_text(result) -> str:
+    return " ".join(e.step_failure_data.user_failure_data.description or ""
+                    for e in result.all_events if e.is_step_failure)
+
+
+def test_disaster_restore_job_refuses_a_non_empty_target_and_restores_into_an_empty_one(
+        tmp_path, source_cluster, source_db, target_cluster, instance):
+    defs = _defs(tmp_path, source_cluster)
+    defs.resolve_job_def("take_backups").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
+    job = defs.resolve_job_def("disaster_restore")
+
+    refused = job.execute_in_process(run_config=_restore_config(source_db.dsn), instance=instance,
+                                     raise_on_error=False)
+    assert not refused.success
+    assert "not empty" in _failure_text(refused)
+
+    target = target_cluster.connection("dr_target")
+    restored = job.execute_in_process(run_config=_restore_config(target.dsn), instance=instance)
+    assert restored.success
+    assert fingerprint(target) == fingerprint(source_db)
+
+
+def test_disaster_restore_job_rejects_a_password_in_run_config(tmp_path, source_cluster, source_db,
+                                                               instance):
+    defs = _defs(tmp_path, source_cluster)
+    secret = "hunter2-not-for-run-config"
+    result = defs.resolve_job_def("disaster_restore").execute_in_process(
+        run_config=_restore_config(f"host=127.0.0.1 dbname=x user=postgres password={secret}"),
+        instance=instance, raise_on_error=False)
+    assert not result.success
+    assert "must not contain a password" in _failure_text(result)
+    assert secret not in _failure_text(result)
+
+
+def test_failure_sensor_reports_job_step_and_error(tmp_path, source_cluster, source_db, instance):
+    defs = _defs(tmp_path, source_cluster)
+    defs.resolve_job_def("take_backups").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
+    failed = defs.resolve_job_def("disaster_restore").execute_in_process(
+        run_config=_restore_config(source_db.dsn), instance=instance, raise_on_error=False)
+    run = instance.get_run_by_id(failed.run_id)
+    failure_event = next(e for e in failed.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="report_failed_runs", dagster_instance=instance, dagster_run=run,
+        dagster_event=failure_event).for_run_failure()
+
+    alerts_file = tmp_path / "alerts.jsonl"
+    report_failed_runs(context, alerts=AlertsResource(alerts_file=str(alerts_file)))
+
+    [alert] = FileAlertSink(alerts_file).read()
+    assert alert.job == "disaster_restore" and alert.run_id == failed.run_id
+    assert alert.failed_steps[0]["step"] == "restore_from_backup"
+    assert "not empty" in alert.failed_steps[0]["error"]
+
+
+def test_failed_drill_fails_the_run_and_is_recorded(tmp_path, source_cluster, source_db, instance):
+    defs = _defs(tmp_path, source_cluster)
+    defs.resolve_job_def("take_backups").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
+    for dump in (tmp_path / "stores").glob(f"*/backups/{SOURCE_DB}/*/dump.pgdump.zst"):
+        data = bytearray(dump.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        dump.write_bytes(bytes(data))
+
+    result = defs.resolve_job_def("run_restore_drills").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET, raise_on_error=False)
+
+    assert not result.success
+    assert "checksum mismatch" in _failure_text(result)
+    assert list((tmp_path / "stores" / "aws" / "drills" / SOURCE_DB).glob("*.json"))
+    with psycopg.connect(source_db.dsn) as conn:  # the source was never touched
+        assert conn.execute("SELECT count(*) FROM public.orders").fetchone()[0] > 0
