@@ -1,0 +1,134 @@
+"""platform-dr, the break-glass CLI, run as operators run it: a process, a fleet file, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import SOURCE_DB
+from fleetfiles import write_fleet
+from pg import fingerprint, flip_byte
+
+
+def platform_dr(fleet: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "platform_orchestration.cli", "--fleet", str(fleet), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def fleet(tmp_path, source_cluster, source_db) -> Path:
+    return write_fleet(tmp_path, source_cluster, SOURCE_DB)
+
+
+def test_validate_reports_a_good_fleet(fleet):
+    result = platform_dr(fleet, "validate")
+    assert result.returncode == 0
+    assert "ok (1 clusters, 3 stores, 1 databases, 2 policies)" in result.stdout
+
+
+def test_validate_names_file_line_and_field_of_a_bad_fleet(tmp_path, fleet):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(fleet.read_text().replace("rpo: 1h", "rpo: soon"))
+    result = platform_dr(bad, "validate")
+    assert result.returncode == 2
+    assert "bad.yaml:" in result.stderr and "policies[0].rpo" in result.stderr and "soon" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_backup_prints_its_id_and_list_shows_one_row_per_store(fleet):
+    backup = platform_dr(fleet, "backup", SOURCE_DB)
+    assert backup.returncode == 0, backup.stderr
+    backup_id = backup.stdout.strip()
+
+    listing = platform_dr(fleet, "list", SOURCE_DB, "--json")
+    rows = json.loads(listing.stdout)
+    assert {(r["id"], r["store"]) for r in rows} == {(backup_id, s) for s in ("aws", "azure", "gcp")}
+    assert all(r["database"] == SOURCE_DB and r["size"] > 0 and r["created_at"] for r in rows)
+    table = platform_dr(fleet, "list").stdout
+    assert table.splitlines()[0].split()[:5] == ["ID", "DATABASE", "STORE", "CREATED_AT", "SIZE"]
+
+
+def test_verify_fails_with_the_reason_when_a_byte_is_flipped(tmp_path, fleet):
+    backup_id = platform_dr(fleet, "backup", SOURCE_DB).stdout.strip()
+    assert platform_dr(fleet, "verify", SOURCE_DB, "--store", "azure").returncode == 0
+
+    flip_byte(tmp_path / "stores" / "azure" / "backups" / SOURCE_DB / backup_id / "dump.pgdump.zst")
+
+    result = platform_dr(fleet, "verify", SOURCE_DB, "--store", "azure")
+    assert result.returncode == 1
+    assert f"backup {backup_id}" in result.stderr and "store azure" in result.stderr
+    assert "checksum mismatch" in result.stderr
+    assert platform_dr(fleet, "verify", SOURCE_DB, "--store", "gcp").returncode == 0
+
+
+def test_restore_refuses_a_non_empty_target_unless_replace(fleet, source_db, target_cluster):
+    platform_dr(fleet, "backup", SOURCE_DB)
+    target = target_cluster.connection("cli_restore")
+    with psycopg.connect(target_cluster.connection().dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE cli_restore")
+    with psycopg.connect(target.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE precious (id int); INSERT INTO precious VALUES (1)")
+
+    refused = platform_dr(fleet, "restore", SOURCE_DB, "--target-dsn", target.dsn)
+    assert refused.returncode == 1 and "not empty" in refused.stderr
+    with psycopg.connect(target.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM precious").fetchone()[0] == 1
+
+    replaced = platform_dr(fleet, "restore", SOURCE_DB, "--target-dsn", target.dsn, "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "verified" in replaced.stdout
+    assert fingerprint(target) == fingerprint(source_db)
+
+
+def test_status_drill_and_copies_work_without_dagster(tmp_path, fleet):
+    platform_dr(fleet, "backup", SOURCE_DB)
+    assert platform_dr(fleet, "status").returncode == 1  # never drilled yet
+
+    drill = platform_dr(fleet, "drill", SOURCE_DB)
+    assert drill.returncode == 0, drill.stderr
+    assert "from aws" in drill.stdout and "passed" in drill.stdout
+
+    for item in (tmp_path / "stores" / "gcp" / "backups").rglob("*"):
+        if item.is_file():
+            item.unlink()
+    copies = platform_dr(fleet, "copies", SOURCE_DB)
+    assert copies.returncode == 0 and "copied to gcp" in copies.stdout
+    status = platform_dr(fleet, "status")
+    assert status.returncode == 0 and "compliant" in status.stdout
+
+
+def test_unknown_database_is_a_one_line_error(fleet):
+    result = platform_dr(fleet, "backup", "nope")
+    assert result.returncode == 1
+    assert "unknown database 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_progress_shows_stage_bytes_and_rate_on_a_terminal_only(fleet):
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "platform_orchestration.cli", "--fleet", str(fleet), "backup", SOURCE_DB],
+        stdout=subprocess.PIPE, stderr=follower, text=True)
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process is done with it
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    process.wait(timeout=120)
+    text = screen.decode(errors="replace")
+    assert process.returncode == 0
+    assert "dump" in text and "iB/s" in text and "\r" in text
+    # stdout is a pipe, not a terminal: it carries the backup id alone, no progress noise.
+    assert "\r" not in process.stdout.read()
