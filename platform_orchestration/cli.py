@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{'ID':<28} {'DATABASE':<16} {'STORE':<16} {'CREATED_AT':<26} {'SIZE':>10}", file=out)
             for r in rows:
                 print(f"{r['id']:<28} {r['database']:<16} {r['store']:<16} "
-                      f"{r['created_at'][:26]:<26} {human_bytes(r['size']):>10}", file=out)
+                      f"{r['created_at'][:19] + 'Z':<26} {human_bytes(r['size']):>10}", file=out)
         return 0
 
     if args.command == "verify":

@@ -205,3 +205,33 @@ def test_failed_drill_fails_the_run_and_is_recorded(tmp_path, source_cluster, so
     assert list((tmp_path / "stores" / "aws" / "drills" / SOURCE_DB).glob("*.json"))
     with psycopg.connect(source_db.dsn) as conn:  # the source was never touched
         assert conn.execute("SELECT count(*) FROM public.orders").fetchone()[0] > 0
+
+
+def test_production_instance_config_keeps_runs_in_postgresql(tmp_path, target_cluster, monkeypatch):
+    """deploy/dagster.yaml, as production mounts it, against a real PostgreSQL server."""
+    import shutil
+
+    from psycopg import sql
+
+    with psycopg.connect(target_cluster.connection().dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier("dagster_storage")))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPOSITORY_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    for name, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(target_cluster.port),
+                        "DAGSTER_PG_USERNAME": "postgres", "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
+                        "DAGSTER_PG_DB": "dagster_storage"}.items():
+        monkeypatch.setenv(name, value)
+
+    with dg.DagsterInstance.from_config(str(home)) as production_instance:
+        @dg.op
+        def noop() -> None: ...
+
+        @dg.job
+        def smoke() -> None:
+            noop()
+
+        result = smoke.execute_in_process(instance=production_instance)
+        assert production_instance.get_run_by_id(result.run_id).is_success
+    with psycopg.connect(target_cluster.connection("dagster_storage").dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
