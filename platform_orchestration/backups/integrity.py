@@ -54,6 +54,7 @@ def decompressed(store: ObjectStore, manifest: BackupManifest,
             out = decompressor.decompress(chunk)
             if first and out:
                 if not out.startswith(PG_DUMP_MAGIC):
+                    _drain(chunks)
                     raise BackupCorrupt(f"{_where(store, manifest)}: not a pg_dump custom archive")
                 first = False
             if out:
@@ -61,7 +62,16 @@ def decompressed(store: ObjectStore, manifest: BackupManifest,
         if not decompressor.eof:
             raise BackupCorrupt(f"{_where(store, manifest)}: compressed stream is truncated")
     except zstandard.ZstdError as exc:
+        _drain(chunks)
         raise BackupCorrupt(f"{_where(store, manifest)}: compressed stream is damaged: {exc}") from None
+
+
+def _drain(chunks: Iterator[bytes]) -> None:
+    """Read the rest of the stored object before reporting damage found while decompressing:
+    when `chunks` is `checked_stored_chunks`, a stored object that differs from its manifest
+    (the root cause) then raises its size/checksum mismatch instead."""
+    for _ in chunks:
+        pass
 
 
 def verify_stored_backup(store: ObjectStore, manifest: BackupManifest,

@@ -1,0 +1,86 @@
+"""Fixtures: real PostgreSQL clusters (session-scoped), fresh local stores standing for clouds."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from pg import create_database, seeded_database
+
+from platform_orchestration.backups.take import BackupOutcome, take_backup
+from platform_orchestration.postgres import LocalCluster, PgConnection, ephemeral_cluster
+from platform_orchestration.storage import LocalObjectStore
+
+SOURCE_DB = "shop"
+STORE_NAMES = ("aws", "azure", "gcp")
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def source_cluster() -> Iterator[LocalCluster]:
+    with ephemeral_cluster(16) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def source_db(source_cluster: LocalCluster) -> PgConnection:
+    """The seeded database. Tests must not modify it (the ones that do use their own)."""
+    return seeded_database(source_cluster, SOURCE_DB)
+
+
+@pytest.fixture(scope="session")
+def target_cluster() -> Iterator[LocalCluster]:
+    with ephemeral_cluster(16) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def fresh_name() -> Callable[[str], str]:
+    """Unique database names, so tests sharing a session cluster never collide."""
+    def make(prefix: str = "db") -> str:
+        return f"{prefix}_{next(_names)}"
+    return make
+
+
+@pytest.fixture
+def target_db(target_cluster: LocalCluster, fresh_name: Callable[[str], str]) -> PgConnection:
+    """A database name on the target cluster that does not exist yet."""
+    return target_cluster.connection(fresh_name("restored"))
+
+
+@pytest.fixture
+def scratch_source_db(source_cluster: LocalCluster, fresh_name: Callable[[str], str]) -> PgConnection:
+    """A seeded database of its own, for tests that change the source."""
+    return seeded_database(source_cluster, fresh_name("scratch"))
+
+
+@pytest.fixture
+def empty_db(target_cluster: LocalCluster, fresh_name: Callable[[str], str]) -> PgConnection:
+    return create_database(target_cluster, fresh_name("empty"))
+
+
+def make_stores(root: Path) -> list[LocalObjectStore]:
+    return [LocalObjectStore(name, root / name) for name in STORE_NAMES]
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> list[LocalObjectStore]:
+    """Three fresh, empty stores standing for three clouds, in policy order."""
+    return make_stores(tmp_path / "stores")
+
+
+@pytest.fixture
+def backup(source_db: PgConnection) -> Callable[..., BackupOutcome]:
+    """take_backup of the seeded database with the test defaults filled in."""
+    def run(stores, connection: PgConnection = source_db, database: str = SOURCE_DB, **kwargs):
+        return take_backup(database=database, cluster="test-cluster", policy="gold",
+                           connection=connection, stores=stores, **kwargs)
+    return run
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
