@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install demo ui demo-stop test bench clean
+.PHONY: install browser demo ui demo-stop test bench clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ ui: install
 demo-stop: install
 	$(BIN)/python -m platform_orchestration.demo stop
 
-## The test suite: real PostgreSQL servers started by the tests.
-test: install
+## Debian's chromium for the UI tests (installed when missing and we may: as root).
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+## The test suite: real PostgreSQL servers, a real dagster dev and Chromium, started by the tests.
+test: install browser
 	$(BIN)/python -m pytest
 
 ## Benchmarks against pg_dump/pg_restore baselines (by hand, a few minutes).

@@ -86,7 +86,7 @@ def find_backup(stores: Iterable[ObjectStore], database: str, backup_id: str | N
             candidates += [b for b in backups if b.backup_id == backup_id]
     if not candidates:
         where = ", ".join(s.name for s in stores)
-        what = f"backup {backup_id}" if backup_id else "any backup"
+        what = f"backup {backup_id}" if backup_id else "backup"
         raise BackupNotFound(f"no {what} of database {database} in store(s) {where}")
     # Latest id wins; among equal ids the earlier store in the given order.
     best_id = max(c.backup_id for c in candidates)
