@@ -235,3 +235,25 @@ def test_production_instance_config_keeps_runs_in_postgresql(tmp_path, target_cl
         assert production_instance.get_run_by_id(result.run_id).is_success
     with psycopg.connect(target_cluster.connection("dagster_storage").dsn) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+
+
+def test_database_password_never_reaches_events_metadata_or_logs(tmp_path, source_cluster, source_db,
+                                                                 instance, monkeypatch, capfd):
+    """The tests' servers trust local connections, so the password is sent but not needed:
+    what matters here is every place it could leak to."""
+    secret = "s3cr3t-Pa55-7f1d2c"
+    monkeypatch.setenv("SHOP_PGPASSWORD", secret)
+    defs = build_definitions(write_fleet(tmp_path, source_cluster, SOURCE_DB, password_env="SHOP_PGPASSWORD"))
+
+    result = defs.resolve_job_def("protection_flow").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
+
+    assert result.success
+    recorded = [dg.serialize_value(entry) for entry in instance.all_logs(result.run_id)]
+    recorded.append(dg.serialize_value(instance.get_run_by_id(result.run_id)))
+    captured = capfd.readouterr()
+    evidence = "".join(path.read_text(errors="replace")
+                       for path in (tmp_path / "stores").rglob("*.json"))
+    for where, text in {"event log": "".join(recorded), "stdout": captured.out,
+                        "stderr": captured.err, "stored manifests and evidence": evidence}.items():
+        assert secret not in text, f"the database password leaked into the {where}"
