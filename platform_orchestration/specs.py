@@ -1,154 +1,390 @@
 """Jobs and schedules declared in YAML (`jobs/*.yaml`, `schedules/*.yaml`), turned into Dagster.
 
-Reviewed files, not ClickOps: adding a schedule or a job is a YAML change in a pull
-request. The files name assets and jobs; anything they name that does not exist is an
-error naming the file and the entry, raised when the code location loads.
+Reviewed files, not ClickOps: adding a schedule or a job is a YAML change in a pull request.
+Every problem is one line ``FILE:LINE: field.path: what was expected`` in a :class:`SpecError`,
+all problems of a step together, raised when the code location loads:
+
+* loading (:func:`load_job_specs`, :func:`load_schedule_specs`) checks each file on its own: YAML
+  syntax, unknown or missing fields, job kinds, names, cron expressions and time zones;
+* building (:func:`build_jobs`, :func:`build_schedules`) checks what the files name: assets, jobs,
+  policies and databases, and that job and schedule names are unique across files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import dagster as dg
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag
+
+from platform_orchestration.declarations import (
+    DeclarationError,
+    Finding,
+    Loc,
+    Origin,
+    describe_value,
+    known_names,
+    read_yaml_mapping,
+    render_findings,
+)
+from platform_orchestration.fleet import Fleet
+
+__all__ = [
+    "AssetJobSpec",
+    "DisasterRestoreJobSpec",
+    "JobSpec",
+    "JobsFile",
+    "PolicySelection",
+    "ScheduleSpec",
+    "SchedulesFile",
+    "SpecError",
+    "build_jobs",
+    "build_schedules",
+    "load_job_specs",
+    "load_schedule_specs",
+]
+
+DagsterJob: TypeAlias = Any
+"""A ``dg.JobDefinition`` or what ``dg.define_asset_job`` returns (Dagster exports no name for it)."""
+
+_DAGSTER_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
-class SpecError(ValueError):
-    """A job or schedule file is invalid; one line per problem, naming file and entry."""
+class SpecError(DeclarationError):
+    """A job or schedule file is invalid. ``errors`` holds one ``FILE:LINE: PATH: message`` per problem."""
 
 
-class _Spec(BaseModel):
+# --- field checks -------------------------------------------------------------------------------
+
+
+def _check_name(value: str) -> str:
+    if not _DAGSTER_NAME.fullmatch(value):
+        raise ValueError(f"expected a name of letters, digits and '_' (as Dagster requires), got {value!r}")
+    return value
+
+
+def _check_cron(value: str) -> str:
+    # Dagster's own check, so that what loads here is exactly what Dagster will schedule.
+    try:
+        dg.ScheduleDefinition(name="cron_check", cron_schedule=value, job_name="cron_check")
+    except dg.DagsterInvalidDefinitionError:
+        raise ValueError(
+            "expected a cron expression of 5 fields like '30 3 * * *' (minute 0-59, hour 0-23, "
+            f"day of month 1-31, month 1-12, day of week 0-6), got {value!r}"
+        ) from None
+    return value
+
+
+@cache
+def _time_zone_names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a tzdata directory such as 'Europe'
+        close = difflib.get_close_matches(value, _time_zone_names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"unknown time zone {value!r} (expected an IANA name like UTC or Europe/Paris{hint})"
+        ) from None
+    return value
+
+
+_Name = Annotated[str, AfterValidator(_check_name)]
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class AssetJobSpec(_Spec):
-    name: str
+class _NamedSpec(_Strict):
+    """An entry of a spec file. ``_origin`` is where it was written (``None`` when built in code)."""
+
+    _noun: ClassVar[str] = "spec"
+    _origin: Origin | None = PrivateAttr(default=None)
+
+    name: _Name
+
+    def _finding(self, loc: Loc, message: str) -> Finding:
+        if self._origin is None:
+            return Finding(f"{self._noun} {self.name!r}", None, loc, message)
+        return self._origin.finding(loc, message)
+
+    def _position(self, *, seen_from: _NamedSpec) -> str:
+        """Where this entry's name is written, as seen from ``seen_from``'s file."""
+        if self._origin is None:
+            return "earlier"
+        source = seen_from._origin.document.source if seen_from._origin is not None else None
+        return "at " + self._origin.position(("name",), seen_from=source)
+
+
+class AssetJobSpec(_NamedSpec):
+    """A job materializing ``assets`` (the default ``kind``)."""
+
+    _noun: ClassVar[str] = "job"
+
     description: str = ""
     kind: Literal["assets"] = "assets"
     assets: list[str] = Field(min_length=1)
 
 
-class DisasterRestoreJobSpec(_Spec):
-    name: str
+class DisasterRestoreJobSpec(_NamedSpec):
+    """The disaster-restore job, configured from the Launchpad."""
+
+    _noun: ClassVar[str] = "job"
+
     description: str = ""
     kind: Literal["disaster_restore"]
 
 
-class JobsFile(_Spec):
-    jobs: list[AssetJobSpec | DisasterRestoreJobSpec] = Field(min_length=1)
+def _job_kind(value: object) -> str:
+    # A missing kind means `assets`; so does a non-mapping, which the assets model then reports.
+    kind = value.get("kind", "assets") if isinstance(value, Mapping) else getattr(value, "kind", "assets")
+    return kind if isinstance(kind, str) else str(kind)
 
 
-class PolicySelection(_Spec):
+JobSpec: TypeAlias = Annotated[
+    Annotated[AssetJobSpec, Tag("assets")] | Annotated[DisasterRestoreJobSpec, Tag("disaster_restore")],
+    Discriminator(_job_kind),
+]
+
+
+class JobsFile(_Strict):
+    jobs: list[JobSpec] = Field(min_length=1)
+
+
+class PolicySelection(_Strict):
     policy: str
 
 
-class ScheduleSpec(_Spec):
-    name: str
+def _selection_kind(value: object) -> str:
+    if isinstance(value, (Mapping, PolicySelection)):
+        return "policy"
+    return "list" if isinstance(value, (list, tuple)) else "all"
+
+
+def _check_selection_shape(value: object) -> object:
+    if value == "all" or isinstance(value, (list, tuple, Mapping, PolicySelection)):
+        return value
+    raise ValueError(f"expected all, a list of database names or {{policy: NAME}}, got {describe_value(value)}")
+
+
+DatabaseSelection: TypeAlias = Annotated[
+    Annotated[Literal["all"], Tag("all")]
+    | Annotated[list[str], Tag("list"), Field(min_length=1)]
+    | Annotated[PolicySelection, Tag("policy")],
+    Discriminator(_selection_kind),
+    BeforeValidator(_check_selection_shape),
+]
+"""Which databases a partitioned job runs for: ``all``, a list of names, or ``{policy: NAME}``."""
+
+
+class ScheduleSpec(_NamedSpec):
+    """When a job runs, and for a per-database job, for which databases."""
+
+    _noun: ClassVar[str] = "schedule"
+
     job: str
-    cron: str
-    timezone: str = "UTC"
+    cron: Annotated[str, AfterValidator(_check_cron)]
+    timezone: Annotated[str, AfterValidator(_check_timezone)] = "UTC"
     description: str = ""
-    # Which databases a partitioned job runs for: every one, a list, or a policy's.
-    databases: Literal["all"] | list[str] | PolicySelection = "all"
+    databases: DatabaseSelection = "all"
     running_by_default: bool = True
 
 
-class SchedulesFile(_Spec):
+class SchedulesFile(_Strict):
     schedules: list[ScheduleSpec] = Field(min_length=1)
 
 
-def _load(path: Path, model: type[BaseModel]) -> BaseModel:
-    try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise SpecError(f"{path}{line}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"] if not str(p).endswith("Spec"))
-            lines.append(f"{path}: {where or '(document)'}: {error['msg']}")
-        raise SpecError("\n".join(lines)) from None
+# --- loading ------------------------------------------------------------------------------------
+
+_SpecT = TypeVar("_SpecT", bound=_NamedSpec)
 
 
 def load_job_specs(directory: Path) -> list[AssetJobSpec | DisasterRestoreJobSpec]:
-    specs: list[AssetJobSpec | DisasterRestoreJobSpec] = []
-    for path in sorted(directory.glob("*.yaml")):
-        specs += _load(path, JobsFile).jobs  # type: ignore[attr-defined]
-    return specs
+    """The jobs of every ``*.yaml``/``*.yml`` file in ``directory``, in file-name then entry order.
+
+    Raises :class:`SpecError` listing every problem in every file. What the jobs name (assets,
+    each other) is checked by :func:`build_jobs`.
+    """
+    return _load_entries(directory, JobsFile, "jobs")
 
 
 def load_schedule_specs(directory: Path) -> list[ScheduleSpec]:
-    specs: list[ScheduleSpec] = []
-    for path in sorted(directory.glob("*.yaml")):
-        specs += _load(path, SchedulesFile).schedules  # type: ignore[attr-defined]
-    return specs
+    """The schedules of every ``*.yaml``/``*.yml`` file in ``directory``, in file-name then entry order.
+
+    Raises :class:`SpecError` listing every problem in every file, including cron expressions and
+    time zones. What the schedules name is checked by :func:`build_schedules`.
+    """
+    return _load_entries(directory, SchedulesFile, "schedules")
 
 
-def build_jobs(specs: Sequence[AssetJobSpec | DisasterRestoreJobSpec], asset_names: set[str],
-               disaster_restore_job_factory) -> list:  # noqa: ANN001
-    problems, jobs, seen = [], [], set()
+def _load_entries(directory: Path, file_model: type[BaseModel], section: str) -> list[Any]:
+    """The entries under ``section`` of each file validated as ``file_model``, each knowing its origin."""
+    errors: list[str] = []
+    entries: list[_NamedSpec] = []
+    for path in _spec_files(directory, section):
+        try:
+            document = read_yaml_mapping(path, what=f"{section} file", expected=f"a mapping with a {section} list")
+        except DeclarationError as exc:
+            errors += exc.errors
+            continue
+        parsed = document.validate(file_model)
+        if parsed is None or document.findings:
+            errors += render_findings(document.findings)
+            continue
+        for index, entry in enumerate(getattr(parsed, section)):
+            entry._origin = Origin(document, (section, index))
+            entries.append(entry)
+    if errors:
+        raise SpecError(errors)
+    return entries
+
+
+def _spec_files(directory: Path, section: str) -> list[Path]:
+    if not directory.exists():
+        raise SpecError([f"{section} directory not found: {directory}"])
+    if not directory.is_dir():
+        raise SpecError([f"{section} directory is a file, expected a directory: {directory}"])
+    # `.yml` too: a file silently skipped for its extension would be a job or schedule silently lost.
+    return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+
+
+# --- building -----------------------------------------------------------------------------------
+
+
+def _unique(spec: _SpecT, first_by_name: dict[str, _SpecT], noun: str) -> Finding | None:
+    """A duplicate-name finding if ``spec``'s name was seen before; records it otherwise."""
+    first = first_by_name.setdefault(spec.name, spec)
+    if first is spec:
+        return None
+    where = first._position(seen_from=spec)
+    return spec._finding(("name",), f"duplicate {noun} name {spec.name!r} (first defined {where})")
+
+
+def build_jobs(
+    specs: Sequence[AssetJobSpec | DisasterRestoreJobSpec],
+    asset_names: Collection[str],
+    disaster_restore_job_factory: Callable[[str, str], dg.JobDefinition],
+) -> list[DagsterJob]:
+    """One Dagster job per spec: an asset job, or ``disaster_restore_job_factory(name, description)``.
+
+    Raises :class:`SpecError` listing every duplicate job name and every asset not in ``asset_names``.
+    """
+    findings: list[Finding] = []
+    jobs: list[DagsterJob] = []
+    first_by_name: dict[str, AssetJobSpec | DisasterRestoreJobSpec] = {}
     for spec in specs:
-        if spec.name in seen:
-            problems.append(f"jobs: duplicate job name {spec.name!r}")
-        seen.add(spec.name)
-        if isinstance(spec, AssetJobSpec):
-            unknown = [a for a in spec.assets if a not in asset_names]
-            if unknown:
-                problems.append(f"jobs: {spec.name}: unknown asset(s) {', '.join(unknown)} "
-                                f"(known: {', '.join(sorted(asset_names))})")
-                continue
-            jobs.append(dg.define_asset_job(spec.name, selection=dg.AssetSelection.assets(*spec.assets),
-                                            description=spec.description or None))
-        else:
+        problems = [] if isinstance(spec, DisasterRestoreJobSpec) else [
+            spec._finding(("assets", index), f"unknown asset {asset!r} ({known_names(asset_names)})")
+            for index, asset in enumerate(spec.assets)
+            if asset not in asset_names
+        ]
+        if (duplicate := _unique(spec, first_by_name, "job")) is not None:
+            problems.insert(0, duplicate)
+        findings += problems
+        if problems:
+            continue
+        if isinstance(spec, DisasterRestoreJobSpec):
             jobs.append(disaster_restore_job_factory(spec.name, spec.description))
-    if problems:
-        raise SpecError("\n".join(problems))
+        else:
+            jobs.append(
+                dg.define_asset_job(
+                    spec.name,
+                    selection=dg.AssetSelection.assets(*spec.assets),
+                    description=spec.description or None,
+                )
+            )
+    if findings:
+        raise SpecError(render_findings(findings))
     return jobs
 
 
-def _selected_databases(spec: ScheduleSpec, fleet) -> list[str]:  # noqa: ANN001
-    if spec.databases == "all":
-        return [db.name for db in fleet.databases]
-    if isinstance(spec.databases, PolicySelection):
-        return [db.name for db in fleet.databases if db.policy == spec.databases.policy]
-    return list(spec.databases)
+def build_schedules(
+    specs: Sequence[ScheduleSpec],
+    jobs: Sequence[DagsterJob],
+    fleet: Fleet,
+    partitioned_jobs: Collection[str],
+) -> list[dg.ScheduleDefinition]:
+    """One Dagster schedule per spec; a job in ``partitioned_jobs`` gets one run per selected database.
 
-
-def build_schedules(specs: Sequence[ScheduleSpec], jobs: Sequence, fleet,  # noqa: ANN001
-                    partitioned_jobs: set[str]) -> list[dg.ScheduleDefinition]:
-    by_name = {job.name: job for job in jobs}
-    problems, schedules = [], []
-    known_databases = {db.name for db in fleet.databases}
-    known_policies = {p.name for p in fleet.policies}
+    Raises :class:`SpecError` listing every duplicate schedule name, every unknown job, policy or
+    database, and every database selection on a job that does not run per database.
+    """
+    jobs_by_name = {job.name: job for job in jobs}
+    findings: list[Finding] = []
+    schedules: list[dg.ScheduleDefinition] = []
+    first_by_name: dict[str, ScheduleSpec] = {}
     for spec in specs:
-        if spec.job not in by_name:
-            problems.append(f"schedules: {spec.name}: unknown job {spec.job!r} (known: {', '.join(sorted(by_name))})")
-            continue
-        if isinstance(spec.databases, PolicySelection) and spec.databases.policy not in known_policies:
-            problems.append(f"schedules: {spec.name}: unknown policy {spec.databases.policy!r}")
-            continue
-        if isinstance(spec.databases, list) and (unknown := set(spec.databases) - known_databases):
-            problems.append(f"schedules: {spec.name}: unknown database(s) {', '.join(sorted(unknown))}")
+        problems = _schedule_problems(spec, jobs_by_name, fleet, partitioned_jobs)
+        if (duplicate := _unique(spec, first_by_name, "schedule")) is not None:
+            problems.insert(0, duplicate)
+        findings += problems
+        if problems:
             continue
         try:
-            schedules.append(_schedule(spec, by_name[spec.job], _selected_databases(spec, fleet),
-                                       spec.job in partitioned_jobs))
-        except dg.DagsterInvalidDefinitionError as exc:
-            # Dagster's own validation of cron strings and time zones.
-            problems.append(f"schedules: {spec.name}: {exc}")
-    if problems:
-        raise SpecError("\n".join(problems))
+            schedules.append(
+                _schedule(spec, jobs_by_name[spec.job], _selected_databases(spec, fleet), spec.job in partitioned_jobs)
+            )
+        except dg.DagsterInvalidDefinitionError as exc:  # anything Dagster refuses that the model let through
+            findings.append(spec._finding((), str(exc)))
+    if findings:
+        raise SpecError(render_findings(findings))
     return schedules
 
 
-def _schedule(spec: ScheduleSpec, job, databases: list[str], partitioned: bool) -> dg.ScheduleDefinition:  # noqa: ANN001
+def _schedule_problems(
+    spec: ScheduleSpec, jobs_by_name: Mapping[str, DagsterJob], fleet: Fleet, partitioned_jobs: Collection[str]
+) -> list[Finding]:
+    if spec.job not in jobs_by_name:
+        return [spec._finding(("job",), f"unknown job {spec.job!r} ({known_names(jobs_by_name)})")]
+    databases = spec.databases
+    if "databases" in spec.model_fields_set and spec.job not in partitioned_jobs:
+        # Otherwise the selection would be silently ignored.
+        return [
+            spec._finding(
+                ("databases",),
+                f"job {spec.job!r} runs once for the whole fleet, not per database; remove databases",
+            )
+        ]
+    if isinstance(databases, PolicySelection):
+        known_policies = [policy.name for policy in fleet.policies]
+        if databases.policy not in known_policies:
+            return [
+                spec._finding(
+                    ("databases", "policy"), f"unknown policy {databases.policy!r} ({known_names(known_policies)})"
+                )
+            ]
+    elif isinstance(databases, list):
+        known_databases = [database.name for database in fleet.databases]
+        return [
+            spec._finding(("databases", index), f"unknown database {name!r} ({known_names(known_databases)})")
+            for index, name in enumerate(databases)
+            if name not in known_databases
+        ]
+    return []
+
+
+def _selected_databases(spec: ScheduleSpec, fleet: Fleet) -> list[str]:
+    if spec.databases == "all":
+        return [database.name for database in fleet.databases]
+    if isinstance(spec.databases, PolicySelection):
+        return [database.name for database in fleet.databases if database.policy == spec.databases.policy]
+    return list(spec.databases)
+
+
+def _schedule(spec: ScheduleSpec, job: DagsterJob, databases: list[str], partitioned: bool) -> dg.ScheduleDefinition:
     status = dg.DefaultScheduleStatus.RUNNING if spec.running_by_default else dg.DefaultScheduleStatus.STOPPED
 
     @dg.schedule(name=spec.name, cron_schedule=spec.cron, execution_timezone=spec.timezone, job=job,

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from platform_orchestration.declarations import Loc, format_field_path
 from platform_orchestration.fleet.durations import format_duration, parse_duration
 
 __all__ = [
@@ -65,7 +66,6 @@ ClusterRole: TypeAlias = Literal["primary", "standby", "dr"]
 StoreKind: TypeAlias = Literal["local", "s3", "azure", "gcs"]
 STORE_KINDS: tuple[StoreKind, ...] = ("local", "s3", "azure", "gcs")
 
-Loc: TypeAlias = tuple[str | int, ...]
 """A field path inside the fleet document, as in pydantic's ``loc``: ``("databases", 1, "policy")``."""
 
 PASSWORD_IN_FLEET_FILE = (
@@ -546,14 +546,6 @@ class Fleet(_FrozenSpec):
 
 
 # --- cross references ---------------------------------------------------------------------------
-
-
-def format_field_path(loc: Loc) -> str:
-    """``("databases", 1, "policy")`` -> ``databases[1].policy``."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 @dataclass(frozen=True)
