@@ -294,8 +294,10 @@ class _StoreSpec(_FrozenSpec):
         """Whether the fleet file set ``cloud`` explicitly rather than taking the kind's default."""
         return "cloud" in self.model_fields_set
 
+    # Only cloud stores declare a `credentials` field; the local store has none to check.
+    @field_validator("credentials", check_fields=False)
     @classmethod
-    def _check_credential_names(
+    def _check_credentials(
         cls, credentials: Mapping[str, SecretRef] | None
     ) -> Mapping[str, SecretRef] | None:
         if credentials is None:
@@ -304,7 +306,12 @@ class _StoreSpec(_FrozenSpec):
         for name in credentials:
             if name not in cls.credential_names:
                 raise ValueError(f"unknown credential {name!r} (allowed: {allowed})")
+        cls._check_credential_combination(credentials)
         return credentials
+
+    @classmethod
+    def _check_credential_combination(cls, credentials: Mapping[str, SecretRef]) -> None:
+        """Kinds whose credentials only work together override this."""
 
 
 class LocalStoreSpec(_StoreSpec):
@@ -329,15 +336,10 @@ class S3StoreSpec(_StoreSpec):
         {"access_key_id", "secret_access_key", "session_token"}
     )
 
-    @field_validator("credentials")
     @classmethod
-    def _check_credentials(
-        cls, credentials: Mapping[str, SecretRef] | None
-    ) -> Mapping[str, SecretRef] | None:
-        credentials = cls._check_credential_names(credentials)
-        if credentials and ("access_key_id" in credentials) != ("secret_access_key" in credentials):
+    def _check_credential_combination(cls, credentials: Mapping[str, SecretRef]) -> None:
+        if ("access_key_id" in credentials) != ("secret_access_key" in credentials):
             raise ValueError("access_key_id and secret_access_key must be given together")
-        return credentials
 
 
 class AzureStoreSpec(_StoreSpec):
@@ -353,13 +355,6 @@ class AzureStoreSpec(_StoreSpec):
         {"account_key", "sas_token", "connection_string"}
     )
 
-    @field_validator("credentials")
-    @classmethod
-    def _check_credentials(
-        cls, credentials: Mapping[str, SecretRef] | None
-    ) -> Mapping[str, SecretRef] | None:
-        return cls._check_credential_names(credentials)
-
 
 class GcsStoreSpec(_StoreSpec):
     """A Google Cloud Storage bucket."""
@@ -372,13 +367,6 @@ class GcsStoreSpec(_StoreSpec):
     endpoint_url: _HttpUrl | None = None
     credentials: Mapping[str, SecretRef] | None = None
     credential_names: ClassVar[frozenset[str]] = frozenset({"service_account_json"})
-
-    @field_validator("credentials")
-    @classmethod
-    def _check_credentials(
-        cls, credentials: Mapping[str, SecretRef] | None
-    ) -> Mapping[str, SecretRef] | None:
-        return cls._check_credential_names(credentials)
 
 
 Store: TypeAlias = LocalStoreSpec | S3StoreSpec | AzureStoreSpec | GcsStoreSpec
