@@ -50,10 +50,12 @@ class BackupOutcome:
 
 @dataclass(frozen=True)
 class CompressionSettings:
-    level: int = 3
-    # zstd's own worker threads; 0 compresses on the calling thread. Two overlap
-    # compression with pg_dump on the 2-core machines this runs on (see benchmarks/).
-    threads: int = 2
+    # Level 1 on the calling thread (threads=0) keeps up with pg_dump with room to spare
+    # (about 390 MiB/s of dump on one core, pg_dump yields about 150) and measured at the
+    # pg_dump floor; level 3 or extra zstd threads only compete with pg_dump and the server
+    # for the same cores, for 1-2% smaller output (benchmarks/, README).
+    level: int = 1
+    threads: int = 0
 
 
 class _CountingReader:
