@@ -31,7 +31,8 @@ from platform_orchestration.backups.progress import ProgressListener, no_progres
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.snapshot import ExportedSnapshot
-from platform_orchestration.storage import ObjectStore, ObjectWriter, StoreError, write_bytes
+from platform_orchestration.storage import ObjectStore, StoreError, write_bytes
+from platform_orchestration.storage.fanout import FanOutFailed, FanOutWriter
 
 PIPE_READ_BYTES = 1024 * 1024
 
@@ -71,44 +72,6 @@ class _CountingReader:
         return data
 
 
-class _FanOut:
-    """Writes one stream to several stores; a store that fails is dropped, not fatal."""
-
-    def __init__(self, stores: Sequence[ObjectStore], key: str) -> None:
-        self.writers: dict[str, tuple[ObjectStore, ObjectWriter]] = {}
-        self.failed: dict[str, str] = {}
-        for store in stores:
-            try:
-                self.writers[store.name] = (store, store.open_writer(key))
-            except StoreError as exc:
-                self.failed[store.name] = f"open: {exc}"
-
-    def write(self, chunk: bytes) -> None:
-        for name, (_store, writer) in list(self.writers.items()):
-            try:
-                writer.write(chunk)
-            except StoreError as exc:
-                writer.abort()
-                del self.writers[name]
-                self.failed[name] = f"write: {exc}"
-        if not self.writers:
-            raise BackupFailed("every store failed: " + "; ".join(f"{k}: {v}" for k, v in self.failed.items()))
-
-    def commit(self) -> list[ObjectStore]:
-        committed: list[ObjectStore] = []
-        for name, (store, writer) in self.writers.items():
-            try:
-                writer.commit()
-                committed.append(store)
-            except StoreError as exc:
-                self.failed[name] = f"commit: {exc}"
-        return committed
-
-    def abort(self) -> None:
-        for _store, writer in self.writers.values():
-            writer.abort()
-
-
 def take_backup(
     *,
     database: str,
@@ -142,21 +105,24 @@ def take_backup(
                 except BaseException as exc:  # reported after the dump, not lost in a thread
                     count_errors.append(exc)
 
+            step = "open stores"
+            fan_out = FanOutWriter(stores, key)  # before anything starts: nothing to undo if it fails
             counter = threading.Thread(target=count_in_snapshot, name=f"count-rows-{database}")
             counter.start()
-            step = "pg_dump"
-            dump = subprocess.Popen(
-                [tools.tool("pg_dump"), "--format=custom", "--compress=0",
-                 f"--snapshot={facts.snapshot_id}", "--no-sync", f"--dbname={connection.dsn}"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=connection.tool_env(),
-            )
-            stderr_chunks: list[bytes] = []
-            stderr_reader = threading.Thread(target=lambda: stderr_chunks.append(dump.stderr.read()))
-            stderr_reader.start()
-            fan_out = _FanOut(stores, key)
             digest = hashlib.sha256()
             stored = 0
+            dump: subprocess.Popen[bytes] | None = None
+            stderr_chunks: list[bytes] = []
+            stderr_reader: threading.Thread | None = None
             try:
+                step = "pg_dump"
+                dump = subprocess.Popen(
+                    [tools.tool("pg_dump"), "--format=custom", "--compress=0",
+                     f"--snapshot={facts.snapshot_id}", "--no-sync", f"--dbname={connection.dsn}"],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=connection.tool_env(),
+                )
+                stderr_reader = threading.Thread(target=lambda: stderr_chunks.append(dump.stderr.read()))
+                stderr_reader.start()
                 source = _CountingReader(dump.stdout, lambda n: progress("dump", n))
                 compressor = zstandard.ZstdCompressor(level=compression.level, write_checksum=True,
                                                       threads=compression.threads)
@@ -182,13 +148,15 @@ def take_backup(
                 committed = fan_out.commit()
             except BaseException:
                 fan_out.abort()
-                if dump.poll() is None:
-                    dump.kill()
-                dump.wait()
+                if dump is not None:
+                    if dump.poll() is None:
+                        dump.kill()
+                    dump.wait()
                 raise
             finally:
                 counter.join()
-                stderr_reader.join()
+                if stderr_reader is not None:
+                    stderr_reader.join()
     except BackupFailed:
         raise
     except Exception as exc:

@@ -322,6 +322,16 @@ class LocalStoreSpec(_StoreSpec):
     path: _FleetRelativePath
 
 
+class ImmutabilitySpec(_FrozenSpec):
+    """Write-once retention the cloud enforces on every object written: S3 Object Lock,
+    Azure blob immutability policies, GCS object retention. Not even the account owner can
+    delete a `compliance` object before `retain` has passed; `governance` can be lifted by
+    a principal allowed to bypass it."""
+
+    mode: Literal["compliance", "governance"] = "compliance"
+    retain: Duration
+
+
 class S3StoreSpec(_StoreSpec):
     """An S3 bucket (or an S3-compatible store reached through ``endpoint_url``)."""
 
@@ -332,6 +342,7 @@ class S3StoreSpec(_StoreSpec):
     region: _Text | None = None
     endpoint_url: _HttpUrl | None = None
     credentials: Mapping[str, SecretRef] | None = None
+    immutability: ImmutabilitySpec | None = None
     credential_names: ClassVar[frozenset[str]] = frozenset(
         {"access_key_id", "secret_access_key", "session_token"}
     )
@@ -351,6 +362,7 @@ class AzureStoreSpec(_StoreSpec):
     container: _AzureContainerName
     prefix: _KeyPrefix = ""
     credentials: Mapping[str, SecretRef] | None = None
+    immutability: ImmutabilitySpec | None = None
     credential_names: ClassVar[frozenset[str]] = frozenset(
         {"account_key", "sas_token", "connection_string"}
     )
@@ -366,6 +378,7 @@ class GcsStoreSpec(_StoreSpec):
     prefix: _KeyPrefix = ""
     endpoint_url: _HttpUrl | None = None
     credentials: Mapping[str, SecretRef] | None = None
+    immutability: ImmutabilitySpec | None = None
     credential_names: ClassVar[frozenset[str]] = frozenset({"service_account_json"})
 
 

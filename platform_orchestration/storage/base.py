@@ -27,6 +27,14 @@ class ObjectNotFound(StoreError, KeyError):
         return str(self.args[0])
 
 
+class ObjectLocked(StoreError):
+    """The store's immutability (e.g. S3 Object Lock) forbids deleting the object yet."""
+
+    def __init__(self, message: str, retain_until: datetime | None = None) -> None:
+        super().__init__(message)
+        self.retain_until = retain_until
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -66,7 +74,18 @@ class ObjectStore(Protocol):
         ...
 
     def delete(self, key: str) -> None:
-        """Remove an object; deleting a missing object is not an error."""
+        """Remove an object; deleting a missing object is not an error. Raises ObjectLocked
+        while the store's retention protects the object."""
+        ...
+
+    def incomplete_uploads(self, prefix: str = "") -> list[str]:
+        """Keys of uploads started but neither committed nor aborted (partial files, open
+        multipart uploads, uncommitted blocks): what a crash can leave behind."""
+        ...
+
+    def server_side_copy(self, source: ObjectStore, key: str) -> bool:
+        """Copy `key` from `source` inside the provider, without the bytes passing through
+        us, when both stores live where that is possible; False means "stream it"."""
         ...
 
 

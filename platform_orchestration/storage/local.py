@@ -16,6 +16,7 @@ from pathlib import Path
 from platform_orchestration.storage.base import (
     READ_CHUNK_BYTES,
     ObjectInfo,
+    ObjectStore,
     ObjectNotFound,
     StoreError,
     WriterLifecycle,
@@ -116,6 +117,20 @@ class LocalObjectStore:
                 found.append(ObjectInfo(key, stat.st_size,
                                         datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc)))
         yield from sorted(found, key=lambda info: info.key)
+
+    def incomplete_uploads(self, prefix: str = "") -> list[str]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in self.root.rglob(f"{_PARTIAL_MARK}*"):
+            final_name = path.name[len(_PARTIAL_MARK):].rsplit(".", 1)[0]
+            key = path.with_name(final_name).relative_to(self.root).as_posix()
+            if key.startswith(prefix):
+                found.append(key)
+        return sorted(found)
+
+    def server_side_copy(self, source: ObjectStore, key: str) -> bool:
+        return False  # a local copy through us is as fast as the disk
 
     def delete(self, key: str) -> None:
         path = self.path_for(key)
