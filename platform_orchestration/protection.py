@@ -38,16 +38,20 @@ class FleetProtection:
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     workdir: Path | None = None
     clock: Callable[[], datetime] = _utcnow
+    _open_stores: dict[str, ObjectStore] = field(default_factory=dict, init=False, repr=False)
 
     def store(self, name: str) -> ObjectStore:
-        return open_store(self.fleet.store(name))
+        """The named store, opened once (cloud clients are costly to build) and reused."""
+        if name not in self._open_stores:
+            self._open_stores[name] = open_store(self.fleet.store(name), self.secrets)
+        return self._open_stores[name]
 
     def stores_for(self, database: str) -> list[ObjectStore]:
         """The stores the database's policy requires, in policy order."""
-        return [open_store(spec) for spec in self.fleet.stores_for(database)]
+        return [self.store(spec.name) for spec in self.fleet.stores_for(database)]
 
     def all_stores(self) -> list[ObjectStore]:
-        return [open_store(spec) for spec in self.fleet.stores]
+        return [self.store(spec.name) for spec in self.fleet.stores]
 
     def connection_for(self, database: str) -> PgConnection:
         spec = self.fleet.database(database)

@@ -14,6 +14,11 @@ from platform_orchestration.backups.take import BackupOutcome, take_backup
 from platform_orchestration.postgres import LocalCluster, PgConnection, ephemeral_cluster
 from platform_orchestration.storage import LocalObjectStore
 
+# Object-store backends for the conformance suite: `local` here, one `stores_<kind>.py` per cloud.
+STORE_BACKENDS = ["local", *sorted(p.stem.removeprefix("stores_")
+                                   for p in Path(__file__).parent.glob("stores_*.py"))]
+pytest_plugins = ["store_backends", *(f"stores_{kind}" for kind in STORE_BACKENDS if kind != "local")]
+
 SOURCE_DB = "shop"
 STORE_NAMES = ("aws", "azure", "gcp")
 

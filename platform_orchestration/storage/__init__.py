@@ -26,11 +26,28 @@ __all__ = [
 ]
 
 
-def open_store(spec) -> ObjectStore:  # noqa: ANN001 - a fleet StoreSpec
-    """The store a fleet entry describes."""
+def open_store(spec, secrets=None) -> ObjectStore:  # noqa: ANN001 - a fleet StoreSpec, a SecretProvider
+    """The store a fleet entry describes, its credentials resolved through `secrets`.
+
+    Cloud backends are imported on first use: a fleet of local stores never pays for
+    the cloud SDKs."""
     if spec.kind == "local":
         return LocalObjectStore(spec.name, spec.path)
-    raise StoreError(
-        f"store {spec.name}: kind {spec.kind!r} is declared in the fleet but its backend is not "
-        "available in this build yet (local stores only)"
-    )
+    credentials: dict[str, str] = {}
+    if spec.credentials:
+        if secrets is None:
+            raise StoreError(f"store {spec.name}: credentials are declared but no secret provider was given")
+        credentials = {field: secrets.resolve(ref) for field, ref in spec.credentials.items()}
+    if spec.kind == "s3":
+        from platform_orchestration.storage.s3 import S3ObjectStore
+
+        return S3ObjectStore.from_spec(spec, credentials)
+    if spec.kind == "azure":
+        from platform_orchestration.storage.azure import AzureObjectStore
+
+        return AzureObjectStore.from_spec(spec, credentials)
+    if spec.kind == "gcs":
+        from platform_orchestration.storage.gcs import GcsObjectStore
+
+        return GcsObjectStore.from_spec(spec, credentials)
+    raise StoreError(f"store {spec.name}: unknown kind {spec.kind!r}")

@@ -83,6 +83,11 @@ class ObjectStore(Protocol):
         multipart uploads, uncommitted blocks): what a crash can leave behind."""
         ...
 
+    def discard_incomplete(self, prefix: str = "") -> int:
+        """Abort every incomplete upload under `prefix` (the janitor's job after a crash
+        or an outage that stopped an upload from aborting itself); returns how many."""
+        ...
+
     def server_side_copy(self, source: ObjectStore, key: str) -> bool:
         """Copy `key` from `source` inside the provider, without the bytes passing through
         us, when both stores live where that is possible; False means "stream it"."""

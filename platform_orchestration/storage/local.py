@@ -129,6 +129,17 @@ class LocalObjectStore:
                 found.append(key)
         return sorted(found)
 
+    def discard_incomplete(self, prefix: str = "") -> int:
+        if not self.root.is_dir():
+            return 0
+        discarded = 0
+        for path in self.root.rglob(f"{_PARTIAL_MARK}*"):
+            final_name = path.name[len(_PARTIAL_MARK):].rsplit(".", 1)[0]
+            if path.with_name(final_name).relative_to(self.root).as_posix().startswith(prefix):
+                path.unlink(missing_ok=True)
+                discarded += 1
+        return discarded
+
     def server_side_copy(self, source: ObjectStore, key: str) -> bool:
         return False  # a local copy through us is as fast as the disk
 

@@ -1,0 +1,181 @@
+"""One conformance suite, the same tests for every object-store backend.
+
+`local` runs on a directory; `s3`, `azure` and `gcs` run against real emulator
+processes (moto server, Azurite, the GCS emulator) started by their fixtures. Fault
+tests put a TCP fault proxy between the SDK and the emulator.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import SOURCE_DB, STORE_BACKENDS
+
+from platform_orchestration.backups.catalog import latest_backup, list_backups
+from platform_orchestration.backups.copy import copy_backup
+from platform_orchestration.backups.integrity import verify_stored_backup
+from platform_orchestration.backups.take import BackupFailed
+from platform_orchestration.storage import ObjectNotFound, StoreError, read_bytes, write_bytes
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def backend(request):
+    return request.getfixturevalue(f"{request.param}_backend")
+
+
+def _payload(size: int) -> bytes:
+    return os.urandom(size)
+
+
+def _chunks(data: bytes, size: int = MiB):
+    for offset in range(0, len(data), size):
+        yield data[offset:offset + size]
+
+
+def _keys(store, prefix: str = "") -> list[str]:
+    return [info.key for info in store.list(prefix)]
+
+
+def test_round_trip_of_a_small_object(backend):
+    store = backend.new_store()
+    write_bytes(store, "a/b/c.bin", b"hello")
+    assert read_bytes(store, "a/b/c.bin") == b"hello"
+    [info] = store.list("a/")
+    assert (info.key, info.size) == ("a/b/c.bin", 5)
+
+
+def test_large_object_streams_in_parts_and_round_trips(backend):
+    store = backend.new_store()
+    data = _payload(21 * MiB + 123)
+    with store.open_writer("big/object.bin") as writer:
+        for chunk in _chunks(data):
+            writer.write(chunk)
+        writer.commit()
+    assert b"".join(store.read("big/object.bin")) == data
+    assert store.incomplete_uploads() == []
+
+
+def test_object_is_invisible_until_commit_and_abort_leaves_nothing(backend):
+    store = backend.new_store()
+    writer = store.open_writer("pending/object.bin")
+    for chunk in _chunks(_payload(7 * MiB)):
+        writer.write(chunk)
+    assert _keys(store) == []
+    writer.abort()
+    assert _keys(store) == []
+    assert store.incomplete_uploads() == []
+
+
+def test_reading_a_missing_object_names_store_and_key(backend):
+    store = backend.new_store()
+    with pytest.raises(ObjectNotFound) as raised:
+        b"".join(store.read("no/such/key"))
+    assert store.name in str(raised.value) and "no/such/key" in str(raised.value)
+
+
+def test_listing_more_objects_than_a_page_returns_them_all_in_order(backend):
+    store = backend.new_store(page_size=5)
+    keys = [f"many/{index:03d}.json" for index in range(23)]
+    for key in reversed(keys):
+        write_bytes(store, key, b"{}")
+    write_bytes(store, "other/x.json", b"{}")
+    assert _keys(store, "many/") == keys
+
+
+def test_delete_removes_and_deleting_a_missing_object_is_fine(backend):
+    store = backend.new_store()
+    write_bytes(store, "d/x", b"1")
+    store.delete("d/x")
+    store.delete("d/x")
+    assert _keys(store) == []
+
+
+def test_a_backup_lands_verifies_and_copies_across_backends(backend, backup, local_backend):
+    store = backend.new_store()
+    local = local_backend.new_store()
+    outcome = backup([store])
+    assert outcome.stored_in == (store.name,)
+    [stored] = list_backups(store, SOURCE_DB)
+    verify_stored_backup(store, stored.manifest)
+
+    copied = copy_backup(stored, local)
+    verify_stored_backup(local, copied.manifest)
+    other = backend.new_store()
+    copy_backup(latest_backup(local, SOURCE_DB), other)
+    assert [b.backup_id for b in list_backups(other, SOURCE_DB)] == [outcome.manifest.backup_id]
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+
+def _networked(backend):
+    if not backend.networked:
+        pytest.skip(f"{backend.kind}: no network between us and the store to fault")
+
+
+def test_injected_503s_are_retried(backend):
+    _networked(backend)
+    proxy = backend.proxy()
+    store = backend.new_store(via=proxy, fast_retries=True)
+    proxy.fail_next(2, status=503)
+    write_bytes(store, "retry/x.bin", b"payload")
+    assert proxy.failures_served == 2
+    assert read_bytes(store, "retry/x.bin") == b"payload"
+
+
+def test_a_connection_cut_mid_upload_is_retried_transparently(backend):
+    _networked(backend)
+    proxy = backend.proxy()
+    store = backend.new_store(via=proxy, fast_retries=True)
+    data = _payload(12 * MiB)
+    proxy.cut_next_upload_after(3 * MiB)
+    with store.open_writer("cut/object.bin") as writer:
+        for chunk in _chunks(data):
+            writer.write(chunk)
+        writer.commit()
+    assert proxy.connections_cut == 1
+    assert b"".join(store.read("cut/object.bin")) == data
+
+
+def test_server_gone_mid_upload_fails_cleanly_and_a_retry_succeeds(backend):
+    _networked(backend)
+    proxy = backend.proxy()
+    store = backend.new_store(via=proxy, fast_retries=True)
+    data = _payload(12 * MiB)
+    with pytest.raises(StoreError) as raised:
+        with store.open_writer("gone/object.bin") as writer:
+            for index, chunk in enumerate(_chunks(data)):
+                if index == 6:
+                    proxy.down()
+                writer.write(chunk)
+            writer.commit()
+    assert store.name in str(raised.value)
+    proxy.up()
+    assert _keys(store) == []
+    store.discard_incomplete()
+    assert store.incomplete_uploads() == []
+
+    with store.open_writer("gone/object.bin") as writer:
+        for chunk in _chunks(data):
+            writer.write(chunk)
+        writer.commit()
+    assert b"".join(store.read("gone/object.bin")) == data
+
+
+def test_a_backup_cut_off_from_its_only_store_leaves_no_manifest(backend, backup):
+    _networked(backend)
+    proxy = backend.proxy()
+    store = backend.new_store(via=proxy, fast_retries=True)
+    first = backup([store]).manifest
+
+    def cut_after_first_chunk(stage: str, done: int) -> None:
+        if stage == "dump" and done > 0:
+            proxy.down()
+
+    with pytest.raises(BackupFailed):
+        backup([store], progress=cut_after_first_chunk)
+    proxy.up()
+    assert [b.backup_id for b in list_backups(store, SOURCE_DB)] == [first.backup_id]
