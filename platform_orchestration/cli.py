@@ -19,6 +19,7 @@ from platform_orchestration.backups.catalog import BackupNotFound
 from platform_orchestration.backups.copy import CopyFailed
 from platform_orchestration.backups.integrity import BackupCorrupt
 from platform_orchestration.backups.restore import RestoreFailed, RestoreRefused
+from platform_orchestration.backups.retention import RetentionError
 from platform_orchestration.backups.take import BackupFailed
 from platform_orchestration.fleet import FleetError, fleet_path_from_env, load_fleet
 from platform_orchestration.postgres.binaries import PostgresToolsMissing
@@ -30,7 +31,8 @@ from platform_orchestration.storage import StoreError
 
 # Errors that are the operator's to act on: printed as one line, no traceback.
 _OPERATOR_ERRORS = (BackupCorrupt, BackupFailed, BackupNotFound, ClusterError, CopyFailed, KeyError,
-                    PostgresToolsMissing, RestoreFailed, RestoreRefused, SecretUnavailable, StoreError)
+                    PostgresToolsMissing, RestoreFailed, RestoreRefused, RetentionError,
+                    SecretUnavailable, StoreError)
 
 
 def human_bytes(count: float) -> str:
@@ -117,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("database")
     drill.add_argument("--store", help="store to drill (default: rotate across the policy's stores)")
 
+    prune = commands.add_parser("prune", help="delete backups the retention policy no longer keeps")
+    prune.add_argument("database")
+    prune.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+
     commands.add_parser("status", help="compliance of every database (RPO, copies, drills)")
     return parser
 
@@ -200,6 +206,22 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         print(f"drill {record.drill_id} of {args.database} from {record.source_store}, backup "
               f"{record.backup_id}: {rto}, {rpo}: {verdict}", file=out)
         return 0 if record.passed else 1
+
+    if args.command == "prune":
+        report = protection.prune(args.database, dry_run=args.dry_run)
+        retention = report.plan.policy
+        print(f"prune {args.database}{' (dry run, nothing deleted)' if report.dry_run else ''}: "
+              f"keep_last {retention.keep_last}, daily {retention.daily}, weekly {retention.weekly}, "
+              f"monthly {retention.monthly}", file=out)
+        for line in report.lines():
+            print(f"  {line}", file=out)
+        print(f"{'would delete' if report.dry_run else 'deleted'} {report.deleted_count}, "
+              f"kept {report.kept_count}, locked {report.locked_count}, "
+              f"orphan dumps {'to remove' if report.dry_run else 'removed'} {report.orphans_removed_count} "
+              "(copies, across stores)", file=out)
+        for failure in report.failures:
+            print(f"error: {failure}", file=sys.stderr)
+        return 1 if report.failures else 0
 
     if args.command == "status":
         failing = 0

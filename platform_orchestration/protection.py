@@ -20,6 +20,7 @@ from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.manifest import DrillRecord, new_backup_id
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.backups.restore import RestoreResult, restore_backup
+from platform_orchestration.backups.retention import PruneReport, prune_database
 from platform_orchestration.backups.take import BackupOutcome, CompressionSettings, take_backup
 from platform_orchestration.fleet import Fleet
 from platform_orchestration.postgres.connection import PgConnection
@@ -109,6 +110,14 @@ class FleetProtection:
         stored = self.find_backup(database, backup_id, store_name)
         return restore_backup(stored, target, replace=replace, jobs=jobs, progress=progress,
                               workdir=self.workdir)
+
+    def prune(self, database: str, dry_run: bool = False) -> PruneReport:
+        """Apply the database's retention policy to the stores its policy requires (see
+        :mod:`platform_orchestration.backups.retention` for the rules). Stores outside the
+        policy are never pruned."""
+        policy = self.fleet.policy_for(database)
+        return prune_database(database, self.stores_for(database), policy.retention,
+                              now=self.clock(), dry_run=dry_run)
 
     def assess(self, database: str, now: datetime | None = None) -> DatabaseCompliance:
         policy = self.fleet.policy_for(database)

@@ -132,3 +132,27 @@ def test_progress_shows_stage_bytes_and_rate_on_a_terminal_only(fleet):
     assert "dump" in text and "iB/s" in text and "\r" in text
     # stdout is a pipe, not a terminal: it carries the backup id alone, no progress noise.
     assert "\r" not in process.stdout.read()
+
+
+def test_prune_dry_run_deletes_nothing_then_prune_deletes_beyond_keep_last(tmp_path, fleet, backup):
+    from conftest import make_stores
+
+    ids = [backup(make_stores(tmp_path / "stores")).manifest.backup_id for _ in range(5)]  # keep_last: 3
+
+    def listed() -> set[tuple[str, str]]:
+        return {(r["id"], r["store"]) for r in json.loads(platform_dr(fleet, "list", SOURCE_DB, "--json").stdout)}
+
+    dry = platform_dr(fleet, "prune", SOURCE_DB, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run, nothing deleted" in dry.stdout
+    assert f"aws: would delete {ids[0]}" in dry.stdout and "would delete 6," in dry.stdout
+    assert listed() == {(i, s) for i in ids for s in ("aws", "azure", "gcp")}
+
+    pruned = platform_dr(fleet, "prune", SOURCE_DB)
+    assert pruned.returncode == 0, pruned.stderr
+    for store in ("aws", "azure", "gcp"):
+        assert f"{store}: deleted {ids[0]}" in pruned.stdout and f"{store}: deleted {ids[1]}" in pruned.stdout
+        assert f"{store}: kept {ids[2]} (last 3)" in pruned.stdout
+    assert "deleted 6, kept 9, locked 0" in pruned.stdout
+    assert listed() == {(i, s) for i in ids[2:] for s in ("aws", "azure", "gcp")}
+    assert not list((tmp_path / "stores").glob(f"*/backups/{SOURCE_DB}/{ids[0]}*"))

@@ -51,15 +51,19 @@ def test_demo_definitions_load_with_jobs_schedules_sensor_and_lineage():
     dg.Definitions.validate_loadable(defs)
     repo = defs.get_repository_def()
     assert {"protection_flow", "take_backups", "run_restore_drills", "refresh_compliance",
-            "disaster_restore"} <= {job.name for job in repo.get_all_jobs()}
+            "prune_backups", "disaster_restore"} <= {job.name for job in repo.get_all_jobs()}
     assert {s.name for s in repo.schedule_defs} == {"critical_backups_hourly", "standard_backups_daily",
-                                                    "restore_drills_daily", "compliance_hourly"}
+                                                    "restore_drills_daily", "compliance_hourly",
+                                                    "prune_backups_nightly"}
     assert [s.name for s in repo.sensor_defs] == ["report_failed_runs"]
     graph = repo.asset_graph
     lineage = [("clusters", "databases"), ("databases", "backups"), ("backups", "backup_copies"),
                ("backup_copies", "restore_drills"), ("restore_drills", "compliance_report")]
     for upstream, downstream in lineage:
         assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
+    # Retention is a side branch off the copies: nothing downstream waits for pruning.
+    assert graph.get(dg.AssetKey("retention")).parent_keys == {dg.AssetKey("backup_copies")}
+    assert graph.get(dg.AssetKey("retention")).child_keys == set()
     partitions = graph.get(dg.AssetKey("backups")).partitions_def
     assert partitions.get_partition_keys() == ["orders", "inventory", "customers"]
 
@@ -257,3 +261,35 @@ def test_database_password_never_reaches_events_metadata_or_logs(tmp_path, sourc
     for where, text in {"event log": "".join(recorded), "stdout": captured.out,
                         "stderr": captured.err, "stored manifests and evidence": evidence}.items():
         assert secret not in text, f"the database password leaked into the {where}"
+
+
+def test_prune_schedule_requests_one_nightly_run_per_database():
+    defs = build_definitions(REPOSITORY_ROOT / "deploy" / "fleet" / "demo.yaml")
+    repository = defs.get_repository_def()
+    schedule = repository.get_schedule_def("prune_backups_nightly")
+    assert schedule.job_name == "prune_backups"
+    tick = datetime(2026, 11, 25, 2, 45, tzinfo=timezone.utc)
+    requests = schedule.evaluate_tick(
+        dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repository)).run_requests
+    assert sorted(r.partition_key for r in requests) == ["customers", "inventory", "orders"]
+
+
+def test_prune_backups_job_materializes_retention_for_a_partition(tmp_path, source_cluster, source_db,
+                                                                  backup, instance):
+    from conftest import make_stores
+
+    defs = _defs(tmp_path, source_cluster)  # retention keep_last: 3
+    ids = [backup(make_stores(tmp_path / "stores")).manifest.backup_id for _ in range(4)]
+
+    result = defs.resolve_job_def("prune_backups").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
+
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("retention")
+    assert materialization.partition == SOURCE_DB
+    metadata = materialization.metadata
+    assert (metadata["deleted_count"].value, metadata["kept_count"].value,
+            metadata["locked_count"].value) == (3, 9, 0)
+    for store in ("aws", "azure", "gcp"):
+        remaining = {p.parent.name for p in (tmp_path / "stores" / store / "backups" / SOURCE_DB).glob("*/manifest.json")}
+        assert remaining == set(ids[1:])

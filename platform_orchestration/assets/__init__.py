@@ -1,4 +1,5 @@
-"""The fleet's protection as assets: cluster -> database -> backup -> copies -> drill -> compliance.
+"""The fleet's protection as assets: cluster -> database -> backup -> copies -> drill -> compliance,
+with retention as a side branch off the copies (pruning never feeds the drill or compliance).
 
 Every asset reads and writes the stores through `FleetProtection`, the same API as the
 break-glass CLI; the stores, not Dagster's storage, hold the backups and the evidence.
@@ -154,6 +155,32 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
                                          f"failed: {record.failure}", metadata=metadata)
         return dg.MaterializeResult(metadata=metadata)
 
+    @dg.asset(group_name=GROUP, kinds={"s3", "azure", "gcs"}, owners=OWNERS, partitions_def=partitions,
+              deps=[backup_copies],
+              description="The retention policy applied in every store of the policy: backups it no "
+                          "longer keeps deleted (manifest first), the newest always kept, locked "
+                          "(immutable) objects reported and kept, orphan dumps swept.")
+    def retention(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
+        report = fleet.protection().prune(context.partition_key)
+        for line in report.lines():
+            context.log.info(line)
+        rows = [[s.store, ", ".join(s.deleted) or "-", len(s.kept),
+                 "; ".join(lock.describe(s.store) for lock in s.locked) or "-",
+                 len(s.orphans_removed), "; ".join(s.failures) or "-"] for s in report.stores]
+        metadata = {
+            "deleted_count": dg.MetadataValue.int(report.deleted_count),
+            "kept_count": dg.MetadataValue.int(report.kept_count),
+            "locked_count": dg.MetadataValue.int(report.locked_count),
+            "orphans_removed": dg.MetadataValue.int(report.orphans_removed_count),
+            "kept_backups": ", ".join(report.plan.kept_ids) or "none",
+            "stores": _markdown_table(["store", "deleted", "kept", "locked", "orphans removed", "errors"], rows),
+        }
+        if report.failures:
+            # What could be pruned was; failing the run gets the rest in front of the on-call.
+            raise dg.Failure(description=f"retention of {context.partition_key}: "
+                                         + "; ".join(report.failures), metadata=metadata)
+        return dg.MaterializeResult(metadata=metadata)
+
     @dg.asset(group_name=GROUP, kinds={"json"}, owners=OWNERS, deps=[restore_drills],
               description="Compliance evidence for the whole fleet: per database, RPO, copies, drills, "
                           "and every backup tied to the drills that restored it. Written to every store.")
@@ -173,4 +200,4 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
             "summary": compliance_table(assessments),
         })
 
-    return [clusters, databases, backups, backup_copies, restore_drills, compliance_report]
+    return [clusters, databases, backups, backup_copies, restore_drills, retention, compliance_report]
