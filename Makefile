@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install browser demo ui demo-stop test bench clean
+.PHONY: install browser demo demo-clouds ui demo-stop test bench bench-stores clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(INSTALLED)
 ## Run the whole protection flow on local PostgreSQL servers and local stores; print what it did.
 demo: install
 	$(BIN)/python -m platform_orchestration.demo
+
+## The same flow with backups in S3, Azure Blob and GCS (their local emulators), a drill from each.
+demo-clouds: install node_modules/.installed
+	$(BIN)/python -m platform_orchestration.demo clouds
 
 ## The Dagster UI on the demo fleet, at http://127.0.0.1:3000 (run `make demo` once first).
 ui: install
@@ -33,13 +37,22 @@ browser:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+## Node tools the tests run (Azurite, the Azure Blob emulator), as pinned in package-lock.json.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
 ## The test suite: real PostgreSQL servers, a real dagster dev and Chromium, started by the tests.
-test: install browser
+test: install browser node_modules/.installed
 	$(BIN)/python -m pytest
 
 ## Benchmarks against pg_dump/pg_restore baselines (by hand, a few minutes).
 bench: install
 	$(BIN)/python -m benchmarks.backup_restore
+
+## Cross-cloud copy and fan-out against plain SDK transfers, on the emulators (a few minutes).
+bench-stores: install node_modules/.installed
+	$(BIN)/python -m benchmarks.stores
 
 clean: demo-stop
 	rm -rf var
