@@ -239,13 +239,13 @@ def run_in_three_clouds() -> bool:
     from platform_orchestration import emulators
 
     ports = {name: int(os.environ.setdefault(env, str(default))) for name, env, default in
-             (("s3", "DEMO_S3_PORT", 55500), ("azure", "DEMO_AZURE_PORT", 55501), ("gcs", "DEMO_GCS_PORT", 55502))}
+             (("s3", "DEMO_S3_PORT", 25500), ("azure", "DEMO_AZURE_PORT", 25501), ("gcs", "DEMO_GCS_PORT", 25502))}
     os.environ.setdefault("DEMO_AWS_ACCESS_KEY_ID", "demo-access-key")
     os.environ.setdefault("DEMO_AWS_SECRET_ACCESS_KEY", "demo-secret-key")
     os.environ.setdefault("DEMO_AZURE_STORAGE_KEY", emulators.AZURITE_KEY)
     running = [
         emulators.moto_server(ports["s3"]),
-        emulators.azurite(ports["azure"], DEMO_DIR / "azurite"),
+        emulators.azurite(ports["azure"]),
         emulators.gcs_emulator(ports["gcs"]),
     ]
     started: list[emulators.Emulator] = []
@@ -259,11 +259,9 @@ def run_in_three_clouds() -> bool:
                      aws_access_key_id=os.environ["DEMO_AWS_ACCESS_KEY_ID"],
                      aws_secret_access_key=os.environ["DEMO_AWS_SECRET_ACCESS_KEY"]).create_bucket(
             Bucket="demo-pg-backups", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-        azure = BlobServiceClient(f"http://127.0.0.1:{ports['azure']}/{emulators.AZURITE_ACCOUNT}",
-                                  credential={"account_name": emulators.AZURITE_ACCOUNT,
-                                              "account_key": emulators.AZURITE_KEY})
-        if not azure.get_container_client("demo-pg-backups").exists():
-            azure.create_container("demo-pg-backups")
+        BlobServiceClient(f"http://127.0.0.1:{ports['azure']}/{emulators.AZURITE_ACCOUNT}",
+                          credential={"account_name": emulators.AZURITE_ACCOUNT,
+                                      "account_key": emulators.AZURITE_KEY}).create_container("demo-pg-backups")
         gcs.Client(project="demo-project", credentials=AnonymousCredentials(),
                    client_options={"api_endpoint": f"http://127.0.0.1:{ports['gcs']}"}).create_bucket(
             "demo-pg-backups")

@@ -73,14 +73,17 @@ def moto_server(port: int) -> Emulator:
                     port, "/moto-api/")
 
 
-def azurite(port: int, data_dir: Path) -> Emulator:
+def azurite(port: int, data_dir: Path | None = None) -> Emulator:
+    """Azurite in memory, or keeping its data in `data_dir`."""
     node = shutil.which("node")
     if node is None or not AZURITE_MAIN.exists():
-        raise EmulatorError("Azurite is not installed: run `npm install` (make does) in the repository")
-    data_dir.mkdir(parents=True, exist_ok=True)
+        raise EmulatorError("Azurite is not installed: run `npm ci` (make does) in the repository")
+    storage = ["--inMemoryPersistence"]
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        storage = ["--location", str(data_dir)]
     return Emulator("azurite", [node, str(AZURITE_MAIN), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-                                "--location", str(data_dir), "--disableTelemetry", "--silent",
-                                "--skipApiVersionCheck"],
+                                *storage, "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
                     port, f"/{AZURITE_ACCOUNT}?comp=list")
 
 
