@@ -17,7 +17,7 @@ from platform_orchestration.storage import LocalObjectStore
 # Object-store backends for the conformance suite: `local` here, one `stores_<kind>.py` per cloud.
 STORE_BACKENDS = ["local", *sorted(p.stem.removeprefix("stores_")
                                    for p in Path(__file__).parent.glob("stores_*.py"))]
-pytest_plugins = ["store_backends", *(f"stores_{kind}" for kind in STORE_BACKENDS if kind != "local")]
+pytest_plugins = ["store_backends", "vault_server", *(f"stores_{kind}" for kind in STORE_BACKENDS if kind != "local")]
 
 SOURCE_DB = "shop"
 STORE_NAMES = ("aws", "azure", "gcp")

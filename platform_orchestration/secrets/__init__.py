@@ -41,3 +41,32 @@ class LocalSecretProvider:
             f"secret {ref.describe()}: Vault references need the Vault secrets provider, "
             "which is not configured in this deployment"
         )
+
+
+# Imported last: vault.py builds on the names above.
+from platform_orchestration.secrets.vault import (  # noqa: E402
+    DatabaseLogin,
+    LeaseRevocationError,
+    VaultAuthError,
+    VaultClient,
+    VaultConfigError,
+    VaultDatabaseCredentials,
+    VaultLease,
+    VaultSecretProvider,
+    VaultTransitKeys,
+)
+
+__all__ = [
+    "DatabaseLogin",
+    "LeaseRevocationError",
+    "LocalSecretProvider",
+    "SecretProvider",
+    "SecretUnavailable",
+    "VaultAuthError",
+    "VaultClient",
+    "VaultConfigError",
+    "VaultDatabaseCredentials",
+    "VaultLease",
+    "VaultSecretProvider",
+    "VaultTransitKeys",
+]
