@@ -331,3 +331,33 @@ def test_format_duration_round_trips(seconds: int, expected: str) -> None:
 
 def test_duration_doctests() -> None:
     assert doctest.testmod(durations).failed == 0
+
+
+def test_dynamic_credentials_must_be_a_vault_login_with_a_userless_dsn(tmp_path: Path) -> None:
+    path = write_fleet(tmp_path, """\
+        clusters: [{name: pg, cloud: aws, region: eu-west-1}]
+        stores: [{name: aws-eu, kind: local, path: s}]
+        databases:
+          - name: orders
+            cluster: pg
+            dsn: postgresql://127.0.0.1:5432/orders
+            credentials: {vault: database/creds/orders-backup}
+            policy: standard
+          - name: billing
+            cluster: pg
+            dsn: postgresql://backup@127.0.0.1:5432/billing
+            credentials: {vault: database/creds/billing-backup}
+            policy: standard
+          - name: audit
+            cluster: pg
+            dsn: postgresql://127.0.0.1:5432/audit
+            credentials: {env: AUDIT_LOGIN}
+            policy: standard
+        policies:
+          - {name: standard, rpo: 1h, stores: [aws-eu], drill: {every: 1d, rto: 15m}, retention: {keep_last: 3}}
+        """)
+    assert load_errors(path) == [
+        f"{path}:12: databases[1].credentials: the dsn must not name a user: credentials supply it",
+        f"{path}:17: databases[2].credentials: credentials must be a Vault database login: "
+        "{vault: database/creds/ROLE}",
+    ]

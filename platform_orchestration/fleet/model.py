@@ -413,16 +413,44 @@ def _check_dsn(dsn: str) -> str:
     return text
 
 
+def _dsn_parts(dsn: str) -> dict[str, str]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+
+
 class Database(_FrozenSpec):
-    """A database to protect. Connects with ``dsn`` (+ optional ``password``) or ``connection``."""
+    """A database to protect. Connects with ``dsn`` plus a static ``password`` or dynamic
+    ``credentials`` (a Vault database-engine login), or with ``connection`` (a secret
+    holding the whole DSN)."""
 
     name: Identifier
     cluster: Identifier
-    # Field order matters: the validators of connection and password read the fields above them.
+    # Field order matters: the validators below read the fields above them.
     dsn: Annotated[str, AfterValidator(_check_dsn)] | None = None
     connection: SecretRef | None = None
     password: SecretRef | None = None
+    credentials: SecretRef | None = None
     policy: Identifier
+
+    @property
+    def uses_dynamic_credentials(self) -> bool:
+        return self.credentials is not None
+
+    @field_validator("credentials")
+    @classmethod
+    def _credentials_are_a_vault_login(cls, value: SecretRef | None, info: ValidationInfo) -> SecretRef | None:
+        if value is None:
+            return None
+        if value.vault is None or value.key is not None:
+            raise ValueError("credentials must be a Vault database login: {vault: database/creds/ROLE}")
+        if info.data.get("dsn") is None:
+            raise ValueError("credentials need a dsn (host, port, dbname) to log in to")
+        if info.data.get("password") is not None:
+            raise ValueError("give either password or credentials, not both")
+        if "user" in _dsn_parts(info.data["dsn"]):
+            raise ValueError("the dsn must not name a user: credentials supply it")
+        return value
 
     @field_validator("connection")
     @classmethod
