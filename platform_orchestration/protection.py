@@ -2,7 +2,9 @@
 
 It turns fleet entries into open stores and database connections (secrets resolved
 through the configured provider) and hands them to the backup, copy, drill, restore
-and compliance functions, which know nothing of fleets, Dagster or secrets.
+and compliance functions, which know nothing of fleets, Dagster or secrets. With a key
+provider (`keys`), every backup it takes is encrypted, and it decrypts what it verifies,
+restores and drills.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from platform_orchestration.backups.progress import ProgressListener, no_progres
 from platform_orchestration.backups.restore import RestoreResult, restore_backup
 from platform_orchestration.backups.retention import PruneReport, prune_database
 from platform_orchestration.backups.take import BackupOutcome, CompressionSettings, take_backup
+from platform_orchestration.crypto import DataKeyProvider
+from platform_orchestration.crypto.envelope import RewrapEntry, RewrapFailed, RewrapReport, rewrap_backup
 from platform_orchestration.fleet import Fleet
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.secrets import LocalSecretProvider, SecretProvider
@@ -39,6 +43,8 @@ class FleetProtection:
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     workdir: Path | None = None
     clock: Callable[[], datetime] = _utcnow
+    # None: backups are taken unencrypted, and encrypted ones cannot be read.
+    keys: DataKeyProvider | None = None
     _open_stores: dict[str, ObjectStore] = field(default_factory=dict, init=False, repr=False)
 
     def store(self, name: str) -> ObjectStore:
@@ -66,7 +72,7 @@ class FleetProtection:
         return take_backup(
             database=database, cluster=spec.cluster, policy=spec.policy,
             connection=self.connection_for(database), stores=self.stores_for(database),
-            compression=self.compression, progress=progress, clock=self.clock,
+            compression=self.compression, progress=progress, clock=self.clock, keys=self.keys,
         )
 
     def ensure_copies(self, database: str, progress: ProgressListener = no_progress) -> CopyReport:
@@ -78,7 +84,7 @@ class FleetProtection:
         return run_restore_drill(
             database=database, stores=self.stores_for(database), store_name=store_name,
             rto_target=policy.drill.rto, rpo_target=policy.rpo, progress=progress,
-            clock=self.clock, workdir=self.workdir,
+            clock=self.clock, workdir=self.workdir, keys=self.keys,
         )
 
     def _search_order(self, database: str) -> list[ObjectStore]:
@@ -101,7 +107,7 @@ class FleetProtection:
     def verify(self, database: str, backup_id: str | None = None, store_name: str | None = None,
                progress: ProgressListener = no_progress) -> StoredBackup:
         stored = self.find_backup(database, backup_id, store_name)
-        verify_stored_backup(stored.store, stored.manifest, progress)
+        verify_stored_backup(stored.store, stored.manifest, progress, keys=self.keys)
         return stored
 
     def restore(self, database: str, target: PgConnection, *, backup_id: str | None = None,
@@ -109,7 +115,43 @@ class FleetProtection:
                 progress: ProgressListener = no_progress) -> RestoreResult:
         stored = self.find_backup(database, backup_id, store_name)
         return restore_backup(stored, target, replace=replace, jobs=jobs, progress=progress,
-                              workdir=self.workdir)
+                              workdir=self.workdir, keys=self.keys)
+
+    def rewrap_all(self, database: str | None = None) -> RewrapReport:
+        """Move every encrypted backup's manifest, in every store that holds one (policy
+        stores and any other), to the newest version of its key; dumps are not touched.
+        One database, or the whole fleet's stores. Failures are reported per manifest, never
+        raised; the report's `ok` says whether all went. Raises ValueError without `keys`."""
+        if self.keys is None:
+            raise ValueError("rewrap needs a key provider: this FleetProtection has none")
+        if database is not None:
+            self.fleet.database(database)  # unknown names fail with the fleet's message
+        stores = self._search_order(database) if database else self.all_stores()
+        entries: list[RewrapEntry] = []
+        for store in stores:
+            try:
+                backups = list_backups(store, database)
+            except StoreError as exc:
+                entries.append(RewrapEntry(database, None, store.name, "failed", error=str(exc)))
+                continue
+            for stored in backups:
+                entries.append(self._rewrap_one(store, stored))
+        return RewrapReport(key_service=self.keys.describe(), entries=tuple(entries))
+
+    def _rewrap_one(self, store: ObjectStore, stored: StoredBackup) -> RewrapEntry:
+        manifest = stored.manifest
+        info = manifest.encryption
+        what = (manifest.database, manifest.backup_id, store.name)
+        if info is None:
+            return RewrapEntry(*what, "unencrypted")
+        assert self.keys is not None
+        try:
+            now = rewrap_backup(store, manifest, self.keys).encryption
+        except RewrapFailed as exc:
+            return RewrapEntry(*what, "failed", from_version=info.key_version, error=str(exc))
+        assert now is not None
+        return RewrapEntry(*what, "current" if now.key_version == info.key_version else "rewrapped",
+                           from_version=info.key_version, to_version=now.key_version)
 
     def prune(self, database: str, dry_run: bool = False) -> PruneReport:
         """Apply the database's retention policy to the stores its policy requires (see

@@ -3,7 +3,9 @@
 The copy streams from source to target (no local file), or is made by the provider
 itself when both stores live in one (server-side copy); it is checked against the
 manifest's SHA-256 and read back once written; only then does the target get its
-manifest. A target that already holds the backup is left alone.
+manifest. A target that already holds the backup is left alone. An encrypted backup is
+copied as the ciphertext it is, its manifest carrying the same wrapped data key: copies
+need no key.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from platform_orchestration.backups.integrity import BackupCorrupt
 from platform_orchestration.backups.manifest import DrillRecord, new_backup_id
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.backups.restore import RestoreFailed, RestoreRefused, restore_backup
+from platform_orchestration.crypto import DataKeyProvider
+from platform_orchestration.crypto.envelope import require_key_provider
 from platform_orchestration.postgres.binaries import PostgresToolsMissing
 from platform_orchestration.postgres.cluster import ClusterError, ephemeral_cluster
 from platform_orchestration.storage import ObjectStore, StoreError, write_bytes
@@ -57,8 +59,11 @@ def run_restore_drill(
     progress: ProgressListener = no_progress,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     workdir: Path | None = None,
+    keys: DataKeyProvider | None = None,
 ) -> DrillRecord:
-    """Run one drill and record it; returns the record (passed or not)."""
+    """Run one drill and record it; returns the record (passed or not). An encrypted backup
+    is decrypted with its data key unwrapped by `keys`; one that cannot be (no provider,
+    the key refused, failed authentication) is a failed drill, not an exception."""
     names = [s.name for s in stores]
     chosen = store_name or next_drill_store(drill_history(stores, database), names)
     source = next((s for s in stores if s.name == chosen), None)
@@ -71,9 +76,10 @@ def run_restore_drill(
         stored = find_backup([source], database)
         fields["backup_id"] = stored.backup_id
         fields["rpo_seconds"] = (started_at - stored.manifest.snapshot_at).total_seconds()
+        require_key_provider(source, stored.manifest, keys)  # before a cluster is started for nothing
         with ephemeral_cluster(min_major=stored.manifest.server.major, parent_dir=workdir) as cluster:
             result = restore_backup(stored, cluster.connection(f"drill_{database}"), jobs=2,
-                                    progress=progress, workdir=workdir)
+                                    progress=progress, workdir=workdir, keys=keys)
             fields["restored_on"] = f"PostgreSQL {cluster.install.version}"
         fields.update(rto_seconds=result.recovery_seconds, tables_verified=result.tables_verified,
                       rows_verified=result.rows_verified)

@@ -1,4 +1,10 @@
-"""Reading a stored dump back and proving it is the one the manifest describes."""
+"""Reading a stored dump back and proving it is the one the manifest describes.
+
+The stored object is the compressed dump, encrypted after compression when the manifest
+has an `encryption` section: its size and SHA-256 (of the stored bytes, ciphertext when
+encrypted) are checked first, then the AEAD authenticates every segment, then zstd checks
+its frame and content checksums.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import zstandard
 
 from platform_orchestration.backups.manifest import BackupManifest
 from platform_orchestration.backups.progress import ProgressListener, no_progress
+from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.storage import ObjectStore
 
 PG_DUMP_MAGIC = b"PGDMP"
@@ -43,10 +50,20 @@ def checked_stored_chunks(store: ObjectStore, manifest: BackupManifest,
                             f"{manifest.dump.sha256}, stored object sha256 {digest.hexdigest()}")
 
 
-def decompressed(store: ObjectStore, manifest: BackupManifest,
-                 chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Decompress a zstd stream, turning a broken frame (its content checksum included)
-    into BackupCorrupt, and checking the result is a pg_dump archive."""
+def decompressed(store: ObjectStore, manifest: BackupManifest, chunks: Iterator[bytes],
+                 keys: DataKeyProvider | None = None) -> Iterator[bytes]:
+    """Decrypt (when the manifest says the backup is encrypted, with its data key unwrapped
+    by `keys`) and decompress the stored chunks, turning a failed authentication or a broken
+    frame (its content checksum included) into BackupCorrupt, and checking the result is a
+    pg_dump archive. An encrypted backup without `keys`, or whose key the key service
+    refuses, raises BackupKeyUnavailable (a BackupCorrupt) before any chunk is read."""
+    if manifest.encryption is not None:
+        # Imported here: envelope raises this module's BackupCorrupt, so it imports us.
+        from platform_orchestration.crypto.envelope import associated_data, data_key_for, decrypt_chunks
+
+        chunks = decrypt_chunks(chunks, data_key_for(store, manifest, keys),
+                                associated_data(manifest.database, manifest.backup_id),
+                                _where(store, manifest))
     decompressor = zstandard.ZstdDecompressor().decompressobj()
     first = True
     try:
@@ -75,11 +92,14 @@ def _drain(chunks: Iterator[bytes]) -> None:
 
 
 def verify_stored_backup(store: ObjectStore, manifest: BackupManifest,
-                         progress: ProgressListener = no_progress) -> int:
-    """Re-read a stored backup end to end: size, SHA-256, zstd frame and content checksums,
-    archive magic, raw size. Returns the raw (decompressed) size."""
+                         progress: ProgressListener = no_progress, *,
+                         keys: DataKeyProvider | None = None) -> int:
+    """Re-read a stored backup end to end: size, SHA-256, AEAD authentication of every
+    segment (encrypted backups, whose data key `keys` unwraps), zstd frame and content
+    checksums, archive magic, raw size. Returns the raw (decompressed) size."""
     raw = 0
-    for out in decompressed(store, manifest, checked_stored_chunks(store, manifest, progress, "verify")):
+    for out in decompressed(store, manifest, checked_stored_chunks(store, manifest, progress, "verify"),
+                            keys):
         raw += len(out)
     if raw != manifest.dump.raw_bytes:
         raise BackupCorrupt(f"{_where(store, manifest)}: decompressed size {raw} differs from the "

@@ -3,6 +3,8 @@
 Layout in every store:
 
     backups/<database>/<backup_id>/dump.pgdump.zst   pg_dump custom format, zstd-compressed
+                                                     (then encrypted, when the manifest has
+                                                     an `encryption` section)
     backups/<database>/<backup_id>/manifest.json     written last, only after the copy verified
     drills/<database>/<drill_id>.json                restore-drill evidence
 
@@ -75,6 +77,22 @@ class DumpInfo(_Frozen):
     sha256: str
 
 
+class EncryptionInfo(_Frozen):
+    """How the stored dump is encrypted: after compression, with a data key of its own.
+
+    Only the data key wrapped by the key service is kept here, never the key itself. The
+    associated data binding the ciphertext to this backup is not stored: it is derived
+    from `database` and `backup_id` (crypto/envelope.py), so it cannot be edited to match
+    a swapped manifest.
+    """
+
+    scheme: str
+    wrapped_key: str = Field(repr=False)
+    key_service: str
+    key_name: str
+    key_version: int
+
+
 class CopyInfo(_Frozen):
     """Which store this manifest sits in and when its copy was verified there."""
 
@@ -98,6 +116,9 @@ class BackupManifest(_Frozen):
     row_counts: dict[str, int]
     produced_by: str
     copy_info: CopyInfo | None = Field(default=None, alias="copy")
+    # Optional so manifests written before encryption existed still load; an unencrypted
+    # manifest is written without the key, so older readers still load it too.
+    encryption: EncryptionInfo | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -114,7 +135,8 @@ class BackupManifest(_Frozen):
                                                              copied_from=copied_from)})
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(by_alias=True, indent=2).encode()
+        exclude = {"encryption"} if self.encryption is None else None
+        return self.model_dump_json(by_alias=True, indent=2, exclude=exclude).encode()
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> BackupManifest:

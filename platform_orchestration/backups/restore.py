@@ -1,7 +1,8 @@
 """Restoring a stored backup into a PostgreSQL database, and proving what was restored.
 
-Order matters for safety: the backup is fetched, checksum-verified and decompressed to
-a private work file *before* the target is touched, so a corrupt or unreachable backup
+Order matters for safety: the backup is fetched, checksum-verified, decrypted (every
+segment authenticated) and decompressed to a private work file *before* the target is
+touched, so a corrupt, tampered-with or unreachable backup, or one whose key cannot be had,
 never costs the target anything. A non-empty target is refused unless the caller asked
 to replace it. The work file lets pg_restore run in parallel (-j), which a pipe cannot.
 """
@@ -22,6 +23,8 @@ from psycopg import sql
 from platform_orchestration.backups.catalog import StoredBackup
 from platform_orchestration.backups.integrity import BackupCorrupt, checked_stored_chunks, decompressed
 from platform_orchestration.backups.progress import ProgressListener, no_progress
+from platform_orchestration.crypto import DataKeyProvider
+from platform_orchestration.crypto.envelope import require_key_provider
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.snapshot import count_rows
@@ -90,12 +93,14 @@ def _recreate_database(target: PgConnection, drop_first: bool) -> None:
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
 
 
-def _fetch_to_file(stored: StoredBackup, path: Path, progress: ProgressListener) -> None:
+def _fetch_to_file(stored: StoredBackup, path: Path, progress: ProgressListener,
+                   keys: DataKeyProvider | None) -> None:
     manifest = stored.manifest
     raw = 0
     with open(path, "wb") as out:
         for chunk in decompressed(stored.store, manifest,
-                                  checked_stored_chunks(stored.store, manifest, progress, "fetch")):
+                                  checked_stored_chunks(stored.store, manifest, progress, "fetch"),
+                                  keys):
             out.write(chunk)
             raw += len(chunk)
     if raw != manifest.dump.raw_bytes:
@@ -133,14 +138,19 @@ def restore_backup(
     keep_owners: bool = False,
     progress: ProgressListener = no_progress,
     workdir: Path | None = None,
+    keys: DataKeyProvider | None = None,
 ) -> RestoreResult:
     """Restore `stored` into `target`'s database (created if missing) and verify row counts.
 
     A target holding any user relation is refused unless `replace`, which drops and
     recreates the database. Owners and grants are not restored unless `keep_owners`,
-    because a drill or DR target rarely has the source's roles.
+    because a drill or DR target rarely has the source's roles. An encrypted backup needs
+    `keys` to unwrap its data key: without it BackupKeyUnavailable is raised before
+    anything is fetched, and a backup that fails authentication raises BackupCorrupt
+    before the target is touched.
     """
     manifest = stored.manifest
+    require_key_provider(stored.store, manifest, keys)
     what = f"backup {manifest.backup_id} of {manifest.database} from store {stored.store.name}"
     exists, relations, target_major = _inspect_target(target)
     if relations and not replace:
@@ -157,7 +167,7 @@ def restore_backup(
     try:
         started = time.monotonic()
         archive = scratch / "dump.pgdump"
-        _fetch_to_file(stored, archive, progress)
+        _fetch_to_file(stored, archive, progress, keys)
         fetched = time.monotonic()
         progress("restore", 0)
         _recreate_database(target, drop_first=exists)

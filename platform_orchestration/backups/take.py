@@ -1,8 +1,11 @@
-"""Taking a logical backup: pg_dump -> zstd -> SHA-256 -> every required store, one pass.
+"""Taking a logical backup: pg_dump -> zstd [-> encrypt] -> SHA-256 -> every required store,
+in one pass.
 
 Nothing is held whole in memory or staged on local disk: pg_dump's custom-format
-output is compressed and hashed as it streams and written to all the policy's stores
-at once. Each store's copy is read back and checked before that store gets its
+output is compressed, encrypted when a key provider is given (a fresh data key per
+backup; crypto/envelope.py), hashed as it streams and written to all the policy's stores
+at once, so every store holds only ciphertext and the manifest's SHA-256 is the stored
+bytes'. Each store's copy is read back and checked before that store gets its
 manifest; the manifest is the last thing written, so a backup interrupted at any point
 never becomes visible.
 """
@@ -28,6 +31,8 @@ from platform_orchestration.backups.manifest import (
     new_backup_id,
 )
 from platform_orchestration.backups.progress import ProgressListener, no_progress
+from platform_orchestration.crypto import DataKey, DataKeyProvider
+from platform_orchestration.crypto.envelope import associated_data, encrypt_chunks, encryption_info
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.snapshot import ExportedSnapshot
@@ -82,17 +87,24 @@ def take_backup(
     compression: CompressionSettings = CompressionSettings(),
     progress: ProgressListener = no_progress,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    keys: DataKeyProvider | None = None,
 ) -> BackupOutcome:
     """Dump `database` once into every store in `stores`; raise BackupFailed if none got a
     verified copy. Stores that failed are reported in the outcome (their copy can be made
-    later from a verified one)."""
+    later from a verified one).
+
+    With `keys`, the backup is encrypted after compression with a fresh data key from
+    `keys`, bound to this backup (database and id) as associated data; the manifest keeps
+    only the wrapped key. A key service that fails fails the backup before pg_dump starts."""
     if not stores:
         raise BackupFailed(f"backup of {database}: no stores to write to")
     started_at = clock()
     backup_id = new_backup_id(started_at)
     key = dump_key(database, backup_id)
-    step = "snapshot"
+    step = "data key"
     try:
+        data_key: DataKey | None = keys.new_data_key() if keys is not None else None
+        step = "snapshot"
         with ExportedSnapshot(connection) as snapshot:
             facts = snapshot.facts
             tools = client_tools_for(facts.server_version_num // 10000)
@@ -127,8 +139,12 @@ def take_backup(
                 compressor = zstandard.ZstdCompressor(level=compression.level, write_checksum=True,
                                                       threads=compression.threads)
                 step = "stream"
-                for chunk in compressor.read_to_iter(source, read_size=PIPE_READ_BYTES,
-                                                     write_size=PIPE_READ_BYTES):
+                chunks = compressor.read_to_iter(source, read_size=PIPE_READ_BYTES,
+                                                 write_size=PIPE_READ_BYTES)
+                if data_key is not None:
+                    chunks = encrypt_chunks(chunks, data_key.plaintext,
+                                            associated_data(database, backup_id))
+                for chunk in chunks:
                     digest.update(chunk)
                     stored += len(chunk)
                     fan_out.write(chunk)
@@ -179,6 +195,8 @@ def take_backup(
                       stored_bytes=stored, sha256=digest.hexdigest()),
         row_counts=counts,
         produced_by=f"platform-orchestration {__version__}",
+        encryption=(encryption_info(data_key, keys)
+                    if data_key is not None and keys is not None else None),
     )
     failed = dict(fan_out.failed)
     verified: list[str] = []
