@@ -25,14 +25,16 @@ from platform_orchestration.fleet import FleetError, fleet_path_from_env, load_f
 from platform_orchestration.postgres.binaries import PostgresToolsMissing
 from platform_orchestration.postgres.cluster import ClusterError
 from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.crypto import KeyServiceError
+from platform_orchestration.crypto.envelope import RewrapFailed
 from platform_orchestration.protection import FleetProtection
 from platform_orchestration.secrets import SecretUnavailable
 from platform_orchestration.storage import StoreError
 
 # Errors that are the operator's to act on: printed as one line, no traceback.
 _OPERATOR_ERRORS = (BackupCorrupt, BackupFailed, BackupNotFound, ClusterError, CopyFailed, KeyError,
-                    PostgresToolsMissing, RestoreFailed, RestoreRefused, RetentionError,
-                    SecretUnavailable, StoreError)
+                    KeyServiceError, PostgresToolsMissing, RestoreFailed, RestoreRefused, RetentionError,
+                    RewrapFailed, SecretUnavailable, StoreError)
 
 
 def human_bytes(count: float) -> str:
@@ -123,14 +125,24 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("database")
     prune.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
 
-    commands.add_parser("status", help="compliance of every database (RPO, copies, drills)")
+    commands.add_parser("status", help="compliance of every database (RPO, copies, drills, encryption)")
+
+    rewrap = commands.add_parser("rewrap", help="rewrap backup data keys under the newest key version")
+    rewrap.add_argument("database", nargs="?", help="one database (default: all)")
     return parser
 
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
-    fleet_path = args.fleet or os.environ.get("PLATFORM_FLEET") or str(fleet_path_from_env())
+    fleet_path = args.fleet or str(fleet_path_from_env())
     fleet = load_fleet(fleet_path)
-    protection = FleetProtection(fleet)
+    # Secrets and data keys as the environment says (Vault when VAULT_ADDR is set); dynamic
+    # database logins taken by this command are revoked when it ends.
+    with FleetProtection.from_environment(fleet) as protection:
+        return _command(args, fleet_path, fleet, protection, out)
+
+
+def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: FleetProtection,  # noqa: ANN001
+             out: TextIO) -> int:
     progress = TerminalProgress()
 
     if args.command == "validate":
@@ -232,6 +244,11 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             for finding in assessment.findings:
                 print(f"  [{'ok' if finding.passed else 'FAIL'}] {finding.check}: {finding.detail}", file=out)
         return 1 if failing else 0
+
+    if args.command == "rewrap":
+        report = protection.rewrap_all(args.database)
+        print(report.summary(), file=out)
+        return 0 if report.ok else 1
 
     raise AssertionError(f"unhandled command {args.command}")
 

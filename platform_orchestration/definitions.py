@@ -17,7 +17,7 @@ from platform_orchestration.assets import build_assets, database_partitions
 from platform_orchestration.checks import build_checks
 from platform_orchestration.fleet import fleet_path_from_env, load_fleet
 from platform_orchestration.ops import build_disaster_restore_job
-from platform_orchestration.resources import AlertsResource, FleetResource
+from platform_orchestration.resources import AlertsResource, FleetResource, SecretsResource
 from platform_orchestration.sensors import report_failed_runs
 from platform_orchestration.specs import (
     AssetJobSpec,
@@ -61,6 +61,7 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
     }
     schedules = build_schedules(load_schedule_specs(_spec_dir("PLATFORM_SCHEDULES_DIR", "schedules")),
                                 jobs, fleet, partitioned)
+    secrets = SecretsResource.from_environment()
     alerts_file = os.environ.get("PLATFORM_ALERTS_FILE") or str(REPOSITORY_ROOT / "var" / "alerts.jsonl")
     return dg.Definitions(
         assets=assets,
@@ -69,7 +70,8 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
         schedules=schedules,
         sensors=[report_failed_runs],
         resources={
-            "fleet": FleetResource(fleet_file=str(Path(fleet_file).resolve())),
+            "fleet": FleetResource(fleet_file=str(Path(fleet_file).resolve()), secrets=secrets),
+            "secrets": secrets,
             "alerts": AlertsResource(alerts_file=alerts_file),
         },
         executor=select_executor(os.environ.get("PLATFORM_EXECUTOR", "multiprocess")),

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from psycopg.conninfo import make_conninfo
+
 from platform_orchestration.backups.catalog import StoredBackup, find_backup, list_backups
 from platform_orchestration.backups.compliance import DatabaseCompliance, assess_database
 from platform_orchestration.backups.copy import CopyReport, ensure_copies
@@ -28,7 +30,7 @@ from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.crypto.envelope import RewrapEntry, RewrapFailed, RewrapReport, rewrap_backup
 from platform_orchestration.fleet import Fleet
 from platform_orchestration.postgres.connection import PgConnection
-from platform_orchestration.secrets import LocalSecretProvider, SecretProvider
+from platform_orchestration.secrets import LocalSecretProvider, SecretProvider, SecretUnavailable
 from platform_orchestration.storage import ObjectStore, StoreError, open_store, write_bytes
 
 
@@ -46,6 +48,30 @@ class FleetProtection:
     # None: backups are taken unencrypted, and encrypted ones cannot be read.
     keys: DataKeyProvider | None = None
     _open_stores: dict[str, ObjectStore] = field(default_factory=dict, init=False, repr=False)
+    _logins: dict[str, PgConnection] = field(default_factory=dict, init=False, repr=False)
+
+    @classmethod
+    def from_environment(cls, fleet: Fleet, **options: object) -> FleetProtection:
+        """Secrets and data keys as this process's environment configures them (Vault when
+        VAULT_ADDR is set, else the embedded default): what the CLI and Dagster both use."""
+        from platform_orchestration.secrets.configured import data_keys_from_env, secret_provider_from_env
+
+        secrets = secret_provider_from_env()
+        return cls(fleet, secrets=secrets, keys=data_keys_from_env(secrets), **options)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Revoke the dynamic database logins this object took (Vault drops those users).
+        Call it when the step or command that used them ends."""
+        revoke = getattr(self.secrets, "revoke_all", None)
+        self._logins.clear()
+        if revoke is not None:
+            revoke()
+
+    def __enter__(self) -> FleetProtection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def store(self, name: str) -> ObjectStore:
         """The named store, opened once (cloud clients are costly to build) and reused."""
@@ -62,6 +88,18 @@ class FleetProtection:
 
     def connection_for(self, database: str) -> PgConnection:
         spec = self.fleet.database(database)
+        if spec.credentials is not None:
+            # One dynamic login per database for this object's life: each login is a new
+            # PostgreSQL user, all revoked by close().
+            if database not in self._logins:
+                login = getattr(self.secrets, "database_login", None)
+                if login is None:
+                    raise SecretUnavailable(
+                        f"database {database}: credentials {spec.credentials.describe()} are a Vault "
+                        "database login, and Vault is not configured (set VAULT_ADDR)")
+                username, password, _lease = login(spec.credentials.vault)
+                self._logins[database] = PgConnection.from_dsn(make_conninfo(spec.dsn, user=username), password)
+            return self._logins[database]
         password = self.secrets.resolve(spec.password) if spec.password else None
         if spec.connection is not None:
             return PgConnection.from_dsn(self.secrets.resolve(spec.connection), password)
@@ -73,6 +111,7 @@ class FleetProtection:
             database=database, cluster=spec.cluster, policy=spec.policy,
             connection=self.connection_for(database), stores=self.stores_for(database),
             compression=self.compression, progress=progress, clock=self.clock, keys=self.keys,
+            credentials="dynamic" if spec.credentials is not None else "static",
         )
 
     def ensure_copies(self, database: str, progress: ProgressListener = no_progress) -> CopyReport:
@@ -166,6 +205,7 @@ class FleetProtection:
         return assess_database(
             database=database, policy=policy.name, stores=self.stores_for(database), rpo=policy.rpo,
             drill_every=policy.drill.every, rto=policy.drill.rto, now=now or self.clock(),
+            requires_dynamic_credentials=self.fleet.database(database).uses_dynamic_credentials,
         )
 
     def assess_fleet(self, now: datetime | None = None) -> list[DatabaseCompliance]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,22 @@ SOURCE_DB = "shop"
 STORE_NAMES = ("aws", "azure", "gcp")
 
 _names = itertools.count(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The embedded default encrypts every backup with a local key-encryption key; the tests
+    keep theirs in a temporary directory instead of the user's ~/.config."""
+    directory = tmp_path_factory.mktemp("kek")
+    directory.chmod(0o700)
+    path = directory / "test-kek"
+    previous = os.environ.get("PLATFORM_LOCAL_KEK")
+    os.environ["PLATFORM_LOCAL_KEK"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("PLATFORM_LOCAL_KEK", None)
+    else:
+        os.environ["PLATFORM_LOCAL_KEK"] = previous
 
 
 @pytest.fixture(scope="session")

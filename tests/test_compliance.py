@@ -10,10 +10,13 @@ from conftest import SOURCE_DB, STORE_NAMES, make_stores, utcnow
 
 from platform_orchestration.backups.compliance import (
     BACKUP_WITHIN_RPO,
+    BACKUPS_ENCRYPTED,
     COPIES_IN_REQUIRED_STORES,
     DRILL_PASSED_WITHIN_CADENCE,
+    DYNAMIC_CREDENTIALS_USED,
     assess_database,
 )
+from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
 from platform_orchestration.backups.copy import ensure_copies
 from platform_orchestration.backups.drill import run_restore_drill
 from platform_orchestration.backups.take import take_backup
@@ -28,10 +31,12 @@ def protected_root(tmp_path_factory, source_db):
     """Stores holding a backup (taken into two, copied to the third) and a passing drill."""
     root = tmp_path_factory.mktemp("protected")
     stores = make_stores(root)
+    keys = LocalDataKeyProvider()  # the session's test key file (PLATFORM_LOCAL_KEK)
     outcome = take_backup(database=SOURCE_DB, cluster="test-cluster", policy="gold",
-                          connection=source_db, stores=stores[:2])
+                          connection=source_db, stores=stores[:2], keys=keys, credentials="static")
     assert ensure_copies(SOURCE_DB, stores).copied == (STORE_NAMES[2],)
-    record = run_restore_drill(database=SOURCE_DB, stores=stores, rto_target=RTO, rpo_target=RPO)
+    record = run_restore_drill(database=SOURCE_DB, stores=stores, rto_target=RTO, rpo_target=RPO,
+                               keys=keys)
     assert record.passed, record.failure
     return root, outcome.manifest, record
 
@@ -57,7 +62,8 @@ def test_backup_copies_and_drill_pass_every_finding(protected):
 
     assert result.passed, result.findings
     assert [f.check for f in result.findings] == [BACKUP_WITHIN_RPO, COPIES_IN_REQUIRED_STORES,
-                                                  DRILL_PASSED_WITHIN_CADENCE]
+                                                  DRILL_PASSED_WITHIN_CADENCE, BACKUPS_ENCRYPTED,
+                                                  DYNAMIC_CREDENTIALS_USED]
     assert result.latest_backup_id == manifest.backup_id and result.latest_drill_id == record.drill_id
     [evidence] = result.backups
     assert evidence.stores == sorted(STORE_NAMES) and evidence.restored_by_drills == [record.drill_id]
@@ -98,7 +104,7 @@ def test_drill_older_than_cadence_fails_drill_finding(protected):
 def test_failed_latest_drill_fails_drill_finding(protected):
     stores, _, _ = protected
     failed = run_restore_drill(database=SOURCE_DB, stores=stores, rpo_target=RPO,
-                               rto_target=timedelta(microseconds=1))
+                               rto_target=timedelta(microseconds=1), keys=LocalDataKeyProvider())
     assert not failed.passed
 
     result = assess(stores)
@@ -108,7 +114,29 @@ def test_failed_latest_drill_fails_drill_finding(protected):
     assert result.latest_drill_id == failed.drill_id
 
 
-def test_no_backup_and_no_drill_fail_everything(stores):
+def test_no_backup_and_no_drill_fail_every_protection_finding(stores):
     result = assess(stores)
 
-    assert not result.passed and not any(f.passed for f in result.findings)
+    assert not result.passed
+    failing = {f.check for f in result.findings if not f.passed}
+    assert failing == {BACKUP_WITHIN_RPO, COPIES_IN_REQUIRED_STORES, DRILL_PASSED_WITHIN_CADENCE}
+
+
+def test_an_unencrypted_copy_fails_the_encryption_finding_naming_it(protected, source_db):
+    stores, _manifest, _record = protected
+    plain = take_backup(database=SOURCE_DB, cluster="test-cluster", policy="gold",
+                        connection=source_db, stores=stores[1:2]).manifest
+
+    finding = assess(stores).finding(BACKUPS_ENCRYPTED)
+
+    assert not finding.passed
+    assert f"{plain.backup_id} in {STORE_NAMES[1]}" in finding.detail
+
+
+def test_static_credentials_fail_when_the_fleet_requires_dynamic_ones(protected):
+    stores, manifest, _record = protected
+
+    finding = assess(stores, requires_dynamic_credentials=True).finding(DYNAMIC_CREDENTIALS_USED)
+
+    assert not finding.passed
+    assert manifest.backup_id in finding.detail and "static" in finding.detail

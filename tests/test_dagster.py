@@ -97,7 +97,8 @@ def test_protection_flow_backs_up_copies_drills_and_passes_checks(tmp_path, sour
     assert materialized == {"clusters", "databases", "backups", "backup_copies", "restore_drills",
                             "compliance_report"}
     assert _check_results(result) == {"backup_within_rpo": True, "copies_in_required_stores": True,
-                                      "drill_passed_within_cadence": True}
+                                      "drill_passed_within_cadence": True, "backups_encrypted": True,
+                                      "dynamic_credentials_used": True}
     backup_meta = result.asset_materializations_for_node("backups")[0].metadata
     assert backup_meta["stored_in"].value == "aws, azure, gcp"
     for store in ("aws", "azure", "gcp"):

@@ -35,63 +35,65 @@ def compliance_table(assessments: list[DatabaseCompliance]) -> dg.MetadataValue:
     for a in assessments:
         rows.append([a.database, a.policy, "yes" if a.passed else "**no**"]
                     + [("ok" if f.passed else "FAIL") + f": {f.detail}" for f in a.findings])
-    return _markdown_table(["database", "policy", "compliant", "RPO", "copies", "drill"], rows)
+    return _markdown_table(["database", "policy", "compliant", "RPO", "copies", "drill", "encrypted",
+                            "credentials"], rows)
 
 
 def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS,
               description="The fleet's PostgreSQL clusters, observed: reachable, server version, role.")
     def clusters(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        protection = fleet.protection()
-        rows = []
-        unreachable = []
-        for cluster in protection.fleet.clusters:
-            members = [db.name for db in protection.fleet.databases if db.cluster == cluster.name]
-            version, in_recovery = "-", "-"
-            if members:
-                connection = protection.connection_for(members[0])
-                try:
-                    with psycopg.connect(connection.dsn, connect_timeout=5,
-                                         **connection.psycopg_kwargs()) as conn:
-                        version, recovering = conn.execute(
-                            "SELECT current_setting('server_version'), pg_is_in_recovery()").fetchone()
-                        in_recovery = "standby" if recovering else "primary"
-                except psycopg.Error as exc:
-                    unreachable.append(cluster.name)
-                    context.log.warning(f"cluster {cluster.name} unreachable via {connection.display()}: "
-                                        f"{type(exc).__name__}")
-                    version = "unreachable"
-            rows.append([cluster.name, cluster.cloud, cluster.region, cluster.role, in_recovery,
-                         version, ", ".join(members)])
-        return dg.MaterializeResult(metadata={
-            "clusters": _markdown_table(["cluster", "cloud", "region", "declared role", "observed",
-                                         "version", "databases"], rows),
-            "cluster_count": len(rows),
-            "unreachable": ", ".join(unreachable) or "none",
-        })
+        with fleet.protection() as protection:
+            rows = []
+            unreachable = []
+            for cluster in protection.fleet.clusters:
+                members = [db.name for db in protection.fleet.databases if db.cluster == cluster.name]
+                version, in_recovery = "-", "-"
+                if members:
+                    connection = protection.connection_for(members[0])
+                    try:
+                        with psycopg.connect(connection.dsn, connect_timeout=5,
+                                             **connection.psycopg_kwargs()) as conn:
+                            version, recovering = conn.execute(
+                                "SELECT current_setting('server_version'), pg_is_in_recovery()").fetchone()
+                            in_recovery = "standby" if recovering else "primary"
+                    except psycopg.Error as exc:
+                        unreachable.append(cluster.name)
+                        context.log.warning(f"cluster {cluster.name} unreachable via {connection.display()}: "
+                                            f"{type(exc).__name__}")
+                        version = "unreachable"
+                rows.append([cluster.name, cluster.cloud, cluster.region, cluster.role, in_recovery,
+                             version, ", ".join(members)])
+            return dg.MaterializeResult(metadata={
+                "clusters": _markdown_table(["cluster", "cloud", "region", "declared role", "observed",
+                                             "version", "databases"], rows),
+                "cluster_count": len(rows),
+                "unreachable": ", ".join(unreachable) or "none",
+            })
 
     @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS, partitions_def=partitions,
               deps=[clusters], description="One database of the fleet: size, tables, server.")
     def databases(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        protection = fleet.protection()
-        name = context.partition_key
-        spec = protection.fleet.database(name)
-        connection = protection.connection_for(name)
-        with psycopg.connect(connection.dsn, connect_timeout=10, **connection.psycopg_kwargs()) as conn:
-            size, version, tables = conn.execute(
-                """SELECT pg_database_size(current_database()), current_setting('server_version'),
-                          (SELECT count(*) FROM pg_stat_user_tables)""").fetchone()
-        return dg.MaterializeResult(metadata={
-            "cluster": spec.cluster, "policy": spec.policy, "server_version": version,
-            "size_bytes": dg.MetadataValue.int(int(size)), "tables": dg.MetadataValue.int(int(tables)),
-            "connection": connection.display(),
-        })
+        with fleet.protection() as protection:
+            name = context.partition_key
+            spec = protection.fleet.database(name)
+            connection = protection.connection_for(name)
+            with psycopg.connect(connection.dsn, connect_timeout=10, **connection.psycopg_kwargs()) as conn:
+                size, version, tables = conn.execute(
+                    """SELECT pg_database_size(current_database()), current_setting('server_version'),
+                              (SELECT count(*) FROM pg_stat_user_tables)""").fetchone()
+            return dg.MaterializeResult(metadata={
+                "cluster": spec.cluster, "policy": spec.policy, "server_version": version,
+                "size_bytes": dg.MetadataValue.int(int(size)), "tables": dg.MetadataValue.int(int(tables)),
+                "connection": connection.display(),
+            })
 
     @dg.asset(group_name=GROUP, kinds={"postgres", "zstd"}, owners=OWNERS, partitions_def=partitions,
               deps=[databases],
               description="A logical backup (pg_dump, zstd, SHA-256) written to every required store at once.")
     def backups(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        outcome = fleet.protection().backup(context.partition_key)
+        with fleet.protection() as protection:
+            outcome = protection.backup(context.partition_key)
         manifest = outcome.manifest
         for store, reason in outcome.failed_stores.items():
             context.log.warning(f"backup {manifest.backup_id}: no copy in {store}: {reason}")
@@ -119,7 +121,8 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               description="A verified copy of the latest backup in every store the policy requires; "
                           "missing copies are made from a verified one.")
     def backup_copies(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        report = fleet.protection().ensure_copies(context.partition_key)
+        with fleet.protection() as protection:
+            report = protection.ensure_copies(context.partition_key)
         if report.failed:
             raise dg.Failure(
                 description=f"backup {report.backup_id} of {context.partition_key}: copies failed: "
@@ -138,7 +141,8 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               description="A restore drill: the latest backup from one store (rotating across clouds) "
                           "restored into a throwaway cluster, row counts checked, RTO and RPO measured.")
     def restore_drills(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        record = fleet.protection().drill(context.partition_key)
+        with fleet.protection() as protection:
+            record = protection.drill(context.partition_key)
         metadata = {
             "drill_id": record.drill_id, "backup_id": record.backup_id or "none",
             "source_store": record.source_store, "passed": record.passed,
@@ -161,7 +165,8 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
                           "longer keeps deleted (manifest first), the newest always kept, locked "
                           "(immutable) objects reported and kept, orphan dumps swept.")
     def retention(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        report = fleet.protection().prune(context.partition_key)
+        with fleet.protection() as protection:
+            report = protection.prune(context.partition_key)
         for line in report.lines():
             context.log.info(line)
         rows = [[s.store, ", ".join(s.deleted) or "-", len(s.kept),
@@ -185,19 +190,19 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               description="Compliance evidence for the whole fleet: per database, RPO, copies, drills, "
                           "and every backup tied to the drills that restored it. Written to every store.")
     def compliance_report(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        protection = fleet.protection()
-        now = datetime.now(timezone.utc)
-        assessments = protection.assess_fleet(now)
-        report = {"generated_at": now.isoformat(), "fleet_file": str(protection.fleet.source),
-                  "databases": [a.to_dict() for a in assessments]}
-        key, written = protection.record_compliance(json.dumps(report, indent=2, default=str).encode(), now)
-        compliant = sum(a.passed for a in assessments)
-        return dg.MaterializeResult(metadata={
-            "compliant_databases": dg.MetadataValue.int(compliant),
-            "non_compliant_databases": dg.MetadataValue.int(len(assessments) - compliant),
-            "evidence_key": key,
-            "evidence_stores": ", ".join(written),
-            "summary": compliance_table(assessments),
-        })
+        with fleet.protection() as protection:
+            now = datetime.now(timezone.utc)
+            assessments = protection.assess_fleet(now)
+            report = {"generated_at": now.isoformat(), "fleet_file": str(protection.fleet.source),
+                      "databases": [a.to_dict() for a in assessments]}
+            key, written = protection.record_compliance(json.dumps(report, indent=2, default=str).encode(), now)
+            compliant = sum(a.passed for a in assessments)
+            return dg.MaterializeResult(metadata={
+                "compliant_databases": dg.MetadataValue.int(compliant),
+                "non_compliant_databases": dg.MetadataValue.int(len(assessments) - compliant),
+                "evidence_key": key,
+                "evidence_stores": ", ".join(written),
+                "summary": compliance_table(assessments),
+            })
 
     return [clusters, databases, backups, backup_copies, restore_drills, retention, compliance_report]

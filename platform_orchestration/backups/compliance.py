@@ -1,11 +1,14 @@
 """Is each database protected as its policy says? Findings computed from the stores alone.
 
-Three findings per database, the same ones the Dagster asset checks report:
+Five findings per database, the same ones the Dagster asset checks report:
 - backup_within_rpo: the newest backup's snapshot is younger than the RPO target;
 - copies_in_required_stores: that backup has a verified copy (a manifest) in every
   store the policy requires;
 - drill_passed_within_cadence: the latest drill passed, under the RTO target, and is
-  younger than the drill cadence.
+  younger than the drill cadence;
+- backups_encrypted: every stored copy is encrypted and names its key version;
+- dynamic_credentials_used: where the fleet gives a database dynamic (Vault) credentials,
+  its latest backup was taken with them, not with a static login.
 The evidence also ties every listed backup to the drills that restored it.
 """
 
@@ -21,6 +24,8 @@ from platform_orchestration.storage import ObjectStore
 BACKUP_WITHIN_RPO = "backup_within_rpo"
 COPIES_IN_REQUIRED_STORES = "copies_in_required_stores"
 DRILL_PASSED_WITHIN_CADENCE = "drill_passed_within_cadence"
+BACKUPS_ENCRYPTED = "backups_encrypted"
+DYNAMIC_CREDENTIALS_USED = "dynamic_credentials_used"
 
 
 @dataclass(frozen=True)
@@ -73,13 +78,20 @@ def assess_database(
     drill_every: timedelta,
     rto: timedelta,
     now: datetime,
+    requires_dynamic_credentials: bool = False,
 ) -> DatabaseCompliance:
     held_by: dict[str, list[str]] = {}
     snapshot_of: dict[str, datetime] = {}
+    unencrypted: list[str] = []
+    credentials_of: dict[str, str | None] = {}
     for store in stores:
         for stored in list_backups(store, database):
             held_by.setdefault(stored.backup_id, []).append(store.name)
             snapshot_of[stored.backup_id] = stored.manifest.snapshot_at
+            credentials_of[stored.backup_id] = stored.manifest.credentials
+            encryption = stored.manifest.encryption
+            if encryption is None or not encryption.key_version:
+                unencrypted.append(f"{stored.backup_id} in {store.name}")
     drills = drill_history(stores, database)
     findings: list[Finding] = []
 
@@ -120,6 +132,26 @@ def assess_database(
             f"drill {latest_drill.drill_id} from {latest_drill.source_store} of backup "
             f"{latest_drill.backup_id}: " + ("; ".join(problems) if problems else
                                             f"passed, RTO {latest_drill.rto_seconds:.1f}s"),
+        ))
+
+    copies = sum(len(names) for names in held_by.values())
+    findings.append(Finding(
+        BACKUPS_ENCRYPTED, not unencrypted,
+        f"{copies - len(unencrypted)} of {copies} stored copies encrypted with a named key version"
+        + (f"; not encrypted: {', '.join(unencrypted[:5])}" + (" ..." if len(unencrypted) > 5 else "")
+           if unencrypted else ""),
+    ))
+    if not requires_dynamic_credentials:
+        findings.append(Finding(DYNAMIC_CREDENTIALS_USED, True,
+                                f"the fleet gives {database} static credentials"))
+    elif latest_id is None:
+        findings.append(Finding(DYNAMIC_CREDENTIALS_USED, False, f"{database} has no backup to judge"))
+    else:
+        used = credentials_of[latest_id]
+        findings.append(Finding(
+            DYNAMIC_CREDENTIALS_USED, used == "dynamic",
+            f"latest backup {latest_id} connected with {used or 'unrecorded'} credentials; "
+            "the fleet requires dynamic (Vault) credentials",
         ))
 
     restored_by: dict[str, list[str]] = {}

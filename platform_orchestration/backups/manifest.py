@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timezone
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -119,6 +120,9 @@ class BackupManifest(_Frozen):
     # Optional so manifests written before encryption existed still load; an unencrypted
     # manifest is written without the key, so older readers still load it too.
     encryption: EncryptionInfo | None = None
+    # How the dump logged in: "dynamic" (a Vault database-engine login, revoked after the
+    # run) or "static"; evidence for the compliance check. None in older manifests.
+    credentials: Literal["static", "dynamic"] | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -135,7 +139,8 @@ class BackupManifest(_Frozen):
                                                              copied_from=copied_from)})
 
     def to_json(self) -> bytes:
-        exclude = {"encryption"} if self.encryption is None else None
+        # Absent fields are left out, so manifests without them read as before.
+        exclude = {name for name in ("encryption", "credentials") if getattr(self, name) is None} or None
         return self.model_dump_json(by_alias=True, indent=2, exclude=exclude).encode()
 
     @classmethod

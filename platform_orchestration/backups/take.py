@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import zstandard
+from typing import Literal
 
 from platform_orchestration import __version__
 from platform_orchestration.backups.integrity import BackupCorrupt, stored_checksum_matches
@@ -88,6 +89,7 @@ def take_backup(
     progress: ProgressListener = no_progress,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     keys: DataKeyProvider | None = None,
+    credentials: Literal["static", "dynamic"] | None = None,
 ) -> BackupOutcome:
     """Dump `database` once into every store in `stores`; raise BackupFailed if none got a
     verified copy. Stores that failed are reported in the outcome (their copy can be made
@@ -195,6 +197,7 @@ def take_backup(
                       stored_bytes=stored, sha256=digest.hexdigest()),
         row_counts=counts,
         produced_by=f"platform-orchestration {__version__}",
+        credentials=credentials,
         encryption=(encryption_info(data_key, keys)
                     if data_key is not None and keys is not None else None),
     )

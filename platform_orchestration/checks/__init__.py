@@ -8,6 +8,8 @@ import dagster as dg
 
 from platform_orchestration.backups.compliance import (
     BACKUP_WITHIN_RPO,
+    BACKUPS_ENCRYPTED,
+    DYNAMIC_CREDENTIALS_USED,
     COPIES_IN_REQUIRED_STORES,
     DRILL_PASSED_WITHIN_CADENCE,
 )
@@ -18,7 +20,8 @@ def _finding_check(check_name: str, asset: dg.AssetsDefinition, description: str
                    partitions: dg.StaticPartitionsDefinition) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=asset, name=check_name, description=description, partitions_def=partitions)
     def _check(context: dg.AssetCheckExecutionContext, fleet: FleetResource) -> dg.AssetCheckResult:
-        assessment = fleet.protection().assess(context.partition_key)
+        with fleet.protection() as protection:
+            assessment = protection.assess(context.partition_key)
         finding = assessment.finding(check_name)
         return dg.AssetCheckResult(
             passed=finding.passed,
@@ -42,5 +45,11 @@ def build_checks(assets_by_name: dict[str, dg.AssetsDefinition],
                        partitions),
         _finding_check(DRILL_PASSED_WITHIN_CADENCE, assets_by_name["restore_drills"],
                        "The last restore drill passed, under the RTO target, within the drill cadence.",
+                       partitions),
+        _finding_check(BACKUPS_ENCRYPTED, assets_by_name["backups"],
+                       "Every stored copy of every backup is encrypted and names its key version.",
+                       partitions),
+        _finding_check(DYNAMIC_CREDENTIALS_USED, assets_by_name["backups"],
+                       "Where the fleet says dynamic (Vault) credentials, the backup used them.",
                        partitions),
     ]

@@ -46,7 +46,11 @@ def _now() -> str:
 
 
 def default_key_file() -> Path:
-    """`$XDG_CONFIG_HOME/platform-orchestration/demo-kek`, `~/.config/...` without it."""
+    """`$PLATFORM_LOCAL_KEK` if set, else `$XDG_CONFIG_HOME/platform-orchestration/demo-kek`
+    (`~/.config/...` without it)."""
+    configured = os.environ.get("PLATFORM_LOCAL_KEK", "").strip()
+    if configured:
+        return Path(configured).expanduser()
     config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(config) / "platform-orchestration" / "demo-kek"
 

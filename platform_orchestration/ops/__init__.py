@@ -48,12 +48,12 @@ def _target_connection(config: DisasterRestoreConfig) -> PgConnection:
 def restore_from_backup(context: dg.OpExecutionContext, config: DisasterRestoreConfig,
                      fleet: FleetResource) -> dg.Output[dict]:
     target = _target_connection(config)
-    protection = fleet.protection()
     backup_id = None if config.backup_id in ("", "latest") else config.backup_id
     try:
-        result = protection.restore(config.database, target, backup_id=backup_id,
-                                    store_name=config.source_store or None, replace=config.replace,
-                                    jobs=config.jobs)
+        with fleet.protection() as protection:
+            result = protection.restore(config.database, target, backup_id=backup_id,
+                                        store_name=config.source_store or None, replace=config.replace,
+                                        jobs=config.jobs)
     except Exception as exc:
         raise dg.Failure(description=f"disaster restore of {config.database} failed: {exc}") from exc
     context.log.info(f"restored backup {result.backup_id} of {result.database} from {result.store} into "

@@ -1,0 +1,39 @@
+"""Which secret provider and key service this process uses, decided by its environment.
+
+With `VAULT_ADDR` set, Vault (or OpenBao) serves every secret reference and wraps every
+backup's data key with transit; without it, the embedded default serves env:/file:
+references and wraps data keys with a local key file kept outside the repository
+(`PLATFORM_LOCAL_KEK`, default ~/.config/platform-orchestration/). The CLI and the Dagster
+resources both start here, so a break-glass restore reads secrets exactly as a run does.
+"""
+
+from __future__ import annotations
+
+import os
+
+from platform_orchestration.crypto import DataKeyProvider
+from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
+from platform_orchestration.secrets import LocalSecretProvider, SecretProvider
+
+
+def vault_configured() -> bool:
+    return bool(os.environ.get("VAULT_ADDR", "").strip())
+
+
+def secret_provider_from_env() -> SecretProvider:
+    if vault_configured():
+        from platform_orchestration.secrets.vault import VaultClient, VaultSecretProvider
+
+        return VaultSecretProvider(VaultClient.from_env())
+    return LocalSecretProvider()
+
+
+def data_keys_from_env(secrets: SecretProvider | None = None) -> DataKeyProvider:
+    """Transit when Vault is configured (sharing the provider's client when given), else the
+    local key file."""
+    if vault_configured():
+        from platform_orchestration.secrets.vault import VaultClient, VaultSecretProvider, VaultTransitKeys
+
+        client = secrets.client if isinstance(secrets, VaultSecretProvider) else VaultClient.from_env()
+        return VaultTransitKeys(client)
+    return LocalDataKeyProvider()  # PLATFORM_LOCAL_KEK, else ~/.config/platform-orchestration/
