@@ -8,7 +8,8 @@ from platform_orchestration.postgres import LocalCluster
 
 
 def write_fleet(directory: Path, cluster: LocalCluster, database: str, *, rpo: str = "1h",
-                rto: str = "10m", drill_every: str = "1d", password_env: str | None = None) -> Path:
+                rto: str = "10m", drill_every: str = "1d", password_env: str | None = None,
+                vault_credentials: str | None = None) -> Path:
     """One cluster, one database with a policy requiring three local stores.
 
     The policies are named like the repository's (critical, standard) because
@@ -16,6 +17,9 @@ def write_fleet(directory: Path, cluster: LocalCluster, database: str, *, rpo: s
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "fleet.yaml"
     password = f"\n    password: {{env: {password_env}}}" if password_env else ""
+    user = "postgres@"
+    if vault_credentials:  # a dynamic login from Vault supplies the user
+        user, password = "", f"\n    credentials: {{vault: {vault_credentials}}}"
     path.write_text(f"""\
 clusters:
   - {{name: test-pg, cloud: local, region: loopback, role: primary}}
@@ -26,7 +30,7 @@ stores:
 databases:
   - name: {database}
     cluster: test-pg
-    dsn: postgresql://postgres@127.0.0.1:{cluster.port}/{database}{password}
+    dsn: postgresql://{user}127.0.0.1:{cluster.port}/{database}{password}
     policy: critical
 policies:
   - name: critical
