@@ -37,7 +37,7 @@ from platform_orchestration.fleet import Fleet
 
 __all__ = [
     "AssetJobSpec",
-    "DisasterRestoreJobSpec",
+    "OperatorJobSpec",
     "JobSpec",
     "JobsFile",
     "PolicySelection",
@@ -139,13 +139,14 @@ class AssetJobSpec(_NamedSpec):
     assets: list[str] = Field(min_length=1)
 
 
-class DisasterRestoreJobSpec(_NamedSpec):
-    """The disaster-restore job, configured from the Launchpad."""
+class OperatorJobSpec(_NamedSpec):
+    """An operator job built in code: the disaster restore (configured from the Launchpad),
+    or the rewrap of backup data keys after a key rotation."""
 
     _noun: ClassVar[str] = "job"
 
     description: str = ""
-    kind: Literal["disaster_restore"]
+    kind: Literal["disaster_restore", "rewrap_keys"]
 
 
 def _job_kind(value: object) -> str:
@@ -155,7 +156,8 @@ def _job_kind(value: object) -> str:
 
 
 JobSpec: TypeAlias = Annotated[
-    Annotated[AssetJobSpec, Tag("assets")] | Annotated[DisasterRestoreJobSpec, Tag("disaster_restore")],
+    Annotated[AssetJobSpec, Tag("assets")] | Annotated[OperatorJobSpec, Tag("disaster_restore")]
+    | Annotated[OperatorJobSpec, Tag("rewrap_keys")],
     Discriminator(_job_kind),
 ]
 
@@ -212,7 +214,7 @@ class SchedulesFile(_Strict):
 _SpecT = TypeVar("_SpecT", bound=_NamedSpec)
 
 
-def load_job_specs(directory: Path) -> list[AssetJobSpec | DisasterRestoreJobSpec]:
+def load_job_specs(directory: Path) -> list[AssetJobSpec | OperatorJobSpec]:
     """The jobs of every ``*.yaml``/``*.yml`` file in ``directory``, in file-name then entry order.
 
     Raises :class:`SpecError` listing every problem in every file. What the jobs name (assets,
@@ -274,7 +276,7 @@ def _unique(spec: _SpecT, first_by_name: dict[str, _SpecT], noun: str) -> Findin
 
 
 def build_jobs(
-    specs: Sequence[AssetJobSpec | DisasterRestoreJobSpec],
+    specs: Sequence[AssetJobSpec | OperatorJobSpec],
     asset_names: Collection[str],
     disaster_restore_job_factory: Callable[[str, str], dg.JobDefinition],
 ) -> list[DagsterJob]:
@@ -284,9 +286,9 @@ def build_jobs(
     """
     findings: list[Finding] = []
     jobs: list[DagsterJob] = []
-    first_by_name: dict[str, AssetJobSpec | DisasterRestoreJobSpec] = {}
+    first_by_name: dict[str, AssetJobSpec | OperatorJobSpec] = {}
     for spec in specs:
-        problems = [] if isinstance(spec, DisasterRestoreJobSpec) else [
+        problems = [] if isinstance(spec, OperatorJobSpec) else [
             spec._finding(("assets", index), f"unknown asset {asset!r} ({known_names(asset_names)})")
             for index, asset in enumerate(spec.assets)
             if asset not in asset_names
@@ -296,8 +298,13 @@ def build_jobs(
         findings += problems
         if problems:
             continue
-        if isinstance(spec, DisasterRestoreJobSpec):
-            jobs.append(disaster_restore_job_factory(spec.name, spec.description))
+        if isinstance(spec, OperatorJobSpec):
+            if spec.kind == "rewrap_keys":
+                from platform_orchestration.ops import build_rewrap_keys_job
+
+                jobs.append(build_rewrap_keys_job(spec.name, spec.description))
+            else:
+                jobs.append(disaster_restore_job_factory(spec.name, spec.description))
         else:
             jobs.append(
                 dg.define_asset_job(

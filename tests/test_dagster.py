@@ -294,3 +294,23 @@ def test_prune_backups_job_materializes_retention_for_a_partition(tmp_path, sour
     for store in ("aws", "azure", "gcp"):
         remaining = {p.parent.name for p in (tmp_path / "stores" / store / "backups" / SOURCE_DB).glob("*/manifest.json")}
         assert remaining == set(ids[1:])
+
+
+def test_rewrap_job_moves_every_manifest_to_the_newest_key_version(tmp_path, source_cluster, source_db,
+                                                                   instance, local_key_file):
+    from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
+
+    defs = _defs(tmp_path, source_cluster)
+    defs.resolve_job_def("take_backups").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
+    dumps_before = {p: p.read_bytes() for p in (tmp_path / "stores").rglob("dump.pgdump.zst")}
+    newest = LocalDataKeyProvider(local_key_file).rotate()
+
+    result = defs.resolve_job_def("rewrap_backup_keys").execute_in_process(instance=instance, run_config=QUIET)
+
+    assert result.success
+    manifests = list((tmp_path / "stores").rglob("manifest.json"))
+    assert len(manifests) == 3
+    for manifest in manifests:
+        assert f'"key_version": {newest}' in manifest.read_text()
+    assert {p: p.read_bytes() for p in dumps_before} == dumps_before

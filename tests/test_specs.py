@@ -13,7 +13,7 @@ from platform_orchestration.fleet import Fleet, load_fleet
 from platform_orchestration.ops import build_disaster_restore_job
 from platform_orchestration.specs import (
     AssetJobSpec,
-    DisasterRestoreJobSpec,
+    OperatorJobSpec,
     SpecError,
     build_jobs,
     build_schedules,
@@ -70,7 +70,7 @@ def test_repository_specs_load_and_build_against_the_demo_fleet(fleet: Fleet) ->
     schedules = build_schedules(schedule_specs, jobs, fleet, {"take_backups", "run_restore_drills"})
 
     assert isinstance(job_specs[0], AssetJobSpec)
-    assert isinstance(job_specs[-1], DisasterRestoreJobSpec)
+    assert isinstance(job_specs[-1], OperatorJobSpec)
     assert [job.name for job in jobs] == [spec.name for spec in job_specs]
     assert [s.name for s in schedules] == [spec.name for spec in schedule_specs]
 
@@ -117,7 +117,7 @@ def test_unknown_kind(tmp_path: Path) -> None:
             kind: restore
         """)
     assert job_errors(tmp_path) == [
-        f"{path}:3: jobs[0].kind: expected one of assets, disaster_restore, got 'restore'"
+        f"{path}:3: jobs[0].kind: expected one of assets, disaster_restore, rewrap_keys, got 'restore'"
     ]
 
 

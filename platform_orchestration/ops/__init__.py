@@ -70,3 +70,27 @@ def build_disaster_restore_job(name: str, description: str) -> dg.JobDefinition:
         restore_from_backup()
 
     return _job
+
+
+@dg.op(description="Rewrap every backup's data key under the newest version of the key-encryption "
+                   "key (after a rotation), in every store, without touching the backup data.",
+       tags={"kind": "vault"})
+def rewrap_data_keys(context: dg.OpExecutionContext, fleet: FleetResource) -> dg.Output[dict]:
+    with fleet.protection() as protection:
+        report = protection.rewrap_all()
+    context.log.info(report.summary())
+    counts = {outcome: len(report.with_outcome(outcome))
+              for outcome in ("rewrapped", "current", "unencrypted", "failed")}
+    if not report.ok:
+        failed = "; ".join(f"{e.store} {e.backup_id}: {e.error}" for e in report.with_outcome("failed"))
+        raise dg.Failure(description=f"rewrap left {counts['failed']} manifest(s) unchanged: {failed}",
+                         metadata=counts)
+    return dg.Output(counts, metadata={"key_service": report.key_service, **counts})
+
+
+def build_rewrap_keys_job(name: str, description: str) -> dg.JobDefinition:
+    @dg.job(name=name, description=description, tags={"kind": "key-rotation"})
+    def _job() -> None:
+        rewrap_data_keys()
+
+    return _job
