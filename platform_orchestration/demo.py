@@ -171,6 +171,7 @@ def run_protection_flow(fleet_file: Path = DEMO_FLEET, out=sys.stdout) -> bool: 
                       f"{m['throughput_mib_s']} MiB/s, {m['tables']} tables / {m['rows']} rows, "
                       f"{m['dump_tool']}", file=out)
                 print(f"  stores   written in one pass to: {m['stored_in']}", file=out)
+                print(f"  crypto   {m['encryption']}", file=out)
             copies = materialized.get("backup_copies")
             if copies:
                 m = {k: v.value for k, v in copies.items()}

@@ -114,6 +114,9 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
             "rows": dg.MetadataValue.int(sum(manifest.row_counts.values())),
             "stored_in": ", ".join(outcome.stored_in),
             "failed_stores": ", ".join(outcome.failed_stores) or "none",
+            "encryption": (f"{manifest.encryption.scheme}, data key wrapped by {manifest.encryption.key_service} "
+                           f"v{manifest.encryption.key_version}") if manifest.encryption else "none",
+            "credentials": manifest.credentials or "unrecorded",
         })
 
     @dg.asset(group_name=GROUP, kinds={"s3", "azure", "gcs"}, owners=OWNERS, partitions_def=partitions,
