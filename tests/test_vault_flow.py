@@ -16,6 +16,7 @@ from pg import fingerprint
 from platform_orchestration.backups.catalog import list_backups
 from platform_orchestration.definitions import build_definitions
 from platform_orchestration.fleet import load_fleet
+from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.protection import FleetProtection
 from platform_orchestration.secrets.vault import VaultSecretProvider, VaultTransitKeys
 
@@ -106,8 +107,38 @@ def test_flow_uses_dynamic_logins_and_transit_keys_and_leaks_nothing(
                             "stderr": captured.err, "stores": evidence}.items():
             assert secret not in text, f"a secret reached the {where}"
 
-    # Break-glass restore with the same Vault: unwraps through transit, restores exactly.
-    target = target_cluster.connection("restored_with_vault")
+    # Break-glass restore with the same Vault: the data key unwraps through transit, and
+    # pg_restore runs as a dynamic login that the database engine issues on the target.
+    restorer_path = _restorer_role(vault_server, target_cluster)
     with FleetProtection.from_environment(load_fleet(fleet_file)) as protection:
-        protection.restore(SOURCE_DB, target)
-    assert fingerprint(target) == fingerprint(source_db)
+        username, password, _lease = protection.secrets.database_login(restorer_path)
+        target = PgConnection(f"host=127.0.0.1 port={target_cluster.port} dbname=restored_with_vault "
+                              f"user={username}", password)
+        result = protection.restore(SOURCE_DB, target, restore_as="platform_restore")
+        assert result.tables_verified > 0
+        assert fingerprint(target_cluster.connection("restored_with_vault")) == fingerprint(source_db)
+    assert _dynamic_roles(target_cluster) == []  # the restorer's lease was revoked too
+
+
+def _restorer_role(vault_server, target_cluster) -> str:
+    """A database-engine role on the target: a login that may create the database it restores
+    into and restores as the group role `platform_restore`, which owns the database and
+    everything in it, so the login owns nothing and can be dropped when its lease ends."""
+    with psycopg.connect(target_cluster.connection().dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'platform_restore'").fetchone():
+            conn.execute("CREATE ROLE platform_restore NOLOGIN")
+    admin = vault_server.admin()
+    mount = f"database-restore-{next(_numbers)}"
+    admin.sys.enable_secrets_engine("database", path=mount)
+    admin.secrets.database.configure(
+        name="target", plugin_name="postgresql-database-plugin", allowed_roles=["restorer"], mount_point=mount,
+        connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{target_cluster.port}/postgres"
+                       "?sslmode=disable",
+        username="postgres", password="unused-under-trust")
+    admin.secrets.database.create_role(
+        name="restorer", db_name="target", mount_point=mount, default_ttl="10m", max_ttl="1h",
+        creation_statements=[
+            "CREATE ROLE \"{{name}}\" WITH LOGIN CREATEDB PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' "
+            "IN ROLE platform_restore;"],
+        revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'])
+    return f"{mount}/creds/restorer"

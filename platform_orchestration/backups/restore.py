@@ -84,13 +84,16 @@ def _inspect_target(target: PgConnection) -> tuple[bool, list[str], int]:
     return True, relations, major
 
 
-def _recreate_database(target: PgConnection, drop_first: bool) -> None:
+def _recreate_database(target: PgConnection, drop_first: bool, owner: str | None = None) -> None:
     maintenance = target.for_database("postgres")
     name = sql.Identifier(target.dbname)
     with psycopg.connect(maintenance.dsn, autocommit=True, **maintenance.psycopg_kwargs()) as conn:
         if drop_first:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
+        if owner:
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(name, sql.Identifier(owner)))
+        else:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
 
 
 def _fetch_to_file(stored: StoredBackup, path: Path, progress: ProgressListener,
@@ -139,8 +142,13 @@ def restore_backup(
     progress: ProgressListener = no_progress,
     workdir: Path | None = None,
     keys: DataKeyProvider | None = None,
+    restore_as: str | None = None,
 ) -> RestoreResult:
     """Restore `stored` into `target`'s database (created if missing) and verify row counts.
+
+    `restore_as` makes pg_restore SET ROLE to a group role first, so the restored objects
+    belong to it rather than to the login: what a short-lived (Vault-issued) login needs,
+    since a role that still owns objects cannot be dropped when its lease ends.
 
     A target holding any user relation is refused unless `replace`, which drops and
     recreates the database. Owners and grants are not restored unless `keep_owners`,
@@ -170,9 +178,11 @@ def restore_backup(
         _fetch_to_file(stored, archive, progress, keys)
         fetched = time.monotonic()
         progress("restore", 0)
-        _recreate_database(target, drop_first=exists)
+        _recreate_database(target, drop_first=exists, owner=restore_as)
         command = [tools.tool("pg_restore"), "--exit-on-error", f"--jobs={max(1, jobs)}",
                    f"--dbname={target.dsn}"]
+        if restore_as:
+            command.append(f"--role={restore_as}")
         if not keep_owners:
             command += ["--no-owner", "--no-privileges"]
         result = subprocess.run([*command, str(archive)], capture_output=True, text=True,
