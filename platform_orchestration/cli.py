@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--replace", action="store_true",
                          help="drop and recreate the target database if it is not empty")
     restore.add_argument("--jobs", type=int, default=2, help="parallel pg_restore jobs (default 2)")
+    restore.add_argument("--restore-as", metavar="ROLE",
+                         help="group role that will own the restored database and objects (SET ROLE)")
 
     copies = commands.add_parser("copies", help="copy the latest backup into stores missing it")
     copies.add_argument("database")
@@ -193,7 +195,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
     if args.command == "restore":
         target = PgConnection.from_dsn(args.target_dsn, os.environ.get("PGPASSWORD"))
         result = protection.restore(args.database, target, backup_id=args.backup, store_name=args.store,
-                                    replace=args.replace, jobs=args.jobs, progress=progress)
+                                    replace=args.replace, jobs=args.jobs, progress=progress,
+                                    restore_as=args.restore_as)
         progress.finish()
         print(f"restored backup {result.backup_id} of {result.database} from {result.store} into "
               f"{result.target} in {result.recovery_seconds:.1f}s; verified {result.tables_verified} "

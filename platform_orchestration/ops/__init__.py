@@ -20,6 +20,8 @@ class DisasterRestoreConfig(dg.Config):
     target_password_env: str = ""
     replace: bool = False
     jobs: int = 2
+    # A group role to own what is restored, so a short-lived (Vault-issued) login owns nothing.
+    restore_as: str = ""
 
 
 def _target_connection(config: DisasterRestoreConfig) -> PgConnection:
@@ -53,7 +55,7 @@ def restore_from_backup(context: dg.OpExecutionContext, config: DisasterRestoreC
         with fleet.protection() as protection:
             result = protection.restore(config.database, target, backup_id=backup_id,
                                         store_name=config.source_store or None, replace=config.replace,
-                                        jobs=config.jobs)
+                                        jobs=config.jobs, restore_as=config.restore_as or None)
     except Exception as exc:
         raise dg.Failure(description=f"disaster restore of {config.database} failed: {exc}") from exc
     context.log.info(f"restored backup {result.backup_id} of {result.database} from {result.store} into "
