@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
-from vault_server import VaultServer
+from vault_server import VaultServer, postgres_engine_role
 
 from platform_orchestration.crypto import DataKeyProvider, KeyServiceError
 from platform_orchestration.fleet import SecretRef
@@ -511,20 +511,10 @@ def database_engine(vault_server: VaultServer, source_cluster: LocalCluster, sou
 
     The cluster trusts 127.0.0.1, so the plugin's password is never checked: the tests prove
     the issued user exists in pg_roles, not that its password works."""
-    admin = vault_server.admin()
     mount = unique("database")
-    admin.sys.enable_secrets_engine("database", path=mount)
-    admin.secrets.database.configure(
-        name="source", plugin_name="postgresql-database-plugin", allowed_roles=["shop-reader"], mount_point=mount,
-        connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{source_cluster.port}/postgres"
-                       "?sslmode=disable",
-        username="postgres", password="unused-under-trust")
-    admin.secrets.database.create_role(
-        name="shop-reader", db_name="source", mount_point=mount, default_ttl="10m", max_ttl="1h",
-        creation_statements=[
-            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-            'GRANT pg_read_all_data TO "{{name}}";'],
-        revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'])
+    postgres_engine_role(vault_server, mount, source_cluster.port, "shop-reader", [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        'GRANT pg_read_all_data TO "{{name}}";'])
     return DatabaseEngine(mount)
 
 

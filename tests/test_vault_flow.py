@@ -12,6 +12,7 @@ import pytest
 from conftest import SOURCE_DB
 from fleetfiles import write_fleet
 from pg import fingerprint
+from vault_server import postgres_engine_role
 
 from platform_orchestration.backups.catalog import list_backups
 from platform_orchestration.definitions import build_definitions
@@ -32,12 +33,6 @@ def vault_env(vault_server, source_cluster, source_db, monkeypatch):
     transit, database = f"transit-flow-{suffix}", f"database-flow-{suffix}"
     admin.sys.enable_secrets_engine("transit", path=transit)
     admin.secrets.transit.create_key(name="backups", key_type="aes256-gcm96", mount_point=transit)
-    admin.sys.enable_secrets_engine("database", path=database)
-    admin.secrets.database.configure(
-        name="source", plugin_name="postgresql-database-plugin", allowed_roles=["backup"], mount_point=database,
-        connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{source_cluster.port}/postgres"
-                       "?sslmode=disable",
-        username="postgres", password="unused-under-trust")
     # What a backup login needs (read every table and sequence, and the cluster's identity)
     # is granted to a group role once; each dynamic login only joins it, so revoking the
     # lease can drop the login without privileges of its own in the way.
@@ -45,17 +40,14 @@ def vault_env(vault_server, source_cluster, source_db, monkeypatch):
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'platform_backup'").fetchone():
             conn.execute("CREATE ROLE platform_backup NOLOGIN; GRANT pg_read_all_data TO platform_backup; "
                          "GRANT EXECUTE ON FUNCTION pg_control_system() TO platform_backup")
-    admin.secrets.database.create_role(
-        name="backup", db_name="source", mount_point=database, default_ttl="10m", max_ttl="1h",
-        creation_statements=[
-            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' "
-            "IN ROLE platform_backup;"],
-        revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'])
+    creds = postgres_engine_role(vault_server, database, source_cluster.port, "backup", [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' "
+        "IN ROLE platform_backup;"])
     monkeypatch.setenv("VAULT_ADDR", vault_server.address)
     monkeypatch.setenv("VAULT_TOKEN", vault_server.root_token)
     monkeypatch.setenv("VAULT_TRANSIT_MOUNT", transit)
     monkeypatch.setenv("VAULT_TRANSIT_KEY", "backups")
-    return f"{database}/creds/backup"
+    return creds
 
 
 def _dynamic_roles(cluster) -> list[str]:
@@ -127,18 +119,6 @@ def _restorer_role(vault_server, target_cluster) -> str:
     with psycopg.connect(target_cluster.connection().dsn, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'platform_restore'").fetchone():
             conn.execute("CREATE ROLE platform_restore NOLOGIN")
-    admin = vault_server.admin()
-    mount = f"database-restore-{next(_numbers)}"
-    admin.sys.enable_secrets_engine("database", path=mount)
-    admin.secrets.database.configure(
-        name="target", plugin_name="postgresql-database-plugin", allowed_roles=["restorer"], mount_point=mount,
-        connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{target_cluster.port}/postgres"
-                       "?sslmode=disable",
-        username="postgres", password="unused-under-trust")
-    admin.secrets.database.create_role(
-        name="restorer", db_name="target", mount_point=mount, default_ttl="10m", max_ttl="1h",
-        creation_statements=[
-            "CREATE ROLE \"{{name}}\" WITH LOGIN CREATEDB PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' "
-            "IN ROLE platform_restore;"],
-        revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'])
-    return f"{mount}/creds/restorer"
+    return postgres_engine_role(vault_server, f"database-restore-{next(_numbers)}", target_cluster.port, "restorer", [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN CREATEDB PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' "
+        "IN ROLE platform_restore;"])

@@ -94,3 +94,21 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServ
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def postgres_engine_role(server: VaultServer, mount: str, cluster_port: int, role: str,
+                         creation_statements: list[str]) -> str:
+    """Enable Vault's database engine at `mount` over the PostgreSQL server on `cluster_port`
+    (trusting 127.0.0.1, so the plugin's own password is never checked) with one role whose
+    logins are dropped on revocation; returns the role's creds path."""
+    admin = server.admin()
+    admin.sys.enable_secrets_engine("database", path=mount)
+    admin.secrets.database.configure(
+        name="pg", plugin_name="postgresql-database-plugin", allowed_roles=[role], mount_point=mount,
+        connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{cluster_port}/postgres"
+                       "?sslmode=disable",
+        username="postgres", password="unused-under-trust")
+    admin.secrets.database.create_role(
+        name=role, db_name="pg", mount_point=mount, default_ttl="10m", max_ttl="1h",
+        creation_statements=creation_statements, revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'])
+    return f"{mount}/creds/{role}"
