@@ -5,9 +5,6 @@ memory, on a free port, and stopped at the end; each store gets a fresh containe
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,8 @@ from azure.storage.blob import LinearRetry
 from fault_proxy import FaultProxy
 from store_backends import unique_name
 
+from platform_orchestration import emulators
+from platform_orchestration.postgres.cluster import free_port
 from platform_orchestration.storage.azure import AzureObjectStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,12 +24,6 @@ ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, documented by Microsoft).
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 TEST_BLOCK_BYTES = 4 * 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Azurite:
@@ -52,37 +45,13 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         pytest.fail(f"Azurite is not installed ({AZURITE_BLOB.relative_to(REPO)} is missing"
                     f"{'' if node else ', and so is node'}): run `make test`, which installs it "
                     "from package-lock.json with npm", pytrace=False)
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("azurite") / "azurite.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [node, str(AZURITE_BLOB), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-             "--inMemoryPersistence", "--disableTelemetry", "--silent",
-             # azure-storage-blob sends an API version newer than Azurite 3.35 knows; the
-             # operations used here behave the same in both versions.
-             "--skipApiVersionCheck"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # emulators.azurite runs it with --skipApiVersionCheck: azure-storage-blob sends an API
+    # version newer than Azurite 3.35 knows; the operations used here behave the same in both.
+    emulator = emulators.azurite(free_port()).start(tmp_path_factory.mktemp("azurite"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"Azurite exited with {process.returncode}: {log_path.read_text()}", pytrace=False)
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"Azurite did not listen on {port} within 30 s: {log_path.read_text()}",
-                                pytrace=False)
-                time.sleep(0.05)
-        yield Azurite(port)
+        yield Azurite(emulator.port)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        emulator.stop()
 
 
 class AzureBackend:

@@ -6,14 +6,7 @@ Object Lock, stores over a chosen bucket, and an `admin` client that bypasses ou
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -21,6 +14,8 @@ import pytest
 from fault_proxy import FaultProxy
 from store_backends import unique_name
 
+from platform_orchestration import emulators
+from platform_orchestration.postgres.cluster import free_port
 from platform_orchestration.storage.s3 import S3ObjectStore
 
 HOST = "127.0.0.1"
@@ -30,45 +25,14 @@ DUMMY_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
 FAST_RETRIES: dict[str, Any] = {"max_attempts": 3, "connect_timeout": 2.0, "read_timeout": 10.0}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_serving(process: subprocess.Popen[bytes], endpoint: str, log: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return  # answering at all means serving
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"moto server did not answer at {endpoint} within {timeout}s: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """(host, port) of a moto S3 server process, for the whole session."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
-                                   stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    emulator = emulators.moto_server(free_port()).start(tmp_path_factory.mktemp("moto"))
     try:
-        _wait_until_serving(process, f"http://{HOST}:{port}", log)
-        yield HOST, port
+        yield HOST, emulator.port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        emulator.stop()
 
 
 class S3Backend:
