@@ -593,3 +593,19 @@ def test_backup_worker_policy_can_take_and_revoke_its_own_logins_only(
     assert raised.value.lease_ids == [login.lease.lease_id]
     assert stuck.database.outstanding == (login.lease,), "kept for a retry"
     admin.sys.revoke_lease(login.lease.lease_id)
+
+
+def test_dagster_secrets_resource_builds_vault_exactly_as_the_cli_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resource's fields override their variables; everything else (token, namespace, CA)
+    still comes from the environment, as for `platform-dr`."""
+    from platform_orchestration.resources import SecretsResource
+
+    monkeypatch.setenv("VAULT_TOKEN", "t-not-in-config")
+    monkeypatch.setenv("VAULT_NAMESPACE", "team-a")
+    monkeypatch.setenv("VAULT_CACERT", "/etc/ssl/vault-ca.pem")
+    secrets, keys = SecretsResource(vault_addr="https://vault.example:8200", vault_transit_key="pg").providers()
+
+    assert isinstance(secrets, VaultSecretProvider) and isinstance(keys, VaultTransitKeys)
+    assert (secrets.client.address, secrets.client.namespace, str(secrets.client.ca_cert)) == (
+        "https://vault.example:8200", "team-a", "/etc/ssl/vault-ca.pem")
+    assert keys.client is secrets.client and keys.key_name == "pg"

@@ -10,10 +10,17 @@ import dagster as dg
 
 from platform_orchestration.alerts import FileAlertSink
 from platform_orchestration.crypto import DataKeyProvider
-from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
 from platform_orchestration.fleet import Fleet, load_fleet
 from platform_orchestration.protection import FleetProtection
-from platform_orchestration.secrets import LocalSecretProvider, SecretProvider
+from platform_orchestration.secrets import SecretProvider
+from platform_orchestration.secrets.configured import data_keys_from_env, secret_provider_from_env
+
+
+# Each SecretsResource field stands for the environment variable a CLI run would read.
+_SECRETS_VARIABLES = {"vault_addr": "VAULT_ADDR", "vault_auth_method": "VAULT_AUTH_METHOD",
+                      "vault_kubernetes_role": "VAULT_K8S_ROLE", "vault_kubernetes_mount": "VAULT_K8S_MOUNT",
+                      "vault_kv_mount": "VAULT_KV_MOUNT", "vault_transit_mount": "VAULT_TRANSIT_MOUNT",
+                      "vault_transit_key": "VAULT_TRANSIT_KEY", "local_key_file": "PLATFORM_LOCAL_KEK"}
 
 
 class SecretsResource(dg.ConfigurableResource):
@@ -34,27 +41,17 @@ class SecretsResource(dg.ConfigurableResource):
 
     @classmethod
     def from_environment(cls) -> "SecretsResource":
-        env = os.environ.get
-        return cls(
-            vault_addr=env("VAULT_ADDR", ""), vault_auth_method=env("VAULT_AUTH_METHOD", "token"),
-            vault_kubernetes_role=env("VAULT_K8S_ROLE", ""), vault_kubernetes_mount=env("VAULT_K8S_MOUNT", "kubernetes"),
-            vault_kv_mount=env("VAULT_KV_MOUNT", "secret"), vault_transit_mount=env("VAULT_TRANSIT_MOUNT", "transit"),
-            vault_transit_key=env("VAULT_TRANSIT_KEY", "backups"), local_key_file=env("PLATFORM_LOCAL_KEK", ""),
-        )
+        settings = {field: os.environ[variable] for field, variable in _SECRETS_VARIABLES.items()
+                    if os.environ.get(variable)}
+        return cls(**settings)
 
     def providers(self) -> tuple[SecretProvider, DataKeyProvider]:
-        if not self.vault_addr:
-            return LocalSecretProvider(), LocalDataKeyProvider(self.local_key_file or None)
-        from platform_orchestration.secrets.vault import VaultClient, VaultSecretProvider, VaultTransitKeys
-
-        token_file = os.environ.get("VAULT_TOKEN_FILE")
-        client = VaultClient(
-            address=self.vault_addr, auth_method=self.vault_auth_method,  # type: ignore[arg-type]
-            token=os.environ.get("VAULT_TOKEN"), token_file=Path(token_file) if token_file else None,
-            kubernetes_role=self.vault_kubernetes_role or None, kubernetes_mount=self.vault_kubernetes_mount,
-            kv_mount=self.vault_kv_mount, transit_mount=self.vault_transit_mount, transit_key=self.vault_transit_key,
-        )
-        return VaultSecretProvider(client), VaultTransitKeys(client)
+        """The same construction as the CLI's (secrets/configured.py), from this resource's
+        settings layered over the process environment (which still supplies the token, its
+        file, the namespace and the CA certificate)."""
+        environ = {**os.environ, **{variable: getattr(self, field) for field, variable in _SECRETS_VARIABLES.items()}}
+        secrets = secret_provider_from_env(environ)
+        return secrets, data_keys_from_env(secrets, environ)
 
 
 class FleetResource(dg.ConfigurableResource):

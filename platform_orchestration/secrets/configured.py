@@ -10,30 +10,37 @@ resources both start here, so a break-glass restore reads secrets exactly as a r
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
 from platform_orchestration.secrets import LocalSecretProvider, SecretProvider
 
 
-def vault_configured() -> bool:
-    return bool(os.environ.get("VAULT_ADDR", "").strip())
+def _environment(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
 
 
-def secret_provider_from_env() -> SecretProvider:
-    if vault_configured():
+def vault_configured(environ: Mapping[str, str] | None = None) -> bool:
+    return bool(_environment(environ).get("VAULT_ADDR", "").strip())
+
+
+def secret_provider_from_env(environ: Mapping[str, str] | None = None) -> SecretProvider:
+    if vault_configured(environ):
         from platform_orchestration.secrets.vault import VaultClient, VaultSecretProvider
 
-        return VaultSecretProvider(VaultClient.from_env())
+        return VaultSecretProvider(VaultClient.from_env(environ))
     return LocalSecretProvider()
 
 
-def data_keys_from_env(secrets: SecretProvider | None = None) -> DataKeyProvider:
+def data_keys_from_env(secrets: SecretProvider | None = None,
+                       environ: Mapping[str, str] | None = None) -> DataKeyProvider:
     """Transit when Vault is configured (sharing the provider's client when given), else the
     local key file."""
-    if vault_configured():
+    if vault_configured(environ):
         from platform_orchestration.secrets.vault import VaultClient, VaultSecretProvider, VaultTransitKeys
 
-        client = secrets.client if isinstance(secrets, VaultSecretProvider) else VaultClient.from_env()
+        client = secrets.client if isinstance(secrets, VaultSecretProvider) else VaultClient.from_env(environ)
         return VaultTransitKeys(client)
-    return LocalDataKeyProvider()  # PLATFORM_LOCAL_KEK, else ~/.config/platform-orchestration/
+    # PLATFORM_LOCAL_KEK, else ~/.config/platform-orchestration/demo-kek
+    return LocalDataKeyProvider(_environment(environ).get("PLATFORM_LOCAL_KEK") or None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from platform_orchestration.storage.base import (
     ObjectInfo,
+    ObjectLocked,
     ObjectNotFound,
     ObjectStore,
     ObjectWriter,
@@ -16,6 +17,7 @@ from platform_orchestration.storage.local import LocalObjectStore
 __all__ = [
     "LocalObjectStore",
     "ObjectInfo",
+    "ObjectLocked",
     "ObjectNotFound",
     "ObjectStore",
     "ObjectWriter",
