@@ -34,3 +34,20 @@ def test_binaries_in_a_private_directory_are_mirrored_with_their_shared_librarie
                              reachable.tool("initdb"), "--version"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert original.version in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the stand-in only exists for root")
+def test_a_cluster_asked_for_in_a_private_directory_runs_in_a_reachable_stand_in(tmp_path):
+    from platform_orchestration.postgres.cluster import free_port, local_cluster
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    cluster = local_cluster(private / "clusters" / "pg", free_port(), min_major=16)
+    try:
+        cluster.ensure_running()
+        assert cluster.is_running()
+        assert not str(cluster.base_dir).startswith(str(private))
+        assert local_cluster(private / "clusters" / "pg", cluster.port).base_dir == cluster.base_dir
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.base_dir, ignore_errors=True)

@@ -170,9 +170,29 @@ class LocalCluster:
             self.start()
 
 
+def _directory_reachable_by_unprivileged(base_dir: Path) -> Path:
+    """`base_dir` if the server user can reach it, else a stand-in under /var/tmp, the same
+    one for the same `base_dir` every time (so a cluster found once is found again).
+
+    A project cloned under a private directory (/root, `mktemp -d`) cannot hold data
+    directories that `nobody` runs a server in."""
+    if not _running_as_root():
+        return base_dir
+    existing = base_dir
+    while not existing.exists():
+        existing = existing.parent
+    if _unprivileged_can_execute(existing):
+        return base_dir
+    digest = hashlib.sha256(str(base_dir.resolve()).encode()).hexdigest()[:16]
+    stand_in = Path("/var/tmp/platform-orchestration-clusters") / f"{base_dir.name}-{digest}"
+    stand_in.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(stand_in.parent, 0o755)
+    return stand_in
+
+
 def local_cluster(base_dir: Path, port: int, min_major: int = 0) -> LocalCluster:
     install = _install_reachable_by_unprivileged(server_install(min_major))
-    return LocalCluster(base_dir=base_dir, port=port, install=install)
+    return LocalCluster(base_dir=_directory_reachable_by_unprivileged(base_dir), port=port, install=install)
 
 
 @contextlib.contextmanager
