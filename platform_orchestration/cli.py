@@ -12,29 +12,14 @@ import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
-from platform_orchestration.backups.catalog import BackupNotFound
-from platform_orchestration.backups.copy import CopyFailed
-from platform_orchestration.backups.integrity import BackupCorrupt
-from platform_orchestration.backups.restore import RestoreFailed, RestoreRefused
-from platform_orchestration.backups.retention import RetentionError
-from platform_orchestration.backups.take import BackupFailed
+from platform_orchestration.errors import EXIT_BUG, EXIT_INVALID, PlatformError, one_line
 from platform_orchestration.fleet import FleetError, fleet_path_from_env, load_fleet
-from platform_orchestration.postgres.binaries import PostgresToolsMissing
-from platform_orchestration.postgres.cluster import ClusterError
 from platform_orchestration.postgres.connection import PgConnection
-from platform_orchestration.crypto import KeyServiceError
-from platform_orchestration.crypto.envelope import RewrapFailed
 from platform_orchestration.protection import FleetProtection
-from platform_orchestration.secrets import SecretUnavailable
-from platform_orchestration.storage import StoreError
-
-# Errors that are the operator's to act on: printed as one line, no traceback.
-_OPERATOR_ERRORS = (BackupCorrupt, BackupFailed, BackupNotFound, ClusterError, CopyFailed, KeyError,
-                    KeyServiceError, PostgresToolsMissing, RestoreFailed, RestoreRefused, RetentionError,
-                    RewrapFailed, SecretUnavailable, StoreError)
 
 
 def human_bytes(count: float) -> str:
@@ -88,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Break-glass backups and restores of the PostgreSQL fleet, without Dagster.",
     )
     parser.add_argument("--fleet", help="fleet file (default: $PLATFORM_FLEET or deploy/fleet/demo.yaml)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("validate", help="check the fleet file")
@@ -256,20 +242,34 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def _what(args: argparse.Namespace) -> str:
+    """The command and the database it was about, for the one-line error."""
+    database = getattr(args, "database", None)
+    return f"{args.command} {database}" if database else args.command
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args, out)
     except FleetError as exc:
+        # One line per problem in the file, all of them at once.
         print(f"platform-dr: invalid fleet file:\n{exc}", file=sys.stderr)
-        return 2
-    except _OPERATOR_ERRORS as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"platform-dr: error: {message}", file=sys.stderr)
-        return 1
+        return EXIT_INVALID
+    except PlatformError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"platform-dr {_what(args)}: error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("\nplatform-dr: interrupted; nothing partial was left visible", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"platform-dr {_what(args)}: unexpected error (a bug, please report it): "
+              f"{type(exc).__name__}: {one_line(exc)}; run with --debug for the traceback", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Contract:
 
 from __future__ import annotations
 
+from platform_orchestration.errors import InvalidDeclaration
 import os
 import re
 import types
@@ -55,7 +56,7 @@ _INTERPOLATION = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)\}|\$\{")
 _INTERPOLATION_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
 
 
-class DeclarationError(ValueError):
+class DeclarationError(InvalidDeclaration):
     """A declaration file cannot be used. ``errors`` holds one ``FILE:LINE: PATH: message`` per problem."""
 
     def __init__(self, errors: Sequence[str]) -> None:

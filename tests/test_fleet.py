@@ -17,6 +17,7 @@ from platform_orchestration.fleet import (
     format_duration,
     load_fleet,
     parse_duration,
+    UnknownNameError,
 )
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def test_full_example_in_the_docs_loads(tmp_path: Path) -> None:
 
 def test_lookup_of_an_unknown_name_lists_the_known_ones() -> None:
     fleet = load_fleet(DEMO_FLEET, environ={})
-    with pytest.raises(KeyError) as raised:
+    with pytest.raises(UnknownNameError) as raised:
         fleet.database("payments")
     assert str(raised.value) == "unknown database 'payments' (known: customers, inventory, orders)"
 

@@ -7,6 +7,7 @@ the question asked when everything else is down.
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,9 +23,8 @@ from platform_orchestration.storage import ObjectNotFound, ObjectStore, read_byt
 log = logging.getLogger(__name__)
 
 
-class BackupNotFound(LookupError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+class BackupNotFound(PlatformError):
+    """No backup matches what was asked (database, id, store)."""
 
 
 @dataclass(frozen=True)

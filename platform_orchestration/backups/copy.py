@@ -10,6 +10,7 @@ need no key.
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from platform_orchestration.backups.progress import ProgressListener, no_progres
 from platform_orchestration.storage import ObjectNotFound, ObjectStore, StoreError, write_bytes
 
 
-class CopyFailed(RuntimeError):
+class CopyFailed(PlatformError):
     pass
 
 

@@ -8,6 +8,7 @@ its frame and content checksums.
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 import hashlib
 from collections.abc import Iterator
 
@@ -21,7 +22,7 @@ from platform_orchestration.storage import ObjectStore
 PG_DUMP_MAGIC = b"PGDMP"
 
 
-class BackupCorrupt(RuntimeError):
+class BackupCorrupt(PlatformError):
     """A stored backup does not match its manifest; nothing may be restored from it."""
 
 

@@ -15,6 +15,7 @@ a good one and the previous backup stays the latest.
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 import secrets
 from datetime import datetime, timezone
 from typing import Literal
@@ -26,7 +27,7 @@ DUMP_OBJECT = "dump.pgdump.zst"
 MANIFEST_OBJECT = "manifest.json"
 
 
-class ManifestError(ValueError):
+class ManifestError(PlatformError, ValueError):
     """A stored manifest is unreadable or does not describe the backup it sits beside."""
 
 

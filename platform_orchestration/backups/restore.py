@@ -9,6 +9,7 @@ to replace it. The work file lets pg_restore run in parallel (-j), which a pipe 
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 import contextlib
 import shutil
 import subprocess
@@ -40,11 +41,11 @@ ORDER BY 1
 """
 
 
-class RestoreRefused(RuntimeError):
+class RestoreRefused(PlatformError):
     """The target is not in a state we may restore into (e.g. not empty without replace)."""
 
 
-class RestoreFailed(RuntimeError):
+class RestoreFailed(PlatformError):
     """pg_restore failed, or the restored data does not match the manifest."""
 
 

@@ -51,6 +51,7 @@ Only the policy's stores are pruned. A store the policy no longer names keeps wh
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -85,7 +86,7 @@ ORPHAN_GRACE = timedelta(days=1)
 """How old a dump without a manifest must be before the sweep removes it."""
 
 
-class RetentionError(ValueError):
+class RetentionError(PlatformError):
     """The backups given to the planner are inconsistent (naive times, one id with two times)."""
 
 

@@ -12,6 +12,7 @@ never becomes visible.
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 import hashlib
 import subprocess
 import threading
@@ -43,7 +44,7 @@ from platform_orchestration.storage.fanout import FanOutFailed, FanOutWriter
 PIPE_READ_BYTES = 1024 * 1024
 
 
-class BackupFailed(RuntimeError):
+class BackupFailed(PlatformError):
     """No store received a verified copy; the message names database, store(s) and step."""
 
 

@@ -6,11 +6,12 @@ file for the embedded default); the streaming encryption itself lives in `envelo
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 from dataclasses import dataclass, field
 from typing import Protocol
 
 
-class KeyServiceError(RuntimeError):
+class KeyServiceError(PlatformError):
     """The key service refused or failed; the message names the key, never key material."""
 
 

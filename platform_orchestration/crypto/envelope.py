@@ -15,6 +15,7 @@ decryption feeds Tink from an iterator, so a backup is never held whole.
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 import hmac
 import io
 from collections.abc import Iterable, Iterator
@@ -51,7 +52,7 @@ class BackupKeyUnavailable(BackupCorrupt):
     drills recording a failure, the CLI's one-line errors) treats it the same way."""
 
 
-class RewrapFailed(RuntimeError):
+class RewrapFailed(PlatformError):
     """A manifest could not be moved to the newest key version; it was left as it was
     (or removed, if its backup was pruned meanwhile). The message names backup and store."""
 

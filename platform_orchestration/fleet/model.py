@@ -9,6 +9,7 @@ No secret is ever resolved here: a :class:`SecretRef` only says where a secret l
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -499,11 +500,8 @@ class Policy(_FrozenSpec):
     retention: RetentionPolicy
 
 
-class UnknownNameError(KeyError):
-    """A lookup by name failed; ``str()`` is the plain message (KeyError would quote it)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+class UnknownNameError(PlatformError):
+    """A lookup by name failed (a database, store, cluster or policy the fleet does not declare)."""
 
 
 class _Named(Protocol):

@@ -8,6 +8,7 @@ server major, so choosing by version is part of correctness, not convenience.
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 import functools
 import glob
 import importlib.util
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-class PostgresToolsMissing(RuntimeError):
+class PostgresToolsMissing(PlatformError):
     """No installed PostgreSQL has the tools a job needs."""
 
 

@@ -8,6 +8,7 @@ are mirrored once into a world-readable cache.
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 import contextlib
 import hashlib
 import os
@@ -27,7 +28,7 @@ from platform_orchestration.postgres.connection import PgConnection
 _UNPRIVILEGED_USER = "nobody"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(PlatformError):
     """A local cluster could not be created, started or stopped."""
 
 

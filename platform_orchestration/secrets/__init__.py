@@ -7,12 +7,13 @@ caller and never logged, printed or put in errors: messages name the reference o
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 import os
 from pathlib import Path
 from typing import Protocol
 
 
-class SecretUnavailable(RuntimeError):
+class SecretUnavailable(PlatformError):
     """A referenced secret cannot be read; the message names the reference, never a value."""
 
 

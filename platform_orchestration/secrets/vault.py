@@ -15,6 +15,7 @@ resource layer builds a client from plain config, typically `VaultClient.from_en
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError, InvalidDeclaration
 import base64
 import binascii
 import json
@@ -49,15 +50,15 @@ DATA_KEY_BITS = 256
 _T = TypeVar("_T")
 
 
-class VaultConfigError(ValueError):
+class VaultConfigError(InvalidDeclaration):
     """The Vault settings are incomplete or contradictory (names the setting, never a token)."""
 
 
-class VaultAuthError(RuntimeError):
+class VaultAuthError(PlatformError):
     """Vault refused to authenticate us; names the method, role, mount or token source only."""
 
 
-class LeaseRevocationError(RuntimeError):
+class LeaseRevocationError(PlatformError):
     """Some leases could not be revoked; `lease_ids` lists them (they stay tracked for a retry,
     and Vault still revokes them when their TTL ends)."""
 

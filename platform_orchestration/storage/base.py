@@ -9,6 +9,7 @@ only has to pass the conformance tests to inherit them.
 
 from __future__ import annotations
 
+from platform_orchestration.errors import PlatformError
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,13 +19,12 @@ from typing import Protocol, runtime_checkable
 READ_CHUNK_BYTES = 1024 * 1024
 
 
-class StoreError(RuntimeError):
+class StoreError(PlatformError):
     """An object-store operation failed; the message names the store and the key."""
 
 
-class ObjectNotFound(StoreError, KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+class ObjectNotFound(StoreError):
+    """The key does not exist in the store."""
 
 
 class ObjectLocked(StoreError):
