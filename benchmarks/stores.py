@@ -136,7 +136,11 @@ def _seed_source(ports: dict[str, int], mib: int) -> None:
     from google.cloud import storage as gcs
 
     from platform_orchestration import emulators
-    from platform_orchestration.backups.manifest import BackupManifest, DumpInfo, ServerInfo
+    from platform_orchestration.backups.manifest import (
+        BackupManifest,
+        DumpInfo,
+        ServerInfo,
+    )
     from platform_orchestration.storage import write_bytes
 
     boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['s3']}", region_name="eu-west-1",

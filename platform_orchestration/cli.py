@@ -16,7 +16,12 @@ import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
-from platform_orchestration.errors import EXIT_BUG, EXIT_INVALID, PlatformError, one_line
+from platform_orchestration.errors import (
+    EXIT_BUG,
+    EXIT_INVALID,
+    PlatformError,
+    one_line,
+)
 from platform_orchestration.fleet import FleetError, fleet_path_from_env, load_fleet
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.protection import FleetProtection

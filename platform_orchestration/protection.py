@@ -16,8 +16,15 @@ from pathlib import Path
 
 from psycopg.conninfo import make_conninfo
 
-from platform_orchestration.backups.catalog import StoredBackup, find_backup, list_backups
-from platform_orchestration.backups.compliance import DatabaseCompliance, assess_database
+from platform_orchestration.backups.catalog import (
+    StoredBackup,
+    find_backup,
+    list_backups,
+)
+from platform_orchestration.backups.compliance import (
+    DatabaseCompliance,
+    assess_database,
+)
 from platform_orchestration.backups.copy import CopyReport, ensure_copies
 from platform_orchestration.backups.drill import run_restore_drill
 from platform_orchestration.backups.integrity import verify_stored_backup
@@ -25,13 +32,32 @@ from platform_orchestration.backups.manifest import DrillRecord, new_backup_id
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.backups.restore import RestoreResult, restore_backup
 from platform_orchestration.backups.retention import PruneReport, prune_database
-from platform_orchestration.backups.take import BackupOutcome, CompressionSettings, take_backup
+from platform_orchestration.backups.rewrap import (
+    RewrapEntry,
+    RewrapFailed,
+    RewrapReport,
+    rewrap_backup,
+)
+from platform_orchestration.backups.take import (
+    BackupOutcome,
+    CompressionSettings,
+    take_backup,
+)
 from platform_orchestration.crypto import DataKeyProvider
-from platform_orchestration.crypto.envelope import RewrapEntry, RewrapFailed, RewrapReport, rewrap_backup
 from platform_orchestration.fleet import Fleet
 from platform_orchestration.postgres.connection import PgConnection
-from platform_orchestration.secrets import LocalSecretProvider, SecretProvider, SecretUnavailable
-from platform_orchestration.storage import ObjectStore, StoreError, open_store, write_bytes
+from platform_orchestration.providers import providers_from_env
+from platform_orchestration.secrets import (
+    LocalSecretProvider,
+    SecretProvider,
+    SecretUnavailable,
+)
+from platform_orchestration.storage import (
+    ObjectStore,
+    StoreError,
+    open_store,
+    write_bytes,
+)
 
 
 def _utcnow() -> datetime:
@@ -54,10 +80,8 @@ class FleetProtection:
     def from_environment(cls, fleet: Fleet, **options: object) -> FleetProtection:
         """Secrets and data keys as this process's environment configures them (Vault when
         VAULT_ADDR is set, else the embedded default): what the CLI and Dagster both use."""
-        from platform_orchestration.secrets.configured import data_keys_from_env, secret_provider_from_env
-
-        secrets = secret_provider_from_env()
-        return cls(fleet, secrets=secrets, keys=data_keys_from_env(secrets), **options)  # type: ignore[arg-type]
+        secrets, keys = providers_from_env()
+        return cls(fleet, secrets=secrets, keys=keys, **options)  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Revoke the dynamic database logins this object took (Vault drops those users).

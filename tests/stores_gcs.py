@@ -24,7 +24,11 @@ from google.cloud import storage
 from store_backends import unique_name
 
 from platform_orchestration.fleet.model import GcsStoreSpec, ImmutabilitySpec
-from platform_orchestration.storage.gcs import FAST_RETRIES, GcsObjectStore, RetrySettings
+from platform_orchestration.storage.gcs import (
+    FAST_RETRIES,
+    GcsObjectStore,
+    RetrySettings,
+)
 
 PROJECT = "test-project"
 # Without fast_retries a store still gives up within seconds, never minutes.

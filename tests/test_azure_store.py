@@ -26,7 +26,11 @@ from platform_orchestration.backups.catalog import list_backups
 from platform_orchestration.backups.copy import copy_backup
 from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.take import BackupOutcome
-from platform_orchestration.fleet.model import AzureStoreSpec, ImmutabilitySpec, SecretRef
+from platform_orchestration.fleet.model import (
+    AzureStoreSpec,
+    ImmutabilitySpec,
+    SecretRef,
+)
 from platform_orchestration.secrets import LocalSecretProvider
 from platform_orchestration.storage import (
     LocalObjectStore,
@@ -36,7 +40,11 @@ from platform_orchestration.storage import (
     read_bytes,
     write_bytes,
 )
-from platform_orchestration.storage.azure import AzureObjectStore, AzureObjectWriter, block_size
+from platform_orchestration.storage.azure import (
+    AzureObjectStore,
+    AzureObjectWriter,
+    block_size,
+)
 from platform_orchestration.storage.base import ObjectLocked
 
 MiB = 1024 * 1024

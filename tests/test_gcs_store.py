@@ -27,9 +27,19 @@ from google.api_core import exceptions as api_exceptions
 from stores_gcs import PROJECT, GcsBackend
 
 from platform_orchestration.fleet.model import GcsStoreSpec, ImmutabilitySpec
-from platform_orchestration.storage import LocalObjectStore, ObjectNotFound, StoreError, open_store
+from platform_orchestration.storage import (
+    LocalObjectStore,
+    ObjectNotFound,
+    StoreError,
+    open_store,
+)
 from platform_orchestration.storage.base import ObjectLocked, read_bytes, write_bytes
-from platform_orchestration.storage.gcs import FAST_RETRIES, GcsObjectStore, retention_refusal, scrub
+from platform_orchestration.storage.gcs import (
+    FAST_RETRIES,
+    GcsObjectStore,
+    retention_refusal,
+    scrub,
+)
 
 KiB = 1024
 MiB = 1024 * KiB

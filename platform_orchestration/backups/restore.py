@@ -9,7 +9,6 @@ to replace it. The work file lets pg_restore run in parallel (-j), which a pipe 
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 import contextlib
 import shutil
 import subprocess
@@ -22,10 +21,15 @@ import psycopg
 from psycopg import sql
 
 from platform_orchestration.backups.catalog import StoredBackup
-from platform_orchestration.backups.integrity import BackupCorrupt, checked_stored_chunks, decompressed
+from platform_orchestration.backups.encryption import require_key_provider
+from platform_orchestration.backups.integrity import (
+    BackupCorrupt,
+    checked_stored_chunks,
+    decompressed,
+)
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKeyProvider
-from platform_orchestration.crypto.envelope import require_key_provider
+from platform_orchestration.errors import PlatformError
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.snapshot import count_rows

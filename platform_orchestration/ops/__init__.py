@@ -3,8 +3,8 @@
 import os
 
 import dagster as dg
-from pydantic import Field
 from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field
 
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.resources import FleetResource

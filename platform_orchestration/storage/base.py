@@ -9,12 +9,13 @@ only has to pass the conformance tests to inherit them.
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, runtime_checkable
+
+from platform_orchestration.errors import PlatformError
 
 READ_CHUNK_BYTES = 1024 * 1024
 
