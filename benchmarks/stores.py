@@ -46,7 +46,7 @@ def _peak_rss_bytes() -> int:
 def _stores(ports: dict[str, int], suffix: str = "") -> dict:
     from platform_orchestration import emulators
     from platform_orchestration.fleet import AzureStoreSpec, GcsStoreSpec, S3StoreSpec
-    from platform_orchestration.storage import open_store
+    from platform_orchestration.stores import open_store
 
     class Env:
         def resolve(self, ref):  # noqa: ANN001, ANN202 - the benchmark's fixed credentials

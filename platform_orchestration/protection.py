@@ -55,9 +55,9 @@ from platform_orchestration.secrets import (
 from platform_orchestration.storage import (
     ObjectStore,
     StoreError,
-    open_store,
     write_bytes,
 )
+from platform_orchestration.stores import open_store
 
 
 def _utcnow() -> datetime:
