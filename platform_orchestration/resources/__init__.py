@@ -10,6 +10,7 @@ import dagster as dg
 
 from platform_orchestration.alerts import FileAlertSink
 from platform_orchestration.crypto import DataKeyProvider
+from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.fleet import Fleet, load_fleet
 from platform_orchestration.protection import FleetProtection
 from platform_orchestration.providers import providers_from_env
@@ -64,10 +65,15 @@ class FleetResource(dg.ConfigurableResource):
     @contextlib.contextmanager
     def protection(self) -> Iterator[FleetProtection]:
         """The protection API for one step; dynamic database logins taken during the step
-        are revoked when it ends, failed or not."""
-        secrets, keys = self.secrets.providers()
-        with FleetProtection(self.load(), secrets=secrets, keys=keys) as protection:
-            yield protection
+        are revoked when it ends, failed or not. An operator-facing error (PlatformError)
+        fails the step with its one-line message; anything else is a bug and keeps its
+        traceback."""
+        try:
+            secrets, keys = self.secrets.providers()
+            with FleetProtection(self.load(), secrets=secrets, keys=keys) as protection:
+                yield protection
+        except PlatformError as exc:
+            raise dg.Failure(description=one_line(exc)) from None
 
 
 class AlertsResource(dg.ConfigurableResource):
