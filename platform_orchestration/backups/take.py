@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
 
+import psycopg
 import zstandard
 
 from platform_orchestration import __version__
@@ -38,7 +39,7 @@ from platform_orchestration.backups.manifest import (
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKey, DataKeyProvider
 from platform_orchestration.crypto.streaming import encrypt_chunks
-from platform_orchestration.errors import PlatformError
+from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.snapshot import ExportedSnapshot
@@ -182,8 +183,11 @@ def take_backup(
                     stderr_reader.join()
     except BackupFailed:
         raise
-    except Exception as exc:
-        raise BackupFailed(f"backup of {database} failed at step {step}: {exc}") from exc
+    # What a backup can meet on a bad day: our own errors (key service, stores, a server that
+    # is down), PostgreSQL refusing a query, the OS refusing a process. Anything else is a bug
+    # and keeps its own type and traceback.
+    except (PlatformError, psycopg.Error, OSError) as exc:
+        raise BackupFailed(f"backup of {database} failed at step {step}: {one_line(exc)}") from exc
 
     finished_at = clock()
     manifest = BackupManifest(
