@@ -84,7 +84,8 @@ def test_backup_lands_in_every_store(backup, stores):
         [listed] = list_backups(store, SOURCE_DB)
         assert listed.backup_id == outcome.manifest.backup_id
         assert listed.manifest.copy_info.store == store.name
-        assert _objects(store) == [outcome.manifest.dump_key, outcome.manifest.manifest_key]
+        assert _objects(store) == [outcome.manifest.dump_key, outcome.manifest.globals_key,
+                                   outcome.manifest.manifest_key]
 
 
 def test_stored_dump_is_compressed(backup, stores):
@@ -129,7 +130,7 @@ def test_killed_backup_leaves_nothing_visible(backup, stores, source_db):
         assert list(Path(store.root).rglob(".partial-*")), "killed after the stream finished"
         assert [b.backup_id for b in list_backups(store, SOURCE_DB)] == [first.backup_id]
         assert latest_backup(store, SOURCE_DB).backup_id == first.backup_id
-        assert _objects(store) == [first.dump_key, first.manifest_key]
+        assert _objects(store) == [first.dump_key, first.globals_key, first.manifest_key]
     assert find_backup(stores, SOURCE_DB).backup_id == first.backup_id
 
 
