@@ -1,4 +1,4 @@
-"""Taking backups and copying them between stores, against a real PostgreSQL 16."""
+"""Taking backups and copying them between stores, against real PostgreSQL 16 (and 18)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import SOURCE_DB
-from pg import flip_byte, kill_children_named, row_counts, table_fingerprints
+from pg import both_majors, flip_byte, kill_children_named, row_counts, table_fingerprints
 
 from platform_orchestration.backups.catalog import find_backup, latest_backup, list_backups
 from platform_orchestration.backups.copy import CopyFailed, copy_backup, ensure_copies
@@ -32,12 +32,14 @@ def test_client_tools_for_16_is_at_least_16():
     assert client_tools_for(16).major >= 16
 
 
-def test_manifest_describes_the_backup(backup, stores, source_db):
+@both_majors
+def test_manifest_describes_the_backup(backup, stores, source_db, pg_major):
     manifest = backup(stores).manifest
 
     assert manifest.backup_id and manifest.database == SOURCE_DB
-    assert manifest.server.major == 16 and manifest.server.version.startswith("16")
-    assert manifest.dump.tool_major >= 16 and manifest.dump.tool.startswith("pg_dump ")
+    assert manifest.server.major == pg_major and manifest.server.version.startswith(f"{pg_major}.")
+    assert manifest.dump.tool_major == pg_major and manifest.dump.tool.startswith(f"pg_dump {pg_major}.")
+    assert manifest.globals.tool == f"pg_dumpall {manifest.dump.tool.split()[1]}"  # the same install
     assert manifest.lsn.count("/") == 1
     assert manifest.dump.compression == "zstd"
     assert manifest.dump.raw_bytes > 0 and manifest.dump.stored_bytes > 0
