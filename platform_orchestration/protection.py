@@ -233,10 +233,12 @@ class FleetProtection:
 
     def restore(self, database: str, target: PgConnection, *, backup_id: str | None = None,
                 store_name: str | None = None, replace: bool = False, jobs: int = 2,
-                progress: ProgressListener = no_progress, restore_as: str | None = None) -> RestoreResult:
+                progress: ProgressListener = no_progress, restore_as: str | None = None,
+                with_globals: bool = False) -> RestoreResult:
         stored = self.find_backup(database, backup_id, store_name)
         return restore_backup(stored, target, replace=replace, jobs=jobs, progress=progress,
-                              workdir=self.workdir, keys=self.keys, restore_as=restore_as)
+                              workdir=self.workdir, keys=self.keys, restore_as=restore_as,
+                              with_globals=with_globals)
 
     def rewrap_all(self, database: str | None = None) -> RewrapReport:
         """Move every encrypted backup's manifest, in every store that holds one (policy

@@ -1,7 +1,13 @@
-"""Fixtures: real PostgreSQL clusters (session-scoped), fresh local stores standing for clouds."""
+"""Fixtures: real PostgreSQL clusters (session-scoped), fresh local stores standing for clouds.
+
+`source_cluster`, `source_db` and `target_cluster` are PostgreSQL 16 unless a test is marked
+`pg.both_majors`, which runs it once per supported major (`pg_major`); the clusters behind
+them are started once per major and purpose for the whole session (`pg_clusters`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -47,21 +53,55 @@ def local_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def source_cluster() -> Iterator[LocalCluster]:
-    with ephemeral_cluster(16) as cluster:
-        yield cluster
+def pg_clusters() -> Iterator[Callable[[str, int], LocalCluster]]:
+    """`pg_clusters(purpose, major)`: a cluster of exactly that major, started on first use and
+    kept for the session ("source" and "target" per major)."""
+    with contextlib.ExitStack() as stack:
+        started: dict[tuple[str, int], LocalCluster] = {}
+
+        def get(purpose: str, major: int) -> LocalCluster:
+            if (purpose, major) not in started:
+                cluster = stack.enter_context(ephemeral_cluster(major))
+                assert cluster.install.major == major, f"no PostgreSQL {major} server installed"
+                started[(purpose, major)] = cluster
+            return started[(purpose, major)]
+
+        yield get
 
 
 @pytest.fixture(scope="session")
-def source_db(source_cluster: LocalCluster) -> PgConnection:
+def seeded_sources(pg_clusters: Callable[[str, int], LocalCluster]) -> Callable[[int], PgConnection]:
+    """`seeded_sources(major)`: the seeded database on that major's source cluster, seeded once."""
+    seeded: dict[int, PgConnection] = {}
+
+    def get(major: int) -> PgConnection:
+        if major not in seeded:
+            seeded[major] = seeded_database(pg_clusters("source", major), SOURCE_DB)
+        return seeded[major]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def pg_major(request: pytest.FixtureRequest) -> int:
+    """The major of source_cluster/source_db/target_cluster: 16, or each one under `both_majors`."""
+    return getattr(request, "param", 16)
+
+
+@pytest.fixture(scope="session")
+def source_cluster(pg_clusters: Callable[[str, int], LocalCluster], pg_major: int) -> LocalCluster:
+    return pg_clusters("source", pg_major)
+
+
+@pytest.fixture(scope="session")
+def source_db(seeded_sources: Callable[[int], PgConnection], pg_major: int) -> PgConnection:
     """The seeded database. Tests must not modify it (the ones that do use their own)."""
-    return seeded_database(source_cluster, SOURCE_DB)
+    return seeded_sources(pg_major)
 
 
 @pytest.fixture(scope="session")
-def target_cluster() -> Iterator[LocalCluster]:
-    with ephemeral_cluster(16) as cluster:
-        yield cluster
+def target_cluster(pg_clusters: Callable[[str, int], LocalCluster], pg_major: int) -> LocalCluster:
+    return pg_clusters("target", pg_major)
 
 
 @pytest.fixture

@@ -1,4 +1,11 @@
-"""Test support: seeding a realistic database and fingerprinting database content exactly."""
+"""Test support: seeding a realistic database and fingerprinting database content exactly.
+
+The seed holds what a restore can lose besides rows: views and a materialized view,
+functions, a procedure and a trigger, check/unique/foreign-key/exclusion constraints,
+partial and expression indexes, enum, domain and composite types, a declaratively
+partitioned table, large objects, sequences, comments and row-level security policies.
+`fingerprint` compares all of it, from the catalogs, so a test fails if any is lost.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,14 @@ import signal
 from pathlib import Path
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from platform_orchestration.postgres import LocalCluster, PgConnection
+
+# The PostgreSQL majors the product supports; tests marked `both_majors` run on each.
+PG_MAJORS = (16, 18)
+both_majors = pytest.mark.parametrize("pg_major", PG_MAJORS, indirect=True, ids=lambda m: f"pg{m}")
 
 # Strings that break naive quoting, encoding or COPY escaping.
 AWKWARD_TEXT = [
@@ -74,6 +86,73 @@ CREATE SEQUENCE public.invoice_number_seq START 1000;
 CREATE VIEW public.order_totals AS
     SELECT o.customer_id, count(*) AS orders, sum(o.total) AS spent
     FROM public.orders o GROUP BY o.customer_id;
+
+-- More than rows: types, constraints, indexes, functions, triggers, partitions, RLS, comments.
+CREATE TYPE public.shipment_status AS ENUM ('new', 'packed', 'shipped', 'lost');
+CREATE DOMAIN public.positive_qty AS integer NOT NULL CHECK (VALUE > 0);
+CREATE TYPE public.address AS (street text, city text, zip text);
+
+CREATE TABLE public.shipments (
+    id         integer PRIMARY KEY,
+    order_id   bigint NOT NULL REFERENCES public.orders (id) ON DELETE CASCADE,
+    status     public.shipment_status NOT NULL DEFAULT 'new',
+    qty        public.positive_qty,
+    ship_to    public.address,
+    weight_kg  numeric(8, 3) CONSTRAINT shipments_weight_check CHECK (weight_kg >= 0),
+    volume     numeric GENERATED ALWAYS AS (weight_kg * 2) STORED,
+    window_at  tstzrange NOT NULL,
+    updated_at timestamptz,
+    CONSTRAINT shipments_order_unique UNIQUE (order_id, id),
+    CONSTRAINT shipments_windows_disjoint EXCLUDE USING gist (window_at WITH &&)
+) WITH (fillfactor = 90);
+CREATE INDEX shipments_open_idx ON public.shipments (status) WHERE status <> 'shipped';
+CREATE INDEX shipments_city_idx ON public.shipments (lower((ship_to).city));
+
+CREATE FUNCTION public.touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END $$;
+CREATE TRIGGER shipments_touch BEFORE UPDATE ON public.shipments
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION public.touch_updated_at();
+CREATE FUNCTION public.order_total(wanted bigint) RETURNS numeric LANGUAGE sql STABLE
+    AS $$ SELECT total FROM public.orders WHERE id = wanted $$;
+CREATE PROCEDURE audit.note(what text) LANGUAGE sql
+    AS $$ INSERT INTO audit.events (kind) VALUES (what) $$;
+
+CREATE TABLE audit.readings (
+    sensor  integer NOT NULL,
+    at      timestamptz NOT NULL,
+    value   double precision,
+    PRIMARY KEY (sensor, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE audit.readings_2024 PARTITION OF audit.readings
+    FOR VALUES FROM ('2024-01-01 00:00+00') TO ('2025-01-01 00:00+00');
+CREATE TABLE audit.readings_2025 PARTITION OF audit.readings
+    FOR VALUES FROM ('2025-01-01 00:00+00') TO ('2026-01-01 00:00+00');
+CREATE TABLE audit.readings_other PARTITION OF audit.readings DEFAULT;
+CREATE INDEX readings_value_idx ON audit.readings (value);
+
+CREATE MATERIALIZED VIEW public.customer_spend AS
+    SELECT customer_id, count(*) AS orders, sum(total) AS spent FROM public.orders GROUP BY customer_id;
+CREATE UNIQUE INDEX customer_spend_customer_idx ON public.customer_spend (customer_id);
+
+CREATE SEQUENCE audit.ticket_seq AS integer INCREMENT BY 7 MINVALUE 5 MAXVALUE 100000 CYCLE;
+
+ALTER TABLE public.shipments ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.shipments FORCE ROW LEVEL SECURITY;
+CREATE POLICY shipments_visible ON public.shipments FOR SELECT TO PUBLIC USING (status <> 'lost');
+CREATE POLICY shipments_sane ON public.shipments AS RESTRICTIVE FOR INSERT TO PUBLIC
+    WITH CHECK (weight_kg < 1000);
+
+COMMENT ON SCHEMA audit IS 'what happened, append-only';
+COMMENT ON TABLE public.customers IS 'people who buy; "quoted" and it''s fine';
+COMMENT ON COLUMN public.customers.note IS 'free text, may be NULL';
+COMMENT ON FUNCTION public.order_total(bigint) IS 'an order''s total';
+COMMENT ON TYPE public.shipment_status IS 'where a parcel is';
+COMMENT ON MATERIALIZED VIEW public.customer_spend IS 'refreshed nightly';
+COMMENT ON POLICY shipments_visible ON public.shipments IS 'lost parcels are hidden';
+COMMENT ON TRIGGER shipments_touch ON public.shipments IS 'keeps updated_at';
 """
 
 
@@ -126,7 +205,30 @@ def seed(conn: psycopg.Connection, scale: int = 1) -> None:
            FROM generate_series(1, %(events)s) AS i""",
         {"awkward": AWKWARD_TEXT, "n": len(AWKWARD_TEXT), "events": events},
     )
+    conn.execute(
+        """INSERT INTO public.shipments (id, order_id, status, qty, ship_to, weight_kg, window_at)
+           SELECT i, i, (enum_range(NULL::public.shipment_status))[1 + i %% 4], 1 + i %% 5,
+                  CASE WHEN i %% 6 = 0 THEN NULL
+                       ELSE ROW('Street ' || i, (%(awkward)s::text[])[1 + i %% %(n)s], lpad(i::text, 5, '0'))::public.address END,
+                  CASE WHEN i %% 9 = 0 THEN NULL ELSE (i %% 500) / 3.0 END,
+                  tstzrange(timestamptz '2025-01-01 00:00+00' + i * interval '1 hour',
+                            timestamptz '2025-01-01 00:30+00' + i * interval '1 hour')
+           FROM generate_series(1, %(shipments)s) AS i""",
+        {"awkward": AWKWARD_TEXT, "n": len(AWKWARD_TEXT), "shipments": 1000 * scale},
+    )
+    conn.execute(
+        """INSERT INTO audit.readings (sensor, at, value)
+           SELECT 1 + i %% 7, timestamptz '2023-12-01 00:00+00' + i * interval '3 hours 17 minutes',
+                  CASE WHEN i %% 13 = 0 THEN 'NaN'::float8 ELSE sin(i) * 1000 END
+           FROM generate_series(1, %s) AS i""",
+        (3000 * scale,),  # December 2023 (the default partition), 2024 and 2025
+    )
+    conn.execute("REFRESH MATERIALIZED VIEW public.customer_spend")
+    for content in (b"", b"large object \x00\xff bytes", bytes(range(256)) * 40):
+        oid = conn.execute("SELECT lo_from_bytea(0, %s)", (content,)).fetchone()[0]
+        conn.execute(f"COMMENT ON LARGE OBJECT {int(oid)} IS 'lo of {len(content)} bytes'")
     conn.execute("SELECT setval('public.invoice_number_seq', 4242)")
+    conn.execute("SELECT setval('audit.ticket_seq', 96)")
     conn.execute("ANALYZE")
 
 
@@ -169,9 +271,108 @@ def sequence_values(connection: PgConnection) -> dict[str, int | None]:
             "SELECT schemaname, sequencename, last_value FROM pg_sequences ORDER BY 1, 2").fetchall()}
 
 
+# User objects: outside the system schemas, not members of an extension.
+_USER_NAMESPACE = "nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'"
+_NOT_EXTENSION = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.deptype = 'e')"
+
+# One query per kind of object; each returns rows that name the object and define it, from the
+# catalogs and the server's own pg_get_*def deparsers, so nothing depends on OIDs (except large
+# objects', which pg_dump keeps).
+_SCHEMA_QUERIES = {
+    "schemas": f"SELECT nspname FROM pg_namespace WHERE {_USER_NAMESPACE}",
+    "relations": f"""
+        SELECT c.oid::regclass::text, c.relkind, c.relpersistence, c.relispartition,
+               pg_get_partkeydef(c.oid), pg_get_expr(c.relpartbound, c.oid), c.relrowsecurity,
+               c.relforcerowsecurity, c.relreplident, c.reloptions::text
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE {_USER_NAMESPACE} AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c')
+          AND {_NOT_EXTENSION.format(oid="c.oid")}""",
+    "columns": f"""
+        SELECT c.oid::regclass::text, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+               a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid), a.attidentity, a.attgenerated,
+               (SELECT collname FROM pg_collation WHERE oid = a.attcollation)
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+        WHERE {_USER_NAMESPACE} AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+          AND a.attnum > 0 AND NOT a.attisdropped""",
+    # PostgreSQL 18 keeps NOT NULL as constraints too; `columns` covers them on every major.
+    "constraints": f"""
+        SELECT coalesce(co.conrelid::regclass::text, co.contypid::regtype::text), co.conname,
+               co.contype, pg_get_constraintdef(co.oid, true), co.condeferrable, co.condeferred
+        FROM pg_constraint co JOIN pg_namespace n ON n.oid = co.connamespace
+        WHERE {_USER_NAMESPACE} AND co.contype <> 'n'""",
+    "indexes": f"""
+        SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), i.indisunique,
+               i.indisprimary, i.indisclustered
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE {_USER_NAMESPACE}""",
+    "views": f"""
+        SELECT c.oid::regclass::text, c.relkind, pg_get_viewdef(c.oid, true)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE {_USER_NAMESPACE} AND c.relkind IN ('v', 'm')""",
+    "functions": f"""
+        SELECT p.oid::regprocedure::text, p.prokind, pg_get_functiondef(p.oid)
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE {_USER_NAMESPACE} AND p.prokind IN ('f', 'p', 'w') AND {_NOT_EXTENSION.format(oid="p.oid")}""",
+    "triggers": f"""
+        SELECT t.tgrelid::regclass::text, t.tgname, pg_get_triggerdef(t.oid, true), t.tgenabled
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE {_USER_NAMESPACE} AND NOT t.tgisinternal""",
+    "types": f"""
+        SELECT t.oid::regtype::text, t.typtype, format_type(t.typbasetype, t.typtypmod), t.typnotnull,
+               t.typdefault,
+               (SELECT array_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid)
+        FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        WHERE {_USER_NAMESPACE} AND t.typtype IN ('c', 'd', 'e', 'r')
+          AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')""",
+    "sequences": """
+        SELECT schemaname, sequencename, data_type::text, start_value, min_value, max_value,
+               increment_by, cycle, cache_size, last_value
+        FROM pg_sequences""",
+    "policies": """
+        SELECT schemaname, tablename, policyname, permissive, roles::text, cmd, qual, with_check
+        FROM pg_policies""",
+    "comments": """
+        SELECT pg_describe_object(classoid, objoid, objsubid), description
+        FROM pg_description WHERE objoid >= 16384""",
+    "large_objects": """
+        SELECT m.oid, md5(lo_get(m.oid)), length(lo_get(m.oid)) FROM pg_largeobject_metadata m""",
+    "materialized_view_rows": f"""
+        SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE {_USER_NAMESPACE} AND c.relkind = 'm'""",
+}
+
+
+def _normalised(value: object) -> object:
+    """Deparsed SQL with its layout flattened: the same definition deparses with different
+    line breaks on different majors."""
+    return " ".join(value.split()) if isinstance(value, str) else value
+
+
+def schema_fingerprint(connection: PgConnection) -> dict[str, list[tuple]]:
+    """Every kind of schema object the seed has, as sorted rows per kind (see _SCHEMA_QUERIES),
+    plus the content of materialized views and large objects."""
+    with psycopg.connect(connection.dsn, autocommit=True) as conn:
+        conn.execute("SET search_path = pg_catalog")  # deparsed names fully qualified, always
+        result: dict[str, list[tuple]] = {}
+        for kind, query in _SCHEMA_QUERIES.items():
+            rows = conn.execute(query).fetchall()
+            result[kind] = sorted((tuple(_normalised(v) for v in row) for row in rows), key=repr)
+        contents = []
+        for (name,) in result.pop("materialized_view_rows"):
+            query = sql.SQL("SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {} AS t"
+                            ).format(sql.SQL(name))
+            contents.append((name, *conn.execute(query).fetchone()))
+        result["materialized_view_rows"] = contents
+    return result
+
+
 def fingerprint(connection: PgConnection) -> dict[str, object]:
-    """Exact content of a database: every table's (count, md5) and every sequence's last_value."""
-    return {"tables": table_fingerprints(connection), "sequences": sequence_values(connection)}
+    """Exact content of a database: every table's (count, md5), every sequence's last_value,
+    and the schema (schema_fingerprint): what a restore must bring back."""
+    return {"tables": table_fingerprints(connection), "sequences": sequence_values(connection),
+            "schema": schema_fingerprint(connection)}
 
 
 def row_counts(connection: PgConnection) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Taking backups and copying them between stores, against a real PostgreSQL 16."""
+"""Taking backups and copying them between stores, against real PostgreSQL 16 (and 18)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import SOURCE_DB
-from pg import flip_byte, kill_children_named, row_counts, table_fingerprints
+from pg import both_majors, flip_byte, kill_children_named, row_counts, table_fingerprints
 
 from platform_orchestration.backups.catalog import (
     find_backup,
@@ -36,12 +36,14 @@ def test_client_tools_for_16_is_at_least_16():
     assert client_tools_for(16).major >= 16
 
 
-def test_manifest_describes_the_backup(backup, stores, source_db):
+@both_majors
+def test_manifest_describes_the_backup(backup, stores, source_db, pg_major):
     manifest = backup(stores).manifest
 
     assert manifest.backup_id and manifest.database == SOURCE_DB
-    assert manifest.server.major == 16 and manifest.server.version.startswith("16")
-    assert manifest.dump.tool_major >= 16 and manifest.dump.tool.startswith("pg_dump ")
+    assert manifest.server.major == pg_major and manifest.server.version.startswith(f"{pg_major}.")
+    assert manifest.dump.tool_major == pg_major and manifest.dump.tool.startswith(f"pg_dump {pg_major}.")
+    assert manifest.globals.tool == f"pg_dumpall {manifest.dump.tool.split()[1]}"  # the same install
     assert manifest.lsn.count("/") == 1
     assert manifest.dump.compression == "zstd"
     assert manifest.dump.raw_bytes > 0 and manifest.dump.stored_bytes > 0
@@ -88,7 +90,8 @@ def test_backup_lands_in_every_store(backup, stores):
         [listed] = list_backups(store, SOURCE_DB)
         assert listed.backup_id == outcome.manifest.backup_id
         assert listed.manifest.copy_info.store == store.name
-        assert _objects(store) == [outcome.manifest.dump_key, outcome.manifest.manifest_key]
+        assert _objects(store) == [outcome.manifest.dump_key, outcome.manifest.globals_key,
+                                   outcome.manifest.manifest_key]
 
 
 def test_stored_dump_is_compressed(backup, stores):
@@ -133,7 +136,7 @@ def test_killed_backup_leaves_nothing_visible(backup, stores, source_db):
         assert list(Path(store.root).rglob(".partial-*")), "killed after the stream finished"
         assert [b.backup_id for b in list_backups(store, SOURCE_DB)] == [first.backup_id]
         assert latest_backup(store, SOURCE_DB).backup_id == first.backup_id
-        assert _objects(store) == [first.dump_key, first.manifest_key]
+        assert _objects(store) == [first.dump_key, first.globals_key, first.manifest_key]
     assert find_backup(stores, SOURCE_DB).backup_id == first.backup_id
 
 

@@ -1,4 +1,5 @@
-"""Restore drills: rotation across stores, RTO/RPO evidence, failures recorded everywhere."""
+"""Restore drills: rotation across stores, RTO/RPO evidence, failures recorded everywhere;
+on PostgreSQL 16 and 18."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from conftest import SOURCE_DB, make_stores
-from pg import flip_byte
+from pg import both_majors, flip_byte
 
 from platform_orchestration.backups.catalog import list_drills
 from platform_orchestration.backups.drill import run_restore_drill
@@ -21,7 +22,7 @@ def drill(stores, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def three_drills(tmp_path_factory, source_db):
+def three_drills(tmp_path_factory, source_db, pg_major):
     """One backup in three stores, then three drills with nothing chosen by hand."""
     stores = make_stores(tmp_path_factory.mktemp("drills"))
     manifest = take_backup(database=SOURCE_DB, cluster="test-cluster", policy="gold",
@@ -29,20 +30,24 @@ def three_drills(tmp_path_factory, source_db):
     return stores, manifest, [drill(stores) for _ in range(3)]
 
 
+@both_majors
 def test_drills_rotate_across_stores_in_policy_order(three_drills):
     stores, _, records = three_drills
     assert [r.source_store for r in records] == [s.name for s in stores]
 
 
-def test_drill_passes_under_the_rto_target(three_drills):
+@both_majors
+def test_drill_passes_under_the_rto_target_on_a_cluster_of_the_backups_major(three_drills, pg_major):
     _, manifest, records = three_drills
+    assert manifest.server.major == pg_major
     for record in records:
         assert record.passed and record.failure is None
         assert record.backup_id == manifest.backup_id
         assert record.rows_verified == sum(manifest.row_counts.values())
-        assert record.restored_on.startswith("PostgreSQL 16")
+        assert record.restored_on.startswith(f"PostgreSQL {pg_major}.")
 
 
+@both_majors
 def test_drill_records_rto_and_rpo(three_drills):
     _, manifest, records = three_drills
     for record in records:
@@ -51,6 +56,7 @@ def test_drill_records_rto_and_rpo(three_drills):
         assert record.rpo_seconds >= (record.started_at - manifest.snapshot_at).total_seconds() - 1
 
 
+@both_majors
 def test_drill_records_are_written_to_every_store(three_drills):
     stores, _, records = three_drills
     for store in stores:

@@ -1,15 +1,18 @@
-"""Restoring stored backups into real PostgreSQL, and refusing to restore what is unsafe."""
+"""Restoring stored backups into real PostgreSQL 16 and 18, into every kind of target a DBA
+gives, and refusing to restore what is unsafe before anything is fetched or touched."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
-from conftest import SOURCE_DB
-from pg import fingerprint, flip_byte, row_counts
+from conftest import SOURCE_DB, make_stores
+from pg import both_majors, create_database, fingerprint, flip_byte, row_counts
 
 from platform_orchestration.backups.catalog import find_backup
 from platform_orchestration.backups.integrity import BackupCorrupt, verify_stored_backup
 from platform_orchestration.backups.restore import RestoreRefused, restore_backup
+from platform_orchestration.backups.take import take_backup
+from platform_orchestration.postgres import ephemeral_cluster
 
 
 def _put_stale_content(target) -> None:
@@ -18,13 +21,43 @@ def _put_stale_content(target) -> None:
         conn.execute("INSERT INTO stale SELECT i, 'old ' || i FROM generate_series(1, 100) i")
 
 
-def test_round_trip_preserves_content_exactly(backup, stores, source_db, target_db):
+def _database_facts(target) -> tuple | None:
+    """(oid, owner, settings) of the target database, or None if it does not exist."""
+    with psycopg.connect(target.for_database("template1").dsn, autocommit=True) as conn:
+        return conn.execute(
+            """SELECT d.oid, pg_get_userbyid(d.datdba),
+                      (SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0)
+               FROM pg_database d WHERE d.datname = %s""", (target.dbname,)).fetchone()
+
+
+def _ensure_role(cluster, role: str) -> None:
+    with psycopg.connect(cluster.connection().dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            conn.execute(f'CREATE ROLE "{role}" NOLOGIN')
+
+
+class Stages:
+    """A progress listener remembering the stages it saw: "fetch" means the backup was read."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, stage: str, done: int) -> None:
+        if stage not in self.seen:
+            self.seen.append(stage)
+
+
+@both_majors
+def test_round_trip_into_a_missing_database_creates_it_and_preserves_content_exactly(
+        backup, stores, source_db, target_db):
     backup(stores)
 
     result = restore_backup(find_backup(stores, SOURCE_DB), target_db)
 
+    assert result.target_action == "created"
     assert fingerprint(target_db) == fingerprint(source_db)
-    assert result.tables_verified == 5 and result.rows_verified == sum(row_counts(source_db).values())
+    counts = row_counts(source_db)
+    assert result.tables_verified == len(counts) and result.rows_verified == sum(counts.values())
 
 
 def test_round_trip_from_every_store(backup, stores, source_db, target_cluster, fresh_name):
@@ -35,6 +68,47 @@ def test_round_trip_from_every_store(backup, stores, source_db, target_cluster, 
         result = restore_backup(find_backup(stores, SOURCE_DB, store_name=store.name), target)
         assert (result.store, result.backup_id) == (store.name, manifest.backup_id)
         assert fingerprint(target) == expected
+
+
+def test_the_fingerprint_notices_each_kind_of_object_lost(scratch_source_db):
+    """The content comparison every round trip relies on: losing any one kind of object the
+    seed holds (one statement each) changes the fingerprint."""
+    losses = {
+        "views": "DROP VIEW public.order_totals",
+        "materialized_view_rows": "TRUNCATE public.orders CASCADE; REFRESH MATERIALIZED VIEW public.customer_spend",
+        "functions": "DROP PROCEDURE audit.note(text)",
+        "triggers": "DROP TRIGGER shipments_touch ON public.shipments",
+        "constraints": "ALTER TABLE public.shipments DROP CONSTRAINT shipments_windows_disjoint",
+        "indexes": "DROP INDEX public.shipments_city_idx",
+        "types": "ALTER TYPE public.shipment_status ADD VALUE 'returned'",
+        "relations": "ALTER TABLE audit.readings DETACH PARTITION audit.readings_other",
+        "large_objects": "SELECT lo_unlink(min(oid)) FROM pg_largeobject_metadata",
+        "sequences": "SELECT setval('audit.ticket_seq', 97)",
+        "comments": "COMMENT ON COLUMN public.customers.note IS NULL",
+        "policies": "DROP POLICY shipments_sane ON public.shipments",
+        "columns": "ALTER TABLE public.shipments ALTER COLUMN updated_at SET DEFAULT now()",
+        "schemas": "CREATE SCHEMA extra",
+    }
+    before = fingerprint(scratch_source_db)["schema"]
+    assert set(losses) == set(before), "every kind the fingerprint compares has a loss here"
+    assert all(before[kind] for kind in before), "the seed holds every kind of object"
+    for kind, statement in losses.items():
+        with psycopg.connect(scratch_source_db.dsn, autocommit=True) as conn:
+            conn.execute(statement)
+        after = fingerprint(scratch_source_db)["schema"]
+        assert after[kind] != before[kind], f"losing {kind} went unnoticed"
+        before = after
+
+
+def test_partitions_are_counted_one_by_one_and_their_parent_is_not(backup, stores, source_db):
+    manifest = backup(stores).manifest
+
+    partitions = {t for t in manifest.row_counts if t.startswith("audit.readings")}
+    assert partitions == {"audit.readings_2024", "audit.readings_2025", "audit.readings_other"}
+    assert all(manifest.row_counts[t] > 0 for t in partitions)
+    with psycopg.connect(source_db.dsn) as conn:
+        assert sum(manifest.row_counts[t] for t in partitions) == conn.execute(
+            "SELECT count(*) FROM audit.readings").fetchone()[0]
 
 
 def test_corrupt_dump_fails_verification_naming_backup_store_and_checksum(backup, stores):
@@ -64,30 +138,154 @@ def test_corrupt_dump_is_not_restored_and_target_is_untouched(backup, stores, so
     assert fingerprint(empty_db) == before
 
 
-def test_restore_refuses_a_non_empty_target(backup, stores, empty_db):
+@both_majors
+def test_restore_refuses_a_non_empty_target_before_fetching(backup, stores, empty_db):
     backup(stores)
     _put_stale_content(empty_db)
+    stages = Stages()
 
     with pytest.raises(RestoreRefused) as refused:
-        restore_backup(find_backup(stores, SOURCE_DB), empty_db)
+        restore_backup(find_backup(stores, SOURCE_DB), empty_db, progress=stages)
 
     assert f"target database {empty_db.dbname} " in str(refused.value)
-    assert "is not empty" in str(refused.value)
+    assert "is not empty (1 objects: table public.stale)" in str(refused.value)
+    assert stages.seen == []
     assert row_counts(empty_db) == {"public.stale": 100}
 
 
-def test_restore_with_replace_replaces_content(backup, stores, source_db, empty_db):
+@both_majors
+def test_restore_with_replace_drops_and_recreates_a_non_empty_target(backup, stores, source_db, empty_db):
     backup(stores)
     _put_stale_content(empty_db)
+    oid_before = _database_facts(empty_db)[0]
 
-    restore_backup(find_backup(stores, SOURCE_DB), empty_db, replace=True)
+    result = restore_backup(find_backup(stores, SOURCE_DB), empty_db, replace=True)
 
+    assert result.target_action == "dropped and recreated"
+    assert _database_facts(empty_db)[0] != oid_before
     assert fingerprint(empty_db) == fingerprint(source_db)
 
 
-def test_restore_into_an_existing_empty_database(backup, stores, source_db, empty_db):
+@both_majors
+def test_restore_into_an_existing_empty_database_is_in_place_keeping_its_owner_and_settings(
+        backup, stores, source_db, target_cluster, fresh_name):
+    _ensure_role(target_cluster, "dba_owner")
+    target = target_cluster.connection(fresh_name("prepared"))
+    with psycopg.connect(target_cluster.connection().dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{target.dbname}" OWNER dba_owner')
+        conn.execute(f'ALTER DATABASE "{target.dbname}" SET work_mem = \'7MB\'')
+    before = _database_facts(target)
     backup(stores)
 
-    restore_backup(find_backup(stores, SOURCE_DB), empty_db)
+    result = restore_backup(find_backup(stores, SOURCE_DB), target, replace=True)  # empty: never dropped
 
-    assert fingerprint(empty_db) == fingerprint(source_db)
+    assert result.target_action == "restored in place"
+    assert _database_facts(target) == before  # same database (oid), owner and settings
+    assert before[1:] == ("dba_owner", ["work_mem=7MB"])
+    assert fingerprint(target) == fingerprint(source_db)
+
+
+@both_majors
+def test_restore_as_a_role_in_place_gives_it_the_objects_and_keeps_the_database_owner(
+        backup, stores, source_db, target_cluster, fresh_name):
+    _ensure_role(target_cluster, "app_owner")
+    target = target_cluster.connection(fresh_name("owned"))
+    with psycopg.connect(target_cluster.connection().dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{target.dbname}" OWNER app_owner')
+    backup(stores)
+
+    result = restore_backup(find_backup(stores, SOURCE_DB), target, restore_as="app_owner")
+
+    assert result.target_action == "restored in place"
+    assert _database_facts(target)[1] == "app_owner"
+    with psycopg.connect(target.dsn) as conn:
+        owners = {r[0] for r in conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname IN ('public', 'audit')").fetchall()}
+    assert owners == {"app_owner"}
+    assert fingerprint(target) == fingerprint(source_db)
+
+
+def test_restore_as_a_role_that_may_not_create_in_the_existing_database_is_refused_before_fetching(
+        backup, stores, target_cluster, empty_db):
+    _ensure_role(target_cluster, "outsider")
+    backup(stores)
+    stages = Stages()
+
+    with pytest.raises(RestoreRefused, match=f"role outsider may not create objects in database "
+                                             f"{empty_db.dbname} and its public schema"):
+        restore_backup(find_backup(stores, SOURCE_DB), empty_db, restore_as="outsider", progress=stages)
+
+    assert stages.seen == []
+    assert row_counts(empty_db) == {}
+
+
+def test_restore_into_a_template_database_is_refused(backup, stores, target_cluster):
+    backup(stores)
+
+    with pytest.raises(RestoreRefused, match="template1 .* is a template database"):
+        restore_backup(find_backup(stores, SOURCE_DB), target_cluster.connection("template1"))
+
+
+@pytest.fixture(scope="module")
+def restored_into_postgres(tmp_path_factory, pg_major, source_db):
+    """A backup restored into the `postgres` database of a fresh throwaway cluster."""
+    stores = make_stores(tmp_path_factory.mktemp("into-postgres"))
+    take_backup(database=SOURCE_DB, cluster="test-cluster", policy="gold", connection=source_db, stores=stores)
+    with ephemeral_cluster(pg_major) as cluster:
+        result = restore_backup(find_backup(stores, SOURCE_DB), cluster.connection("postgres"))
+        yield stores, cluster, result
+
+
+@both_majors
+def test_restore_into_the_postgres_database_of_a_fresh_cluster_is_in_place(restored_into_postgres, source_db):
+    _, cluster, result = restored_into_postgres
+
+    assert result.target_action == "restored in place"
+    assert fingerprint(cluster.connection("postgres")) == fingerprint(source_db)
+
+
+@both_majors
+def test_replace_refuses_to_drop_or_empty_a_non_empty_postgres_database(restored_into_postgres):
+    stores, cluster, _ = restored_into_postgres
+    target = cluster.connection("postgres")
+    before = fingerprint(target)
+    stages = Stages()
+
+    with pytest.raises(RestoreRefused, match="postgres .* is the server's maintenance database and is not "
+                                             "empty .*replace will not drop or empty it"):
+        restore_backup(find_backup(stores, SOURCE_DB), target, replace=True, progress=stages)
+
+    assert stages.seen == [] and fingerprint(target) == before
+
+
+def test_a_16_backup_restores_into_an_18_server(stores, seeded_sources, pg_clusters, fresh_name):
+    source = seeded_sources(16)
+    manifest = take_backup(database=SOURCE_DB, cluster="test-cluster", policy="gold", connection=source,
+                           stores=stores).manifest
+    target = pg_clusters("target", 18).connection(fresh_name("upgraded"))
+
+    result = restore_backup(find_backup(stores, SOURCE_DB), target)
+
+    assert manifest.server.major == 16 and result.target_action == "created"
+    assert fingerprint(target) == fingerprint(source)
+
+
+def test_an_18_backup_is_refused_by_a_16_server_before_anything_is_fetched_or_touched(
+        stores, seeded_sources, pg_clusters, fresh_name):
+    take_backup(database=SOURCE_DB, cluster="test-cluster", policy="gold", connection=seeded_sources(18),
+                stores=stores)
+    old_server = pg_clusters("target", 16)
+    missing = old_server.connection(fresh_name("never_created"))
+    occupied = create_database(old_server, fresh_name("occupied"))
+    _put_stale_content(occupied)
+    stages = Stages()
+
+    for target in (missing, occupied):
+        with pytest.raises(RestoreRefused, match="the target server is PostgreSQL 16, older than the "
+                                                 "backup's source PostgreSQL 18"):
+            restore_backup(find_backup(stores, SOURCE_DB), target, replace=True, progress=stages)
+
+    assert stages.seen == []
+    assert _database_facts(missing) is None
+    assert row_counts(occupied) == {"public.stale": 100}

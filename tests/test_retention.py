@@ -22,6 +22,7 @@ from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.manifest import (
     backup_prefix,
     dump_key,
+    globals_key,
     manifest_key,
     new_backup_id,
 )
@@ -375,7 +376,7 @@ def test_rule_4_the_manifest_is_deleted_before_the_dump(stores, take):
     prune(stores, keep_last=1)
 
     for store in stores:
-        assert store.deletes == [manifest_key(SOURCE_DB, old), dump_key(SOURCE_DB, old)]
+        assert store.deletes == [manifest_key(SOURCE_DB, old), globals_key(SOURCE_DB, old), dump_key(SOURCE_DB, old)]
 
 
 def test_rule_4_and_5_a_crash_between_the_deletes_leaves_an_orphan_swept_after_the_grace(stores, take):

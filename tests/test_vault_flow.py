@@ -36,13 +36,18 @@ def vault_env(vault_server, source_cluster, source_db, monkeypatch):
     admin.secrets.transit.create_key(name="backups", key_type="aes256-gcm96", mount_point=transit)
     # What a backup login needs (read every table and sequence, and the cluster's identity)
     # is granted to a group role once; each dynamic login only joins it, so revoking the
-    # lease can drop the login without privileges of its own in the way.
+    # lease can drop the login without privileges of its own in the way. BYPASSRLS is a role
+    # attribute, not inherited: pg_dump refuses a table with row-level security without it.
+    # Large objects are not covered by pg_read_all_data: each needs its own grant.
     with psycopg.connect(source_cluster.connection().dsn, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'platform_backup'").fetchone():
             conn.execute("CREATE ROLE platform_backup NOLOGIN; GRANT pg_read_all_data TO platform_backup; "
                          "GRANT EXECUTE ON FUNCTION pg_control_system() TO platform_backup")
+    with psycopg.connect(source_db.dsn, autocommit=True) as conn:
+        for (oid,) in conn.execute("SELECT oid FROM pg_largeobject_metadata").fetchall():
+            conn.execute(f"GRANT SELECT ON LARGE OBJECT {int(oid)} TO platform_backup")
     creds = postgres_engine_role(vault_server, database, source_cluster.port, "backup", [
-        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' "
+        "CREATE ROLE \"{{name}}\" WITH LOGIN BYPASSRLS PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' "
         "IN ROLE platform_backup;"])
     monkeypatch.setenv("VAULT_ADDR", vault_server.address)
     monkeypatch.setenv("VAULT_TOKEN", vault_server.root_token)
@@ -116,10 +121,11 @@ def test_flow_uses_dynamic_logins_and_transit_keys_and_leaks_nothing(
 def _restorer_role(vault_server, target_cluster) -> str:
     """A database-engine role on the target: a login that may create the database it restores
     into and restores as the group role `platform_restore`, which owns the database and
-    everything in it, so the login owns nothing and can be dropped when its lease ends."""
+    everything in it, so the login owns nothing and can be dropped when its lease ends. BYPASSRLS
+    lets it count the rows of a table with forced row-level security when verifying."""
     with psycopg.connect(target_cluster.connection().dsn, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'platform_restore'").fetchone():
             conn.execute("CREATE ROLE platform_restore NOLOGIN")
     return postgres_engine_role(vault_server, f"database-restore-{next(_numbers)}", target_cluster.port, "restorer", [
-        "CREATE ROLE \"{{name}}\" WITH LOGIN CREATEDB PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' "
+        "CREATE ROLE \"{{name}}\" WITH LOGIN CREATEDB BYPASSRLS PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' "
         "IN ROLE platform_restore;"])

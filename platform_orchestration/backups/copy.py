@@ -3,7 +3,8 @@
 The copy streams from source to target (no local file), or is made by the provider
 itself when both stores live in one (server-side copy); it is checked against the
 manifest's SHA-256 and read back once written; only then does the target get its
-manifest. A target that already holds the backup is left alone. An encrypted backup is
+manifest. A target that already holds the backup is left alone. The globals object, when
+the backup has one, is copied and checked the same way. An encrypted backup is
 copied as the ciphertext it is, its manifest carrying the same wrapped data key: copies
 need no key.
 """
@@ -21,6 +22,7 @@ from platform_orchestration.backups.catalog import (
 )
 from platform_orchestration.backups.integrity import (
     BackupCorrupt,
+    checked_globals_chunks,
     checked_stored_chunks,
     stored_checksum_matches,
 )
@@ -55,7 +57,12 @@ def copy_backup(source: StoredBackup, target: ObjectStore, *,
                 for chunk in checked_stored_chunks(source.store, manifest, progress, "copy"):
                     writer.write(chunk)
                 writer.commit()
-        stored_checksum_matches(target, manifest)
+        if manifest.globals is not None and not target.server_side_copy(source.store, manifest.globals_key):
+            with target.open_writer(manifest.globals_key) as writer:
+                for chunk in checked_globals_chunks(source.store, manifest, progress, "copy"):
+                    writer.write(chunk)
+                writer.commit()
+        stored_checksum_matches(target, manifest)  # the dump, and the globals when present
         write_bytes(target, manifest.manifest_key,
                     manifest.in_store(target.name, clock(), copied_from=source.store.name).to_json())
     except (BackupCorrupt, StoreError, ObjectNotFound) as exc:

@@ -87,12 +87,15 @@ def data_key_for(store: ObjectStore, manifest: BackupManifest, keys: DataKeyProv
 
 
 def decrypted_backup_chunks(store: ObjectStore, manifest: BackupManifest, chunks: Iterator[bytes],
-                            keys: DataKeyProvider | None) -> Iterator[bytes]:
+                            keys: DataKeyProvider | None, *, binding: str | None = None,
+                            where: str | None = None) -> Iterator[bytes]:
     """The plaintext of an encrypted backup's stored chunks; a ciphertext that does not
-    authenticate raises BackupCorrupt naming the backup and the store."""
+    authenticate raises BackupCorrupt naming the backup and the store (or `where`). `binding`
+    is what the ciphertext is bound to, when not the dump (the backup id): the globals object
+    has its own, so the two ciphertexts of one backup cannot stand in for each other."""
     plaintext = decrypt_chunks(chunks, data_key_for(store, manifest, keys),
-                               associated_data(manifest.database, manifest.backup_id),
-                               _where(store, manifest))
+                               associated_data(manifest.database, binding or manifest.backup_id),
+                               where or _where(store, manifest))
     try:
         yield from plaintext
     except CiphertextRejected as exc:

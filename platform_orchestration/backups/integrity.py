@@ -3,7 +3,8 @@
 The stored object is the compressed dump, encrypted after compression when the manifest
 has an `encryption` section: its size and SHA-256 (of the stored bytes, ciphertext when
 encrypted) are checked first, then the AEAD authenticates every segment, then zstd checks
-its frame and content checksums.
+its frame and content checksums. The globals object beside it (when the manifest has a
+`globals` section) is checked the same way, and its errors name it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import zstandard
 
 from platform_orchestration.backups.encryption import decrypted_backup_chunks
 from platform_orchestration.backups.errors import BackupCorrupt
-from platform_orchestration.backups.manifest import BackupManifest
+from platform_orchestration.backups.manifest import BackupManifest, globals_binding
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.storage import ObjectStore
@@ -33,19 +34,38 @@ def checked_stored_chunks(store: ObjectStore, manifest: BackupManifest,
     """Stream the stored (compressed) dump; raise BackupCorrupt at the end if its size or
     SHA-256 differ from the manifest's. Consumers must not act on the data before the
     generator finishes without error."""
+    return _checked_chunks(store, manifest.dump_key, manifest.dump.stored_bytes, manifest.dump.sha256,
+                           _where(store, manifest), progress, stage)
+
+
+def checked_globals_chunks(store: ObjectStore, manifest: BackupManifest,
+                           progress: ProgressListener = no_progress,
+                           stage: str = "fetch") -> Iterator[bytes]:
+    """The same for the globals object (the manifest must have a `globals` section)."""
+    info = manifest.globals
+    assert info is not None, "the backup has no globals object"
+    return _checked_chunks(store, manifest.globals_key, info.stored_bytes, info.sha256,
+                           _where_globals(store, manifest), progress, stage)
+
+
+def _where_globals(store: ObjectStore, manifest: BackupManifest) -> str:
+    return f"{_where(store, manifest)}: globals object {manifest.globals_key}"
+
+
+def _checked_chunks(store: ObjectStore, key: str, size: int, sha256: str, where: str,
+                    progress: ProgressListener, stage: str) -> Iterator[bytes]:
     digest = hashlib.sha256()
     done = 0
-    for chunk in store.read(manifest.dump_key):
+    for chunk in store.read(key):
         digest.update(chunk)
         done += len(chunk)
         progress(stage, done)
         yield chunk
-    if done != manifest.dump.stored_bytes:
-        raise BackupCorrupt(f"{_where(store, manifest)}: size mismatch: manifest says "
-                            f"{manifest.dump.stored_bytes} bytes, store holds {done}")
-    if digest.hexdigest() != manifest.dump.sha256:
-        raise BackupCorrupt(f"{_where(store, manifest)}: checksum mismatch: manifest sha256 "
-                            f"{manifest.dump.sha256}, stored object sha256 {digest.hexdigest()}")
+    if done != size:
+        raise BackupCorrupt(f"{where}: size mismatch: manifest says {size} bytes, store holds {done}")
+    if digest.hexdigest() != sha256:
+        raise BackupCorrupt(f"{where}: checksum mismatch: manifest sha256 {sha256}, stored object "
+                            f"sha256 {digest.hexdigest()}")
 
 
 def decompressed(store: ObjectStore, manifest: BackupManifest, chunks: Iterator[bytes],
@@ -89,7 +109,8 @@ def verify_stored_backup(store: ObjectStore, manifest: BackupManifest,
                          keys: DataKeyProvider | None = None) -> int:
     """Re-read a stored backup end to end: size, SHA-256, AEAD authentication of every
     segment (encrypted backups, whose data key `keys` unwraps), zstd frame and content
-    checksums, archive magic, raw size. Returns the raw (decompressed) size."""
+    checksums, archive magic, raw size; then the same for the globals object when the
+    backup has one. Returns the raw (decompressed) size of the dump."""
     raw = 0
     for out in decompressed(store, manifest, checked_stored_chunks(store, manifest, progress, "verify"),
                             keys):
@@ -97,10 +118,42 @@ def verify_stored_backup(store: ObjectStore, manifest: BackupManifest,
     if raw != manifest.dump.raw_bytes:
         raise BackupCorrupt(f"{_where(store, manifest)}: decompressed size {raw} differs from the "
                             f"manifest's {manifest.dump.raw_bytes}")
+    if manifest.globals is not None:
+        globals_sql(store, manifest, keys)
+    return raw
+
+
+def globals_sql(store: ObjectStore, manifest: BackupManifest,
+                keys: DataKeyProvider | None = None) -> bytes:
+    """The backup's globals (pg_dumpall's SQL script), read back whole (it is small: roles,
+    memberships, settings, tablespaces), its size and SHA-256 checked, decrypted (every
+    segment authenticated) when the backup is encrypted, and decompressed. Raises
+    BackupCorrupt naming the globals object when anything does not match."""
+    info = manifest.globals
+    if info is None:
+        raise BackupCorrupt(f"{_where(store, manifest)} has no globals object (it was taken "
+                            "before globals were backed up)")
+    where = _where_globals(store, manifest)
+    chunks: Iterator[bytes] = checked_globals_chunks(store, manifest, stage="globals")
+    if manifest.encryption is not None:
+        chunks = decrypted_backup_chunks(store, manifest, chunks, keys,
+                                         binding=globals_binding(manifest.backup_id), where=where)
+    stored = b"".join(chunks)  # every check above has run once the stream is exhausted
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(stored, max_output_size=info.raw_bytes + 1)
+    except zstandard.ZstdError as exc:
+        raise BackupCorrupt(f"{where}: compressed stream is damaged: {exc}") from None
+    if len(raw) != info.raw_bytes:
+        raise BackupCorrupt(f"{where}: decompressed size {len(raw)} differs from the manifest's "
+                            f"{info.raw_bytes}")
     return raw
 
 
 def stored_checksum_matches(store: ObjectStore, manifest: BackupManifest) -> None:
-    """Cheaper check used right after a write: size and SHA-256 of the stored object."""
+    """Cheaper check used right after a write: size and SHA-256 of the stored dump, and of
+    the globals object when the backup has one."""
     for _ in checked_stored_chunks(store, manifest, stage="check"):
         pass
+    if manifest.globals is not None:
+        for _ in checked_globals_chunks(store, manifest, stage="check"):
+            pass

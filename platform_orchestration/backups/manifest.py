@@ -5,6 +5,9 @@ Layout in every store:
     backups/<database>/<backup_id>/dump.pgdump.zst   pg_dump custom format, zstd-compressed
                                                      (then encrypted, when the manifest has
                                                      an `encryption` section)
+    backups/<database>/<backup_id>/globals.sql.zst   pg_dumpall --globals-only --no-role-passwords
+                                                     (roles, memberships, role settings,
+                                                     tablespaces), zstd, encrypted like the dump
     backups/<database>/<backup_id>/manifest.json     written last, only after the copy verified
     drills/<database>/<drill_id>.json                restore-drill evidence
 
@@ -25,6 +28,7 @@ from platform_orchestration.errors import PlatformError
 
 FORMAT_VERSION = 1
 DUMP_OBJECT = "dump.pgdump.zst"
+GLOBALS_OBJECT = "globals.sql.zst"
 MANIFEST_OBJECT = "manifest.json"
 
 
@@ -50,8 +54,22 @@ def dump_key(database: str, backup_id: str) -> str:
     return backup_prefix(database, backup_id) + DUMP_OBJECT
 
 
+def globals_key(database: str, backup_id: str) -> str:
+    return backup_prefix(database, backup_id) + GLOBALS_OBJECT
+
+
 def manifest_key(database: str, backup_id: str) -> str:
     return backup_prefix(database, backup_id) + MANIFEST_OBJECT
+
+
+def globals_binding(backup_id: str) -> str:
+    """The id the globals object's ciphertext is bound to (as associated data, with the
+    database): not the dump's, so the two ciphertexts of one backup cannot be swapped.
+
+    >>> globals_binding("20261125T213307123Z-a1b2c3")
+    '20261125T213307123Z-a1b2c3/globals'
+    """
+    return backup_id + "/globals"
 
 
 class _Frozen(BaseModel):
@@ -75,6 +93,19 @@ class DumpInfo(_Frozen):
     tool_major: int
     compression: str = "zstd"
     compression_level: int
+    raw_bytes: int
+    stored_bytes: int
+    sha256: str
+
+
+class GlobalsInfo(_Frozen):
+    """The cluster-wide objects pg_dump leaves out (roles, their memberships and settings,
+    tablespaces), dumped by pg_dumpall beside the dump, without role passwords; compressed,
+    and encrypted with the dump's data key when the backup is encrypted."""
+
+    object: str = GLOBALS_OBJECT
+    tool: str
+    compression: str = "zstd"
     raw_bytes: int
     stored_bytes: int
     sha256: str
@@ -125,12 +156,18 @@ class BackupManifest(_Frozen):
     # How the dump logged in: "dynamic" (a Vault database-engine login, revoked after the
     # run) or "static"; evidence for the compliance check. None in older manifests.
     credentials: Literal["static", "dynamic"] | None = None
+    # The globals object; None in manifests written before globals were backed up.
+    globals: GlobalsInfo | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     @property
     def dump_key(self) -> str:
         return dump_key(self.database, self.backup_id)
+
+    @property
+    def globals_key(self) -> str:
+        return globals_key(self.database, self.backup_id)
 
     @property
     def manifest_key(self) -> str:
@@ -142,7 +179,7 @@ class BackupManifest(_Frozen):
 
     def to_json(self) -> bytes:
         # Absent fields are left out, so manifests without them read as before.
-        exclude = {name for name in ("encryption", "credentials") if getattr(self, name) is None} or None
+        exclude = {name for name in ("encryption", "credentials", "globals") if getattr(self, name) is None} or None
         return self.model_dump_json(by_alias=True, indent=2, exclude=exclude).encode()
 
     @classmethod

@@ -1,10 +1,46 @@
 """Restoring a stored backup into a PostgreSQL database, and proving what was restored.
 
-Order matters for safety: the backup is fetched, checksum-verified, decrypted (every
-segment authenticated) and decompressed to a private work file *before* the target is
-touched, so a corrupt, tampered-with or unreachable backup, or one whose key cannot be had,
-never costs the target anything. A non-empty target is refused unless the caller asked
-to replace it. The work file lets pg_restore run in parallel (-j), which a pipe cannot.
+Order matters for safety: the target is inspected and every refusal is made first; then the
+backup is fetched, checksum-verified, decrypted (every segment authenticated) and
+decompressed to a private work file *before* the target is touched, so a refused target,
+or a corrupt, tampered-with or unreachable backup, or one whose key cannot be had, never
+costs the target anything. The work file lets pg_restore run in parallel (-j), which a
+pipe cannot.
+
+Targets, as a DBA gives them:
+
+- **An older server is refused.** A target server of an older major than the backup's source
+  is refused with the reason before anything is fetched, created or dropped: pg_dump's
+  output for a newer server uses what an older one lacks. (Newer is fine: a 16 backup
+  restores into 18, with pg_restore of the target's major.)
+- **A missing database is created** (TEMPLATE template0, owned by `restore_as` when given),
+  through a maintenance database that is not the target: `postgres`, else `template1`.
+- **An existing, empty database is restored in place**: not dropped, not recreated, so the
+  database the DBA prepared keeps its owner, its settings (ALTER DATABASE ... SET), ACLs,
+  comment and OID. This is also how a fresh cluster's `postgres` database is restored into.
+  "Empty" means no user object at all: no relation, no schema besides `public`, no
+  function, type or large object (extension members do not count). With `restore_as`,
+  pg_restore still runs as that role (the objects are its) and the database's owner stays;
+  a role that may not create in the database and its `public` schema, or that the login
+  cannot SET ROLE to, is refused up front instead of failing half-way.
+- **A non-empty database is refused unless `replace`**, which drops it (WITH FORCE) and
+  creates it again through a maintenance database other than it, as before: its owner,
+  settings and ACLs go with it. An existing empty database is never dropped, `replace` or not.
+- **The maintenance database `postgres`, non-empty, with `replace`, is refused**, neither
+  dropped nor emptied. Dropping it (through template1) would cut off every session that
+  lives there (monitoring agents, poolers, pg_cron, the tools that connect to it by default)
+  and break tools that expect it; emptying it by dropping its user schemas would not be a
+  faithful replace (large objects, event triggers, publications and what sits in `public`
+  would survive, mixed with the restored content) and would silently delete whatever those
+  tools keep there. Restore into another database, or empty it yourself first.
+- **A template database is refused** (template1 or any `datistemplate`): what is restored
+  into it would be copied into every database created afterwards.
+
+`with_globals` applies the backup's globals (roles, memberships, role settings,
+tablespaces; never passwords) to the target server after the fetch and before the database
+is restored, so `keep_owners` and `restore_as` can use the roles; postgres/globals.py says
+what is skipped (existing roles stay as they are, the connecting role is left alone).
+Statements that fail are reported in the result, not fatal; failing to connect is.
 """
 
 from __future__ import annotations
@@ -14,8 +50,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 from psycopg import sql
@@ -26,22 +64,46 @@ from platform_orchestration.backups.integrity import (
     BackupCorrupt,
     checked_stored_chunks,
     decompressed,
+    globals_sql,
 )
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKeyProvider
-from platform_orchestration.errors import PlatformError
+from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.postgres.globals import GlobalsApplied, GlobalsError, apply_globals
 from platform_orchestration.postgres.snapshot import count_rows
 
-_NON_EMPTY_PROBE = """
-SELECT n.nspname || '.' || c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')
-ORDER BY 1
+# Where a database is created or dropped from, in order; never the target itself.
+MAINTENANCE_DATABASES = ("postgres", "template1")
+
+_USER_OBJECTS = """
+WITH user_schema AS (
+    SELECT oid, nspname FROM pg_namespace
+    WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_%%'
+), extension_member AS (
+    SELECT objid FROM pg_depend WHERE deptype = 'e'
+)
+SELECT kind || ' ' || name FROM (
+    SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                          WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign table' ELSE 'table' END,
+           quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+    FROM pg_class c JOIN user_schema n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.oid NOT IN (SELECT objid FROM extension_member)
+    UNION ALL
+    SELECT 'schema', quote_ident(n.nspname) FROM user_schema n
+    WHERE n.nspname <> 'public' AND n.oid NOT IN (SELECT objid FROM extension_member)
+    UNION ALL
+    SELECT 'function', p.oid::regprocedure::text FROM pg_proc p JOIN user_schema n ON n.oid = p.pronamespace
+    WHERE p.oid NOT IN (SELECT objid FROM extension_member)
+    UNION ALL
+    SELECT 'type', t.oid::regtype::text FROM pg_type t JOIN user_schema n ON n.oid = t.typnamespace
+    WHERE t.typtype IN ('c', 'd', 'e', 'r') AND t.oid NOT IN (SELECT objid FROM extension_member)
+      AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+    UNION ALL
+    SELECT 'large object', oid::text FROM pg_largeobject_metadata
+) AS o (kind, name)
+ORDER BY kind = 'large object', 1
 """
 
 
@@ -51,6 +113,9 @@ class RestoreRefused(PlatformError):
 
 class RestoreFailed(PlatformError):
     """pg_restore failed, or the restored data does not match the manifest."""
+
+
+TargetAction = Literal["created", "restored in place", "dropped and recreated"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +129,8 @@ class RestoreResult:
     verify_seconds: float
     tables_verified: int
     rows_verified: int
+    target_action: TargetAction = "created"
+    globals: GlobalsApplied | None = None  # with_globals: what applying them did
 
     @property
     def recovery_seconds(self) -> float:
@@ -71,34 +138,124 @@ class RestoreResult:
         return self.fetch_seconds + self.restore_seconds
 
 
+@dataclass(frozen=True)
+class _TargetState:
+    """What the target server and database look like before anything is done to them."""
+
+    exists: bool
+    major: int
+    objects: tuple[str, ...]       # user objects in the target database ("table public.t", ...)
+    is_template: bool
+    reachable: PgConnection        # a database of the target server we can connect to now
+    role_problem: str | None       # why `restore_as` cannot restore in place, if it cannot
+    role_missing: bool = False     # `restore_as` does not exist (yet: the globals may bring it)
+
+
 def _server_major(conn: psycopg.Connection) -> int:
     return int(conn.execute("SELECT current_setting('server_version_num')::int").fetchone()[0]) // 10000
 
 
-def _inspect_target(target: PgConnection) -> tuple[bool, list[str], int]:
-    """(exists, user relations, server major), asked of the maintenance database."""
-    maintenance = target.for_database("postgres")
-    with psycopg.connect(maintenance.dsn, autocommit=True, **maintenance.psycopg_kwargs()) as conn:
-        major = _server_major(conn)
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                              (target.dbname,)).fetchone() is not None
-    if not exists:
-        return False, [], major
-    with psycopg.connect(target.dsn, autocommit=True, **target.psycopg_kwargs()) as conn:
-        relations = [r[0] for r in conn.execute(_NON_EMPTY_PROBE).fetchall()]
-    return True, relations, major
+@contextlib.contextmanager
+def _maintenance(target: PgConnection, what: str) -> Iterator[tuple[psycopg.Connection, PgConnection]]:
+    """A connection to the first maintenance database that is not the target and that the
+    login can reach (`postgres`, then `template1`)."""
+    errors = []
+    for name in MAINTENANCE_DATABASES:
+        if name == target.dbname:
+            continue
+        maintenance = target.for_database(name)
+        try:
+            conn = psycopg.connect(maintenance.dsn, autocommit=True, **maintenance.psycopg_kwargs())
+        except psycopg.OperationalError as exc:
+            errors.append(f"{name}: {one_line(exc)}")
+            continue
+        with conn:
+            yield conn, maintenance
+        return
+    raise RestoreFailed(f"{what}: no maintenance database of the server of {target.display()} could be "
+                        f"reached to create or drop {target.dbname} ({'; '.join(errors)})")
 
 
-def _recreate_database(target: PgConnection, drop_first: bool, owner: str | None = None) -> None:
-    maintenance = target.for_database("postgres")
+def _server_answers(target: PgConnection) -> bool:
+    """Whether any maintenance database of the target's server accepts the login."""
+    for name in MAINTENANCE_DATABASES:
+        try:
+            psycopg.connect(target.for_database(name).dsn, connect_timeout=10, **target.psycopg_kwargs()).close()
+            return True
+        except psycopg.OperationalError:
+            continue
+    return False
+
+
+def _role_problem(conn: psycopg.Connection, role: str, dbname: str) -> str | None:
+    """Why `role` cannot receive a restore in place into the current database, or None."""
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+        return f"role {role} does not exist on the target server"
+    may_set, may_create, may_create_public = conn.execute(
+        """SELECT pg_has_role(current_user, %(role)s, 'MEMBER'),
+                  has_database_privilege(%(role)s, current_database(), 'CREATE'),
+                  to_regnamespace('public') IS NULL OR has_schema_privilege(%(role)s, 'public', 'CREATE')""",
+        {"role": role}).fetchone()
+    if not may_set:
+        return f"the login is not a member of role {role}, so it cannot SET ROLE to it"
+    if not (may_create and may_create_public):
+        return (f"role {role} may not create objects in database {dbname} and its public schema "
+                f"(GRANT CREATE ON DATABASE {dbname}, SCHEMA public TO {role}, or make it the owner)")
+    return None
+
+
+def _inspect_target(target: PgConnection, restore_as: str | None, what: str) -> _TargetState:
+    """Read-only look at the target, through the target database itself when it exists,
+    else through a maintenance database. Nothing is created or changed."""
+    try:
+        try:
+            conn = psycopg.connect(target.dsn, autocommit=True, **target.psycopg_kwargs())
+        except psycopg.OperationalError as connect_error:
+            if not _server_answers(target):
+                # Down, wrong address, no socket: say so once, not once per maintenance database.
+                raise RestoreFailed(f"{what}: cannot connect to {target.display()}: "
+                                    f"{one_line(connect_error)}") from None
+            with _maintenance(target, what) as (maintenance_conn, maintenance):
+                if maintenance_conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                            (target.dbname,)).fetchone() is not None:
+                    raise RestoreFailed(f"{what}: cannot connect to the existing target database "
+                                        f"{target.dbname} at {target.display()}: {one_line(connect_error)}"
+                                        ) from None
+                return _TargetState(exists=False, major=_server_major(maintenance_conn), objects=(),
+                                    is_template=False, reachable=maintenance, role_problem=None)
+        with conn:
+            objects = tuple(r[0] for r in conn.execute(_USER_OBJECTS).fetchall())
+            is_template = bool(conn.execute("SELECT datistemplate FROM pg_database "
+                                            "WHERE datname = current_database()").fetchone()[0])
+            problem = _role_problem(conn, restore_as, target.dbname) if restore_as else None
+            missing = bool(restore_as) and conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                                        (restore_as,)).fetchone() is None
+            return _TargetState(exists=True, major=_server_major(conn), objects=objects,
+                                is_template=is_template, reachable=target, role_problem=problem,
+                                role_missing=missing)
+    except psycopg.Error as exc:
+        raise RestoreFailed(f"{what}: inspecting target database {target.dbname} at {target.display()} "
+                            f"failed: {one_line(exc)}") from None
+
+
+def _prepare_database(target: PgConnection, state: _TargetState, owner: str | None,
+                      what: str) -> TargetAction:
+    """Create the target database, or drop and create it again, or leave it (empty) as it is."""
+    if state.exists and not state.objects:
+        return "restored in place"
     name = sql.Identifier(target.dbname)
-    with psycopg.connect(maintenance.dsn, autocommit=True, **maintenance.psycopg_kwargs()) as conn:
-        if drop_first:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        if owner:
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(name, sql.Identifier(owner)))
-        else:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
+    create = (sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(name, sql.Identifier(owner))
+              if owner else sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
+    try:
+        with _maintenance(target, what) as (conn, _):
+            if state.exists:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
+            conn.execute(create)
+    except psycopg.Error as exc:
+        verb = "dropping and creating" if state.exists else "creating"
+        raise RestoreFailed(f"{what}: {verb} target database {target.dbname} at {target.display()} "
+                            f"failed: {one_line(exc)}") from None
+    return "dropped and recreated" if state.exists else "created"
 
 
 def _fetch_to_file(stored: StoredBackup, path: Path, progress: ProgressListener,
@@ -118,10 +275,21 @@ def _fetch_to_file(stored: StoredBackup, path: Path, progress: ProgressListener,
 
 
 def verify_row_counts(stored: StoredBackup, target: PgConnection) -> tuple[int, int]:
-    """Compare every table's row count with the manifest; returns (tables, rows)."""
+    """Compare every table's row count with the manifest; returns (tables, rows).
+
+    Tables are the ordinary ones (relkind 'r'), as in the manifest: a partitioned table's
+    partitions are counted one by one and its parent (relkind 'p', no rows of its own) is not,
+    so every row is counted exactly once."""
     expected = stored.manifest.row_counts
-    with psycopg.connect(target.dsn, **target.psycopg_kwargs()) as conn:
-        actual = count_rows(conn)
+    try:
+        with psycopg.connect(target.dsn, **target.psycopg_kwargs()) as conn:
+            actual = count_rows(conn)
+    except psycopg.Error as exc:
+        hint = (" (counting every row of a table with row-level security needs a login with BYPASSRLS)"
+                if "row-level security" in str(exc) else "")
+        raise RestoreFailed(f"restore of backup {stored.backup_id} of {stored.manifest.database} into "
+                            f"{target.display()}: counting the restored rows failed: {one_line(exc)}{hint}"
+                            ) from None
     problems = []
     for table, rows in sorted(expected.items()):
         if table not in actual:
@@ -137,6 +305,31 @@ def verify_row_counts(stored: StoredBackup, target: PgConnection) -> tuple[int, 
     return len(expected), sum(expected.values())
 
 
+def _refusal(stored: StoredBackup, target: PgConnection, state: _TargetState, replace: bool,
+             with_globals: bool) -> str | None:
+    """Why the target must not be restored into, or None (the module's rules, in order)."""
+    manifest = stored.manifest
+    at = f"target database {target.dbname} at {target.display()}"
+    if state.major < manifest.server.major:
+        return (f"the target server is PostgreSQL {state.major}, older than the backup's source "
+                f"PostgreSQL {manifest.server.version}; restore into a server of {manifest.server.major} "
+                "or newer")
+    if state.is_template:
+        return (f"{at} is a template database: what is restored into it would be copied into every "
+                "database created from it")
+    if state.objects:
+        shown = ", ".join(state.objects[:3]) + (", ..." if len(state.objects) > 3 else "")
+        if not replace:
+            return (f"{at} is not empty ({len(state.objects)} objects: {shown}); pass replace to drop "
+                    "and recreate it")
+        if target.dbname == MAINTENANCE_DATABASES[0]:
+            return (f"{at} is the server's maintenance database and is not empty ({shown}): replace "
+                    "will not drop or empty it; restore into another database, or empty it first")
+    if state.exists and not state.objects and state.role_problem and not (with_globals and state.role_missing):
+        return f"cannot restore in place into {at} as role: {state.role_problem}"
+    return None
+
+
 def restore_backup(
     stored: StoredBackup,
     target: PgConnection,
@@ -148,42 +341,50 @@ def restore_backup(
     workdir: Path | None = None,
     keys: DataKeyProvider | None = None,
     restore_as: str | None = None,
+    with_globals: bool = False,
 ) -> RestoreResult:
-    """Restore `stored` into `target`'s database (created if missing) and verify row counts.
+    """Restore `stored` into `target`'s database and verify row counts; the module's
+    docstring says which targets are restored in place, created, replaced or refused.
 
     `restore_as` makes pg_restore SET ROLE to a group role first, so the restored objects
     belong to it rather than to the login: what a short-lived (Vault-issued) login needs,
-    since a role that still owns objects cannot be dropped when its lease ends.
+    since a role that still owns objects cannot be dropped when its lease ends. A database
+    created here is owned by it; an existing one keeps its owner.
 
-    A target holding any user relation is refused unless `replace`, which drops and
-    recreates the database. Owners and grants are not restored unless `keep_owners`,
-    because a drill or DR target rarely has the source's roles. An encrypted backup needs
+    Owners and grants are not restored unless `keep_owners`, because a drill or DR target
+    rarely has the source's roles (`with_globals` brings them). An encrypted backup needs
     `keys` to unwrap its data key: without it BackupKeyUnavailable is raised before
     anything is fetched, and a backup that fails authentication raises BackupCorrupt
-    before the target is touched.
+    before the target is touched. Every refusal (RestoreRefused) comes before the fetch.
     """
     manifest = stored.manifest
     require_key_provider(stored.store, manifest, keys)
-    what = f"backup {manifest.backup_id} of {manifest.database} from store {stored.store.name}"
-    exists, relations, target_major = _inspect_target(target)
-    if relations and not replace:
-        shown = ", ".join(relations[:3]) + (", ..." if len(relations) > 3 else "")
-        raise RestoreRefused(
-            f"refusing to restore {what}: target database {target.dbname} at {target.display()} "
-            f"is not empty ({len(relations)} relations: {shown}); pass replace to drop and recreate it"
-        )
-    if target_major < manifest.server.major:
-        raise RestoreRefused(f"refusing to restore {what}: target server is PostgreSQL {target_major}, "
-                             f"older than the backup's source ({manifest.server.version})")
-    tools = client_tools_for(max(target_major, manifest.dump.tool_major))
+    what = f"restore of backup {manifest.backup_id} of {manifest.database} from store {stored.store.name}"
+    if with_globals and manifest.globals is None:
+        raise RestoreRefused(f"refusing the {what} into {target.display()} with globals: the backup has "
+                             "none (it was taken before globals were backed up); restore without them")
+    state = _inspect_target(target, restore_as, what)
+    refusal = _refusal(stored, target, state, replace, with_globals)
+    if refusal:
+        raise RestoreRefused(f"refusing the {what}: {refusal}")
+    tools = client_tools_for(max(state.major, manifest.dump.tool_major))
+    into = f"{what} into {target.display()}"
     scratch = Path(tempfile.mkdtemp(prefix="restore-", dir=workdir))
+    applied: GlobalsApplied | None = None
     try:
         started = time.monotonic()
         archive = scratch / "dump.pgdump"
         _fetch_to_file(stored, archive, progress, keys)
+        script = globals_sql(stored.store, manifest, keys) if with_globals else None
         fetched = time.monotonic()
+        if script is not None:
+            progress("globals", 0)
+            try:
+                applied = apply_globals(script, state.reachable, tools)
+            except GlobalsError as exc:
+                raise RestoreFailed(f"{into}: {exc}") from None
         progress("restore", 0)
-        _recreate_database(target, drop_first=exists, owner=restore_as)
+        action = _prepare_database(target, state, restore_as, what)
         command = [tools.tool("pg_restore"), "--exit-on-error", f"--jobs={max(1, jobs)}",
                    f"--dbname={target.dsn}"]
         if restore_as:
@@ -193,8 +394,9 @@ def restore_backup(
         result = subprocess.run([*command, str(archive)], capture_output=True, text=True,
                                 env=target.tool_env())
         if result.returncode != 0:
-            raise RestoreFailed(f"restore of {what} into {target.display()}: pg_restore {tools.version} "
-                                f"exited with {result.returncode}: {result.stderr.strip()[-2000:]}")
+            raise RestoreFailed(f"{into}: pg_restore {tools.version} exited with {result.returncode} "
+                                f"(the target may hold a partial restore): "
+                                f"{one_line(result.stderr.strip()[-2000:])}")
         restored = time.monotonic()
     finally:
         with contextlib.suppress(OSError):
@@ -206,4 +408,5 @@ def restore_backup(
         backup_id=manifest.backup_id, database=manifest.database, store=stored.store.name,
         target=target.display(), fetch_seconds=fetched - started, restore_seconds=restored - fetched,
         verify_seconds=verified - restored, tables_verified=tables, rows_verified=rows,
+        target_action=action, globals=applied,
     )

@@ -26,7 +26,8 @@ The rules it enforces, whatever the plan says:
    that missed the recent backups during an outage keeps the last copy it has).
 4. **Manifest first, then dump.** A backup without a manifest is invisible to listing,
    restores and drills, so a half-pruned backup is never offered. A crash between the two
-   deletions leaves an orphan dump, which the orphan sweep removes.
+   deletions leaves an orphan dump, which the orphan sweep removes. The globals object beside
+   the dump is deleted just before it and swept like it.
 5. **Orphan sweep.** A dump under ``backups/<db>/`` whose manifest object is absent and whose
    ``modified_at`` is older than the grace period (default 1 day) is removed. The grace period
    keeps in-flight backups and copies safe (their manifest is written after the dump); it must
@@ -59,9 +60,11 @@ from typing import Literal
 from platform_orchestration.backups.catalog import StoredBackup, list_backups
 from platform_orchestration.backups.manifest import (
     DUMP_OBJECT,
+    GLOBALS_OBJECT,
     MANIFEST_OBJECT,
     backup_prefix,
     dump_key,
+    globals_key,
     manifest_key,
 )
 from platform_orchestration.errors import PlatformError
@@ -386,10 +389,13 @@ def _prune_store(view: _StoreView, database: str, plan: RetentionPlan, newest_ov
         except StoreError as exc:
             failures.append(f"deleting backup {backup_id} failed, backup left whole: {exc}")
             continue
+        object_key = globals_key(database, backup_id)  # beside the dump; absent in older backups
         try:
-            store.delete(dump_key(database, backup_id))
+            store.delete(object_key)
+            object_key = dump_key(database, backup_id)
+            store.delete(object_key)
         except ObjectLocked as exc:
-            locked.append(LockedObject(backup_id, dump_key(database, backup_id), "dump", exc.retain_until))
+            locked.append(LockedObject(backup_id, object_key, "dump", exc.retain_until))
             continue
         except StoreError as exc:
             failures.append(f"backup {backup_id}: manifest removed but deleting its dump failed "
@@ -416,7 +422,8 @@ def _sweep_orphans(view: _StoreView, database: str, cutoff: datetime,
     failures: list[str] = []
     for info in view.objects:
         parts = _split_key(prefix, info.key)
-        if parts is None or parts[1] != DUMP_OBJECT or parts[0] in with_manifest or info.modified_at > cutoff:
+        if (parts is None or parts[1] not in (DUMP_OBJECT, GLOBALS_OBJECT) or parts[0] in with_manifest
+                or info.modified_at > cutoff):
             continue
         backup_id = parts[0]
         if dry_run:

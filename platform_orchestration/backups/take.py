@@ -1,5 +1,5 @@
 """Taking a logical backup: pg_dump -> zstd [-> encrypt] -> SHA-256 -> every required store,
-in one pass.
+in one pass; the server's globals beside it.
 
 Nothing is held whole in memory or staged on local disk: pg_dump's custom-format
 output is compressed, encrypted when a key provider is given (a fresh data key per
@@ -8,6 +8,13 @@ at once, so every store holds only ciphertext and the manifest's SHA-256 is the 
 bytes'. Each store's copy is read back and checked before that store gets its
 manifest; the manifest is the last thing written, so a backup interrupted at any point
 never becomes visible.
+
+Roles, their memberships and settings, and tablespaces are not in pg_dump's output: the
+same login dumps them with pg_dumpall (`--globals-only --no-role-passwords`, the same
+install as pg_dump) before the dump starts, and they are stored beside the dump as the
+small `globals.sql.zst` object: compressed, encrypted with the dump's data key under
+associated data of their own (so the two ciphertexts cannot be swapped), written to every
+store that committed the dump and checked there like it, before the manifest.
 """
 
 from __future__ import annotations
@@ -32,8 +39,11 @@ from platform_orchestration.backups.integrity import (
 from platform_orchestration.backups.manifest import (
     BackupManifest,
     DumpInfo,
+    GlobalsInfo,
     ServerInfo,
     dump_key,
+    globals_binding,
+    globals_key,
     new_backup_id,
 )
 from platform_orchestration.backups.progress import ProgressListener, no_progress
@@ -42,6 +52,7 @@ from platform_orchestration.crypto.streaming import encrypt_chunks
 from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.postgres.globals import dump_globals
 from platform_orchestration.postgres.snapshot import ExportedSnapshot
 from platform_orchestration.storage import ObjectStore, StoreError, write_bytes
 from platform_orchestration.storage.fanout import FanOutWriter
@@ -84,6 +95,17 @@ class _CountingReader:
         return data
 
 
+def _stored_globals(raw: bytes, tool: str, compression: CompressionSettings, data_key: DataKey | None,
+                    aad: bytes) -> tuple[bytes, GlobalsInfo]:
+    """The globals object's bytes as stored (compressed, then encrypted with the dump's data
+    key under `aad`), and their manifest section."""
+    stored = zstandard.ZstdCompressor(level=compression.level, write_checksum=True).compress(raw)
+    if data_key is not None:
+        stored = b"".join(encrypt_chunks([stored], data_key.plaintext, aad))
+    return stored, GlobalsInfo(tool=tool, raw_bytes=len(raw), stored_bytes=len(stored),
+                               sha256=hashlib.sha256(stored).hexdigest())
+
+
 def take_backup(
     *,
     database: str,
@@ -103,7 +125,8 @@ def take_backup(
 
     With `keys`, the backup is encrypted after compression with a fresh data key from
     `keys`, bound to this backup (database and id) as associated data; the manifest keeps
-    only the wrapped key. A key service that fails fails the backup before pg_dump starts."""
+    only the wrapped key. A key service that fails fails the backup before pg_dump starts,
+    and so does a pg_dumpall that cannot dump the globals."""
     if not stores:
         raise BackupFailed(f"backup of {database}: no stores to write to")
     started_at = clock()
@@ -116,6 +139,10 @@ def take_backup(
         with ExportedSnapshot(connection) as snapshot:
             facts = snapshot.facts
             tools = client_tools_for(facts.server_version_num // 10000)
+            step = "globals"
+            globals_stored, globals_info = _stored_globals(
+                dump_globals(connection, tools), f"pg_dumpall {tools.version}", compression, data_key,
+                associated_data(database, globals_binding(backup_id)))
             counts: dict[str, int] = {}
             count_errors: list[BaseException] = []
 
@@ -209,12 +236,14 @@ def take_backup(
         credentials=credentials,
         encryption=(encryption_info(data_key, keys)
                     if data_key is not None and keys is not None else None),
+        globals=globals_info,
     )
     failed = dict(fan_out.failed)
     verified: list[str] = []
     for store in committed:
         try:
-            stored_checksum_matches(store, manifest)
+            write_bytes(store, manifest.globals_key, globals_stored)
+            stored_checksum_matches(store, manifest)  # the dump and the globals
             write_bytes(store, manifest.manifest_key, manifest.in_store(store.name, clock()).to_json())
             verified.append(store.name)
         except (BackupCorrupt, StoreError) as exc:
@@ -222,6 +251,7 @@ def take_backup(
             # The unverified dump must not linger where a copy could later be assumed.
             try:
                 store.delete(key)
+                store.delete(globals_key(database, backup_id))
             except StoreError:
                 pass
     if not verified:
