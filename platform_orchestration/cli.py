@@ -157,13 +157,16 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         return 0 if not outcome.failed_stores else 3
 
     if args.command == "list":
+        listing = protection.list_backups(args.database)
         rows = [
             {"id": b.backup_id, "database": b.manifest.database, "store": b.store.name,
-             "created_at": b.manifest.snapshot_at.isoformat(), "size": b.manifest.dump.stored_bytes,
+             "created_at": b.manifest.snapshot_worker_time.isoformat(), "size": b.manifest.dump.stored_bytes,
              "raw_size": b.manifest.dump.raw_bytes, "lsn": b.manifest.lsn,
              "server": b.manifest.server.version}
-            for b in protection.list_backups(args.database)
+            for b in listing.backups
         ]
+        for broken in listing.unreadable:
+            print(f"warning: not listed: {broken.describe()}", file=sys.stderr)
         rows.sort(key=lambda r: (r["database"], r["id"], r["store"]))
         if args.json:
             json.dump(rows, out, indent=2)
@@ -176,8 +179,11 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         return 0
 
     if args.command == "verify":
-        stored = protection.verify(args.database, args.backup, args.store, progress)
+        choice = protection.verify(args.database, args.backup, args.store, progress)
         progress.finish()
+        stored = choice.stored
+        for broken in choice.unreadable:
+            print(f"warning: unreadable manifest: {broken.describe()}", file=sys.stderr)
         print(f"ok: backup {stored.backup_id} of {args.database} in store {stored.store.name}: "
               f"{human_bytes(stored.manifest.dump.stored_bytes)}, sha256 {stored.manifest.dump.sha256[:16]}..., "
               "archive intact", file=out)
@@ -189,6 +195,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
                                     replace=args.replace, jobs=args.jobs, progress=progress,
                                     restore_as=args.restore_as)
         progress.finish()
+        for broken in result.passed_over:
+            print(f"warning: passed over newer {broken}", file=sys.stderr)
         print(f"restored backup {result.backup_id} of {result.database} from {result.store} into "
               f"{result.target} in {result.recovery_seconds:.1f}s; verified {result.tables_verified} "
               f"tables, {result.rows_verified} rows", file=out)
@@ -206,6 +214,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
     if args.command == "drill":
         record = protection.drill(args.database, args.store, progress)
         progress.finish()
+        for broken in record.passed_over:
+            print(f"warning: passed over newer {broken}", file=sys.stderr)
         verdict = "passed" if record.passed else f"FAILED: {record.failure}"
         rto = f"RTO {record.rto_seconds:.1f}s" if record.rto_seconds is not None else "RTO -"
         rpo = f"RPO {record.rpo_seconds:.0f}s" if record.rpo_seconds is not None else "RPO -"
@@ -237,6 +247,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
                   f"{'compliant' if assessment.passed else 'NOT COMPLIANT'}", file=out)
             for finding in assessment.findings:
                 print(f"  [{'ok' if finding.passed else 'FAIL'}] {finding.check}: {finding.detail}", file=out)
+            for broken in assessment.unreadable:
+                print(f"  [unreadable] {broken.describe()}", file=out)
         return 1 if failing else 0
 
     if args.command == "rewrap":

@@ -64,6 +64,9 @@ class RestoreResult:
     verify_seconds: float
     tables_verified: int
     rows_verified: int
+    # Newer backups not restored because their manifest could not be read (a restore of
+    # "latest"), each "backup <id> in store <store>: <reason>".
+    passed_over: tuple[str, ...] = ()
 
     @property
     def recovery_seconds(self) -> float:
