@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
+from platform_orchestration.backups.catalog import describe_grouped
 from platform_orchestration.errors import (
     EXIT_BUG,
     EXIT_INVALID,
@@ -247,8 +248,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
                   f"{'compliant' if assessment.passed else 'NOT COMPLIANT'}", file=out)
             for finding in assessment.findings:
                 print(f"  [{'ok' if finding.passed else 'FAIL'}] {finding.check}: {finding.detail}", file=out)
-            for broken in assessment.unreadable:
-                print(f"  [unreadable] {broken.describe()}", file=out)
+            for broken in describe_grouped(assessment.unreadable):
+                print(f"  [unreadable] {broken}", file=out)
         return 1 if failing else 0
 
     if args.command == "rewrap":

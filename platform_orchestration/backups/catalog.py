@@ -86,18 +86,33 @@ class UnreadableObject:
         """The drill a broken record belongs to, from its key; None for other objects."""
         return drill_id_of_key(self.key)
 
+    @property
+    def what(self) -> str:
+        """``backup <id>``, ``drill record <id>``, or the key of anything else."""
+        if self.backup_id is not None:
+            return f"backup {self.backup_id}"
+        if self.drill_id is not None:
+            return f"drill record {self.drill_id}"
+        return self.key
+
     def describe(self) -> str:
         """``backup <id> in store <store>: <reason>`` (``drill record <id> ...`` for drills)."""
-        if self.backup_id is not None:
-            return f"backup {self.backup_id} in store {self.store}: {self.reason}"
-        if self.drill_id is not None:
-            return f"drill record {self.drill_id} in store {self.store}: {self.reason}"
-        return f"{self.key} in store {self.store}: {self.reason}"
+        return f"{self.what} in store {self.store}: {self.reason}"
+
+
+def describe_grouped(unreadable: Iterable[UnreadableObject]) -> list[str]:
+    """One line per broken object and reason, its stores together:
+    ``backup <id> in stores aws, gcp: <reason>``."""
+    stores_of: dict[tuple[str, str], list[str]] = {}
+    for broken in unreadable:
+        stores_of.setdefault((broken.what, broken.reason), []).append(broken.store)
+    return [f"{what} in store{'s' if len(stores) > 1 else ''} {', '.join(stores)}: {reason}"
+            for (what, reason), stores in stores_of.items()]
 
 
 def describe_all(unreadable: Iterable[UnreadableObject], limit: int = 5) -> str:
-    """One line naming broken objects, the first `limit` of them; "" when there are none."""
-    items = [u.describe() for u in unreadable]
+    """One line naming broken objects (:func:`describe_grouped`), the first `limit`; "" for none."""
+    items = describe_grouped(unreadable)
     return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
