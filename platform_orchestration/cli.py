@@ -166,8 +166,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
              "server": b.manifest.server.version}
             for b in listing.backups
         ]
-        for broken in listing.unreadable:
-            print(f"warning: not listed: {broken.describe()}", file=sys.stderr)
+        for broken in describe_grouped(listing.unreadable):
+            print(f"warning: not listed: {broken}", file=sys.stderr)
         rows.sort(key=lambda r: (r["database"], r["id"], r["store"]))
         if args.json:
             json.dump(rows, out, indent=2)
@@ -183,8 +183,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         choice = protection.verify(args.database, args.backup, args.store, progress)
         progress.finish()
         stored = choice.stored
-        for broken in choice.unreadable:
-            print(f"warning: unreadable manifest: {broken.describe()}", file=sys.stderr)
+        for broken in describe_grouped(choice.unreadable):
+            print(f"warning: {broken}", file=sys.stderr)
         print(f"ok: backup {stored.backup_id} of {args.database} in store {stored.store.name}: "
               f"{human_bytes(stored.manifest.dump.stored_bytes)}, sha256 {stored.manifest.dump.sha256[:16]}..., "
               "archive intact", file=out)

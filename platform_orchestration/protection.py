@@ -25,6 +25,7 @@ from platform_orchestration.backups.catalog import (
     BackupChoice,
     BackupListing,
     StoredBackup,
+    describe_grouped,
     read_backups,
     select_backup,
 )
@@ -194,7 +195,7 @@ class FleetProtection:
         choice = self.select_backup(database, backup_id, store_name)
         result = restore_backup(choice.stored, target, replace=replace, jobs=jobs, progress=progress,
                                 workdir=self.workdir, keys=self.keys, restore_as=restore_as)
-        return dataclasses.replace(result, passed_over=tuple(u.describe() for u in choice.passed_over))
+        return dataclasses.replace(result, passed_over=tuple(describe_grouped(choice.passed_over)))
 
     def rewrap_all(self, database: str | None = None) -> RewrapReport:
         """Move every encrypted backup's manifest, in every store that holds one (policy

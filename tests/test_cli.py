@@ -166,7 +166,7 @@ def test_verify_names_unreadable_manifests_and_fails_for_the_backup_asked_for_if
     latest = platform_dr(fleet, "verify", SOURCE_DB)
     assert latest.returncode == 0, latest.stderr
     assert f"ok: backup {older.backup_id} " in latest.stdout
-    assert f"warning: unreadable manifest: backup {newer.backup_id} in store aws: unreadable manifest" in latest.stderr
+    assert f"warning: backup {newer.backup_id} in stores aws, azure, gcp: unreadable manifest" in latest.stderr
 
     asked = platform_dr(fleet, "verify", SOURCE_DB, "--backup", newer.backup_id)
     assert asked.returncode == 1
@@ -181,7 +181,8 @@ def test_restore_and_status_name_a_newer_backup_whose_manifest_is_garbage(tmp_pa
     restored = platform_dr(fleet, "restore", SOURCE_DB, "--target-dsn", target_db.dsn)
     assert restored.returncode == 0, restored.stderr
     assert f"restored backup {older.backup_id} " in restored.stdout
-    assert f"warning: passed over newer backup {newer.backup_id} in store aws: unreadable manifest" in restored.stderr
+    assert f"warning: passed over newer backup {newer.backup_id} in stores aws, azure, gcp: unreadable manifest" \
+        in restored.stderr
 
     status = platform_dr(fleet, "status")
     assert status.returncode == 1

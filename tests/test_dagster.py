@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
 import psycopg
 import pytest
 from broken import newest_manifest_garbled
-from conftest import SOURCE_DB, make_stores
+from conftest import SOURCE_DB, make_stores, utcnow
 from fleetfiles import write_fleet
 from pg import fingerprint
 
 from platform_orchestration.alerts import FileAlertSink
+from platform_orchestration.backups.catalog import list_backups
 from platform_orchestration.definitions import REPOSITORY_ROOT, build_definitions
 from platform_orchestration.protection import FleetProtection
 from platform_orchestration.resources import AlertsResource
@@ -126,12 +127,14 @@ def test_copy_check_fails_when_a_required_store_lost_its_copy(tmp_path, source_c
 
 def test_rpo_check_fails_once_the_latest_backup_is_older_than_the_rpo(tmp_path, source_cluster,
                                                                      source_db, instance):
-    defs = _defs(tmp_path, source_cluster, rpo="2s")
+    defs = _defs(tmp_path, source_cluster, rpo="4s")
     defs.resolve_job_def("take_backups").execute_in_process(
         partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
     assert _run_checks(defs, instance, SOURCE_DB)["backup_within_rpo"] is True
 
-    time.sleep(2.5)
+    # Until the backup is older than the RPO by the worker's clock, whatever the runs above took.
+    [latest] = list_backups(make_stores(tmp_path / "stores")[0], SOURCE_DB)
+    time.sleep(max(0.0, (latest.manifest.snapshot_worker_time + timedelta(seconds=4.5) - utcnow()).total_seconds()))
 
     assert _run_checks(defs, instance, SOURCE_DB)["backup_within_rpo"] is False
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from platform_orchestration.backups.catalog import (
     BackupNotFound,
+    describe_grouped,
     drill_history,
     record_everywhere,
     select_backup,
@@ -88,7 +89,7 @@ def run_restore_drill(
         choice = select_backup([source], database)
         stored = choice.stored
         fields["backup_id"] = stored.backup_id
-        fields["passed_over"] = [broken.describe() for broken in choice.passed_over]
+        fields["passed_over"] = describe_grouped(choice.passed_over)
         fields["rpo_seconds"] = stored.manifest.age_at(started_at).total_seconds()
         require_key_provider(source, stored.manifest, keys)  # before a cluster is started for nothing
         with ephemeral_cluster(min_major=stored.manifest.server.major, parent_dir=workdir) as cluster:

@@ -65,7 +65,7 @@ class RestoreResult:
     tables_verified: int
     rows_verified: int
     # Newer backups not restored because their manifest could not be read (a restore of
-    # "latest"), each "backup <id> in store <store>: <reason>".
+    # "latest"), each "backup <id> in store(s) <stores>: <reason>".
     passed_over: tuple[str, ...] = ()
 
     @property
