@@ -1,6 +1,6 @@
 """The backup format: ids, object keys, and the manifest that makes a backup exist.
 
-Layout in every store (every key is built, and read back, by the functions here):
+Layout in every store (every key is built by the functions here):
 
     backups/<database>/<backup_id>/dump.pgdump.zst   pg_dump custom format, zstd-compressed
                                                      (then encrypted, when the manifest has
