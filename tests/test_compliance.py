@@ -9,6 +9,7 @@ import pytest
 from broken import garble
 from conftest import SOURCE_DB, STORE_NAMES, make_stores, utcnow
 
+from platform_orchestration.backups.catalog import read_backups
 from platform_orchestration.backups.compliance import (
     BACKUP_WITHIN_RPO,
     BACKUPS_ENCRYPTED,
@@ -17,7 +18,6 @@ from platform_orchestration.backups.compliance import (
     DYNAMIC_CREDENTIALS_USED,
     assess_database,
 )
-from platform_orchestration.backups.catalog import read_backups
 from platform_orchestration.backups.copy import ensure_copies
 from platform_orchestration.backups.drill import run_restore_drill
 from platform_orchestration.backups.manifest import drill_key, new_drill_id

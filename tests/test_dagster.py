@@ -146,7 +146,7 @@ def test_one_check_run_assesses_the_database_once_and_reports_each_finding_on_it
     assessed = []
     real_assess = FleetProtection.assess
 
-    def counting_assess(self, database, now=None):  # noqa: ANN001, ANN202
+    def counting_assess(self, database, now=None):
         assessed.append(database)
         return real_assess(self, database, now)
 

@@ -11,7 +11,10 @@ from broken import garble
 from conftest import SOURCE_DB, STORE_NAMES, make_stores, utcnow
 from fleetfiles import write_fleet
 
-from platform_orchestration.backups.compliance import BACKUP_WITHIN_RPO, COPIES_IN_REQUIRED_STORES
+from platform_orchestration.backups.compliance import (
+    BACKUP_WITHIN_RPO,
+    COPIES_IN_REQUIRED_STORES,
+)
 from platform_orchestration.backups.manifest import (
     evidence_key,
     new_backup_id,
