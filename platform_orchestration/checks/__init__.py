@@ -19,15 +19,15 @@ from platform_orchestration.backups.compliance import (
 )
 from platform_orchestration.resources import FleetResource
 
-# check name -> (guarded asset, description)
+# check name -> (guarded asset, description), in the order of the flow (results are reported so)
 _CHECKS = {
     BACKUP_WITHIN_RPO: ("backups", "The newest backup is younger than the policy's RPO."),
+    BACKUPS_ENCRYPTED: ("backups", "Every stored copy of every backup is encrypted and names its key version."),
+    DYNAMIC_CREDENTIALS_USED: ("backups", "Where the fleet says dynamic (Vault) credentials, the backup used them."),
     COPIES_IN_REQUIRED_STORES: (
         "backup_copies", "The newest backup has a verified copy in every store the policy requires."),
     DRILL_PASSED_WITHIN_CADENCE: (
         "restore_drills", "The last restore drill passed, under the RTO target, within the drill cadence."),
-    BACKUPS_ENCRYPTED: ("backups", "Every stored copy of every backup is encrypted and names its key version."),
-    DYNAMIC_CREDENTIALS_USED: ("backups", "Where the fleet says dynamic (Vault) credentials, the backup used them."),
 }
 
 
