@@ -16,7 +16,13 @@ import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
-from platform_orchestration.errors import EXIT_BUG, EXIT_INVALID, PlatformError, one_line
+from platform_orchestration.backups.catalog import describe_grouped
+from platform_orchestration.errors import (
+    EXIT_BUG,
+    EXIT_INVALID,
+    PlatformError,
+    one_line,
+)
 from platform_orchestration.fleet import FleetError, fleet_path_from_env, load_fleet
 from platform_orchestration.protection import FleetProtection, restore_target
 
@@ -151,13 +157,16 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         return 0 if not outcome.failed_stores else 3
 
     if args.command == "list":
+        listing = protection.list_backups(args.database)
         rows = [
             {"id": b.backup_id, "database": b.manifest.database, "store": b.store.name,
-             "created_at": b.manifest.snapshot_at.isoformat(), "size": b.manifest.dump.stored_bytes,
+             "created_at": b.manifest.snapshot_worker_time.isoformat(), "size": b.manifest.dump.stored_bytes,
              "raw_size": b.manifest.dump.raw_bytes, "lsn": b.manifest.lsn,
              "server": b.manifest.server.version}
-            for b in protection.list_backups(args.database)
+            for b in listing.backups
         ]
+        for broken in describe_grouped(listing.unreadable):
+            print(f"warning: not listed: {broken}", file=sys.stderr)
         rows.sort(key=lambda r: (r["database"], r["id"], r["store"]))
         if args.json:
             json.dump(rows, out, indent=2)
@@ -170,8 +179,11 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         return 0
 
     if args.command == "verify":
-        stored = protection.verify(args.database, args.backup, args.store, progress)
+        choice = protection.verify(args.database, args.backup, args.store, progress)
         progress.finish()
+        stored = choice.stored
+        for broken in describe_grouped(choice.unreadable):
+            print(f"warning: {broken}", file=sys.stderr)
         print(f"ok: backup {stored.backup_id} of {args.database} in store {stored.store.name}: "
               f"{human_bytes(stored.manifest.dump.stored_bytes)}, sha256 {stored.manifest.dump.sha256[:16]}..., "
               "archive intact", file=out)
@@ -183,6 +195,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
                                     replace=args.replace, jobs=args.jobs, progress=progress,
                                     restore_as=args.restore_as)
         progress.finish()
+        for broken in result.passed_over:
+            print(f"warning: passed over newer {broken}", file=sys.stderr)
         print(f"restored backup {result.backup_id} of {result.database} from {result.store} into "
               f"{result.target} in {result.recovery_seconds:.1f}s; verified {result.tables_verified} "
               f"tables, {result.rows_verified} rows", file=out)
@@ -200,6 +214,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
     if args.command == "drill":
         record = protection.drill(args.database, args.store, progress)
         progress.finish()
+        for broken in record.passed_over:
+            print(f"warning: passed over newer {broken}", file=sys.stderr)
         verdict = "passed" if record.passed else f"FAILED: {record.failure}"
         rto = f"RTO {record.rto_seconds:.1f}s" if record.rto_seconds is not None else "RTO -"
         rpo = f"RPO {record.rpo_seconds:.0f}s" if record.rpo_seconds is not None else "RPO -"
@@ -231,6 +247,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
                   f"{'compliant' if assessment.passed else 'NOT COMPLIANT'}", file=out)
             for finding in assessment.findings:
                 print(f"  [{'ok' if finding.passed else 'FAIL'}] {finding.check}: {finding.detail}", file=out)
+            for broken in describe_grouped(assessment.unreadable):
+                print(f"  [unreadable] {broken}", file=out)
         return 1 if failing else 0
 
     if args.command == "rewrap":

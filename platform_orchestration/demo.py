@@ -183,6 +183,8 @@ def run_protection_flow(fleet_file: Path = DEMO_FLEET, out=sys.stdout) -> bool: 
                 print(f"  drill    from {m['source_store']}: RTO {m['rto_seconds']}s "
                       f"(target {m['rto_target_seconds']:.0f}s), RPO {m['rpo_seconds']}s, "
                       f"{m['rows_verified']} rows verified", file=out)
+                if m.get("passed_over", "none") != "none":
+                    print(f"  warning  the drill passed over newer {m['passed_over']}", file=out)
             for evaluation in checks:
                 verdict = "pass" if evaluation.passed else "FAIL"
                 print(f"  check    [{verdict}] {evaluation.check_name}: {evaluation.description or ''}", file=out)

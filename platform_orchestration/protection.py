@@ -5,29 +5,56 @@ through the configured provider) and hands them to the backup, copy, drill, rest
 and compliance functions, which know nothing of fleets, Dagster or secrets. With a key
 provider (`keys`), every backup it takes is encrypted, and it decrypts what it verifies,
 restores and drills.
+
+Its `clock` (the worker's, :mod:`platform_orchestration.clock`) is the only "now" of the
+core: every id, timestamp and age it makes comes from it. What cannot be read in a store
+(a manifest, a drill record) is reported by every method that meets it, never skipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from platform_orchestration.backups.catalog import StoredBackup, find_backup, list_backups
-from platform_orchestration.backups.compliance import DatabaseCompliance, assess_database
+from platform_orchestration.backups.catalog import (
+    BackupChoice,
+    BackupListing,
+    StoredBackup,
+    describe_grouped,
+    read_backups,
+    select_backup,
+)
+from platform_orchestration.backups.compliance import (
+    ComplianceEvidence,
+    DatabaseCompliance,
+    assess_database,
+    record_compliance,
+)
 from platform_orchestration.backups.copy import CopyReport, ensure_copies
 from platform_orchestration.backups.drill import run_restore_drill
 from platform_orchestration.backups.integrity import verify_stored_backup
-from platform_orchestration.backups.manifest import DrillRecord, new_backup_id
+from platform_orchestration.backups.manifest import DrillRecord
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.backups.restore import RestoreResult, restore_backup
 from platform_orchestration.backups.retention import PruneReport, prune_database
-from platform_orchestration.backups.rewrap import RewrapEntry, RewrapFailed, RewrapReport, rewrap_backup
-from platform_orchestration.backups.take import BackupOutcome, CompressionSettings, take_backup
+from platform_orchestration.backups.rewrap import (
+    RewrapEntry,
+    RewrapFailed,
+    RewrapReport,
+    rewrap_backup,
+)
+from platform_orchestration.backups.take import (
+    BackupOutcome,
+    CompressionSettings,
+    take_backup,
+)
+from platform_orchestration.clock import Clock, utc_now
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.errors import InvalidDeclaration, PlatformError, one_line
 from platform_orchestration.fleet import Fleet
@@ -39,8 +66,12 @@ from platform_orchestration.postgres.probe import (
     observe_server,
 )
 from platform_orchestration.providers import providers_from_env
-from platform_orchestration.secrets import LocalSecretProvider, SecretProvider, SecretUnavailable
-from platform_orchestration.storage import ObjectStore, StoreError, write_bytes
+from platform_orchestration.secrets import (
+    LocalSecretProvider,
+    SecretProvider,
+    SecretUnavailable,
+)
+from platform_orchestration.storage import ObjectStore, StoreError
 from platform_orchestration.stores import open_store
 
 
@@ -94,17 +125,13 @@ class ClusterObservation:
         return "unreachable" if self.unreachable else "-"
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 @dataclass
 class FleetProtection:
     fleet: Fleet
     secrets: SecretProvider = field(default_factory=LocalSecretProvider)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     workdir: Path | None = None
-    clock: Callable[[], datetime] = _utcnow
+    clock: Clock = utc_now
     # None: backups are taken unencrypted, and encrypted ones cannot be read.
     keys: DataKeyProvider | None = None
     _open_stores: dict[str, ObjectStore] = field(default_factory=dict, init=False, repr=False)
@@ -197,7 +224,7 @@ class FleetProtection:
         )
 
     def ensure_copies(self, database: str, progress: ProgressListener = no_progress) -> CopyReport:
-        return ensure_copies(database, self.stores_for(database), progress=progress)
+        return ensure_copies(database, self.stores_for(database), progress=progress, clock=self.clock)
 
     def drill(self, database: str, store_name: str | None = None,
               progress: ProgressListener = no_progress) -> DrillRecord:
@@ -214,31 +241,45 @@ class FleetProtection:
         names = {s.name for s in required}
         return required + [s for s in self.all_stores() if s.name not in names]
 
+    def select_backup(self, database: str, backup_id: str | None = None,
+                      store_name: str | None = None) -> BackupChoice:
+        """The backup asked for (the latest readable one by default), with the newer backups
+        passed over and every manifest of the database that could not be read."""
+        self.fleet.database(database)  # unknown names fail with the fleet's message
+        return select_backup(self._search_order(database), database, backup_id, store_name)
+
     def find_backup(self, database: str, backup_id: str | None = None,
                     store_name: str | None = None) -> StoredBackup:
-        self.fleet.database(database)  # unknown names fail with the fleet's message
-        return find_backup(self._search_order(database), database, backup_id, store_name)
+        return self.select_backup(database, backup_id, store_name).stored
 
-    def list_backups(self, database: str | None = None) -> list[StoredBackup]:
+    def list_backups(self, database: str | None = None) -> BackupListing:
+        """Every readable backup in every store (policy stores first), and every manifest
+        that could not be read."""
         if database is not None:
             self.fleet.database(database)
         stores = self._search_order(database) if database else self.all_stores()
-        return [b for store in stores for b in list_backups(store, database)]
+        return sum((read_backups(store, database) for store in stores), BackupListing())
 
     def verify(self, database: str, backup_id: str | None = None, store_name: str | None = None,
-               progress: ProgressListener = no_progress) -> StoredBackup:
-        stored = self.find_backup(database, backup_id, store_name)
-        verify_stored_backup(stored.store, stored.manifest, progress, keys=self.keys)
-        return stored
+               progress: ProgressListener = no_progress) -> BackupChoice:
+        """Re-read the chosen backup end to end (checksum, decryption, archive); returns the
+        choice, which names the database's unreadable manifests. A backup asked for by id
+        whose manifest cannot be read raises BackupUnreadable."""
+        choice = self.select_backup(database, backup_id, store_name)
+        verify_stored_backup(choice.stored.store, choice.stored.manifest, progress, keys=self.keys)
+        return choice
 
     def restore(self, database: str, target: PgConnection, *, backup_id: str | None = None,
                 store_name: str | None = None, replace: bool = False, jobs: int = 2,
                 progress: ProgressListener = no_progress, restore_as: str | None = None,
                 with_globals: bool = False) -> RestoreResult:
-        stored = self.find_backup(database, backup_id, store_name)
-        return restore_backup(stored, target, replace=replace, jobs=jobs, progress=progress,
-                              workdir=self.workdir, keys=self.keys, restore_as=restore_as,
-                              with_globals=with_globals)
+        """Restore the chosen backup into `target` (its globals first with `with_globals`); the
+        result names the newer backups passed over because their manifest could not be read."""
+        choice = self.select_backup(database, backup_id, store_name)
+        result = restore_backup(choice.stored, target, replace=replace, jobs=jobs, progress=progress,
+                                workdir=self.workdir, keys=self.keys, restore_as=restore_as,
+                                with_globals=with_globals)
+        return dataclasses.replace(result, passed_over=tuple(describe_grouped(choice.passed_over)))
 
     def rewrap_all(self, database: str | None = None) -> RewrapReport:
         """Move every encrypted backup's manifest, in every store that holds one (policy
@@ -253,12 +294,15 @@ class FleetProtection:
         entries: list[RewrapEntry] = []
         for store in stores:
             try:
-                backups = list_backups(store, database)
+                listing = read_backups(store, database)
             except StoreError as exc:
                 entries.append(RewrapEntry(database, None, store.name, "failed", error=str(exc)))
                 continue
-            for stored in backups:
+            for stored in listing.backups:
                 entries.append(self._rewrap_one(store, stored))
+            for broken in listing.unreadable:  # its key cannot be rewrapped: say so
+                entries.append(RewrapEntry(broken.database, broken.backup_id, store.name, "failed",
+                                           error=broken.reason))
         return RewrapReport(key_service=self.keys.describe(), entries=tuple(entries))
 
     def _rewrap_one(self, store: ObjectStore, stored: StoredBackup) -> RewrapEntry:
@@ -285,6 +329,8 @@ class FleetProtection:
                               now=self.clock(), dry_run=dry_run)
 
     def assess(self, database: str, now: datetime | None = None) -> DatabaseCompliance:
+        """The database's five findings at `now` (default: this object's clock); ages are
+        `now` minus times on the worker's clock (see :mod:`platform_orchestration.clock`)."""
         policy = self.fleet.policy_for(database)
         return assess_database(
             database=database, policy=policy.name, stores=self.stores_for(database), rpo=policy.rpo,
@@ -296,14 +342,11 @@ class FleetProtection:
         now = now or self.clock()
         return [self.assess(db.name, now) for db in self.fleet.databases]
 
-    def record_compliance(self, report: bytes, now: datetime | None = None) -> tuple[str, list[str]]:
-        """Write a compliance report into every store of the fleet; returns (key, stores)."""
-        key = f"evidence/compliance/{new_backup_id(now or self.clock())}.json"
-        written = []
-        for store in self.all_stores():
-            try:
-                write_bytes(store, key, report)
-                written.append(store.name)
-            except StoreError:
-                continue
-        return key, written
+    def record_compliance(self, assessments: Sequence[DatabaseCompliance] | None = None) -> ComplianceEvidence:
+        """Assess the fleet now (or take `assessments` made by the caller), build the compliance
+        report document and write it into every store of the fleet; returns what it says,
+        its key, and where it was written. Raises StoreError only if no store got it."""
+        now = self.clock()
+        if assessments is None:
+            assessments = self.assess_fleet(now)
+        return record_compliance(assessments, self.all_stores(), now=now, fleet_file=str(self.fleet.source))

@@ -3,7 +3,7 @@ knows nothing of Dagster, and no import is tucked into a function to hide a cycl
 
 Layers, lowest first (a module may import its own package and the packages listed for it):
 
-    errors
+    errors, clock
     declarations, fleet
     postgres, storage, secrets          (each alone: none imports another)
     crypto                              (ciphers and key services; Vault's client from secrets)
@@ -24,6 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "platform_orchestration"
 
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    "clock": set(),
     "declarations": {"errors"},
     "fleet": {"errors", "declarations"},
     "postgres": {"errors", "fleet"},
@@ -31,10 +32,10 @@ ALLOWED: dict[str, set[str]] = {
     "storage": {"errors", "fleet"},
     "secrets": {"errors", "fleet"},
     "crypto": {"errors", "secrets"},
-    "backups": {"errors", "fleet", "postgres", "storage", "crypto", "__init__"},
+    "backups": {"errors", "clock", "fleet", "postgres", "storage", "crypto", "__init__"},
     "stores": {"errors", "fleet", "storage", "secrets"},
     "providers": {"errors", "secrets", "crypto"},
-    "protection": {"errors", "fleet", "postgres", "storage", "secrets", "crypto", "backups", "stores",
+    "protection": {"errors", "clock", "fleet", "postgres", "storage", "secrets", "crypto", "backups", "stores",
                    "providers"},
 }
 CORE = set(ALLOWED)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from broken import garble
 from conftest import SOURCE_DB
 from pg import both_majors, flip_byte, kill_children_named, row_counts, table_fingerprints
 
@@ -19,6 +20,7 @@ from platform_orchestration.backups.catalog import (
     find_backup,
     latest_backup,
     list_backups,
+    read_backups,
 )
 from platform_orchestration.backups.copy import CopyFailed, copy_backup, ensure_copies
 from platform_orchestration.backups.integrity import verify_stored_backup
@@ -186,6 +188,18 @@ def test_ensure_copies_restores_a_missing_copy(backup, stores):
     assert not report.failed
     [copied] = list_backups(azure, SOURCE_DB)
     assert verify_stored_backup(azure, copied.manifest) == manifest.dump.raw_bytes
+    assert _copy_info(azure, manifest)["copied_from"] == "aws"
+
+
+def test_ensure_copies_replaces_a_copy_whose_manifest_is_garbage(backup, stores):
+    azure = stores[1]
+    manifest = backup(stores).manifest
+    garble(azure, manifest.manifest_key)
+
+    report = ensure_copies(SOURCE_DB, stores)
+
+    assert report.copied == ("azure",) and not report.failed
+    assert read_backups(azure, SOURCE_DB).unreadable == ()
     assert _copy_info(azure, manifest)["copied_from"] == "aws"
 
 

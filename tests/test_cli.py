@@ -9,7 +9,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import SOURCE_DB
+from broken import newest_manifest_garbled
+from conftest import SOURCE_DB, make_stores
 from fleetfiles import write_fleet
 from pg import fingerprint, flip_byte
 
@@ -156,3 +157,34 @@ def test_prune_dry_run_deletes_nothing_then_prune_deletes_beyond_keep_last(tmp_p
     assert "deleted 6, kept 9, locked 0" in pruned.stdout
     assert listed() == {(i, s) for i in ids[2:] for s in ("aws", "azure", "gcp")}
     assert not list((tmp_path / "stores").glob(f"*/backups/{SOURCE_DB}/{ids[0]}*"))
+
+
+def test_verify_names_unreadable_manifests_and_fails_for_the_backup_asked_for_if_it_is_one(tmp_path, fleet, backup):
+    stores = make_stores(tmp_path / "stores")
+    older, newer = newest_manifest_garbled(lambda: backup(stores).manifest, stores)
+
+    latest = platform_dr(fleet, "verify", SOURCE_DB)
+    assert latest.returncode == 0, latest.stderr
+    assert f"ok: backup {older.backup_id} " in latest.stdout
+    assert f"warning: backup {newer.backup_id} in stores aws, azure, gcp: unreadable manifest" in latest.stderr
+
+    asked = platform_dr(fleet, "verify", SOURCE_DB, "--backup", newer.backup_id)
+    assert asked.returncode == 1
+    assert f"backup {newer.backup_id} of {SOURCE_DB} cannot be read: backup {newer.backup_id} in stores aws, " \
+        "azure, gcp: unreadable manifest" in asked.stderr
+
+
+def test_restore_and_status_name_a_newer_backup_whose_manifest_is_garbage(tmp_path, fleet, backup, target_db):
+    stores = make_stores(tmp_path / "stores")
+    older, newer = newest_manifest_garbled(lambda: backup(stores).manifest, stores)
+
+    restored = platform_dr(fleet, "restore", SOURCE_DB, "--target-dsn", target_db.dsn)
+    assert restored.returncode == 0, restored.stderr
+    assert f"restored backup {older.backup_id} " in restored.stdout
+    assert f"warning: passed over newer backup {newer.backup_id} in stores aws, azure, gcp: unreadable manifest" \
+        in restored.stderr
+
+    status = platform_dr(fleet, "status")
+    assert status.returncode == 1
+    assert f"[FAIL] copies_in_required_stores: backup {older.backup_id} verified" in status.stdout
+    assert f"[unreadable] backup {newer.backup_id} in stores aws, azure, gcp: unreadable manifest" in status.stdout

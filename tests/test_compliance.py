@@ -6,8 +6,10 @@ import shutil
 from datetime import timedelta
 
 import pytest
+from broken import garble
 from conftest import SOURCE_DB, STORE_NAMES, make_stores, utcnow
 
+from platform_orchestration.backups.catalog import read_backups
 from platform_orchestration.backups.compliance import (
     BACKUP_WITHIN_RPO,
     BACKUPS_ENCRYPTED,
@@ -18,8 +20,10 @@ from platform_orchestration.backups.compliance import (
 )
 from platform_orchestration.backups.copy import ensure_copies
 from platform_orchestration.backups.drill import run_restore_drill
+from platform_orchestration.backups.manifest import drill_key, new_drill_id
 from platform_orchestration.backups.take import take_backup
 from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
+from platform_orchestration.storage import write_bytes
 
 RPO = timedelta(hours=1)
 RTO = timedelta(minutes=10)
@@ -140,3 +144,75 @@ def test_static_credentials_fail_when_the_fleet_requires_dynamic_ones(protected)
 
     assert not finding.passed
     assert manifest.backup_id in finding.detail and "static" in finding.detail
+
+
+def test_garbage_over_a_newer_manifest_fails_the_copies_finding_and_is_named(protected, source_db):
+    stores, manifest, _ = protected
+    newer = take_backup(database=SOURCE_DB, cluster="test-cluster", policy="gold", connection=source_db,
+                        stores=stores, keys=LocalDataKeyProvider(), credentials="static").manifest
+    for store in stores:
+        garble(store, newer.manifest_key)
+
+    result = assess(stores)
+
+    assert result.latest_backup_id == manifest.backup_id
+    assert result.finding(BACKUP_WITHIN_RPO).passed
+    assert (f"passed over newer backup {newer.backup_id} in stores aws, azure, gcp: unreadable manifest"
+            in result.finding(BACKUP_WITHIN_RPO).detail)
+    copies = result.finding(COPIES_IN_REQUIRED_STORES)
+    assert not copies.passed
+    assert f"newer backup unreadable: backup {newer.backup_id} in stores aws, azure, gcp: unreadable manifest" \
+        in copies.detail
+    assert [(u.store, u.backup_id) for u in result.unreadable] == [(s, newer.backup_id) for s in STORE_NAMES]
+    assert result.to_dict()["unreadable"][0]["key"] == newer.manifest_key
+
+
+def test_an_unreadable_copy_of_the_latest_backup_fails_the_copies_finding_naming_store_and_reason(protected):
+    stores, manifest, _ = protected
+    garble(stores[1], manifest.manifest_key)
+
+    finding = assess(stores).finding(COPIES_IN_REQUIRED_STORES)
+
+    assert not finding.passed and "missing from" not in finding.detail
+    assert f"unreadable: backup {manifest.backup_id} in store azure: unreadable manifest" in finding.detail
+
+
+def test_a_garbage_drill_record_newer_than_the_latest_drill_fails_the_drill_finding_and_is_named(protected):
+    stores, _, record = protected
+    garbage_id = new_drill_id(utcnow())
+    garble(stores[2], drill_key(SOURCE_DB, garbage_id))
+
+    result = assess(stores)
+
+    finding = result.finding(DRILL_PASSED_WITHIN_CADENCE)
+    assert not finding.passed and result.latest_drill_id == record.drill_id
+    assert f"newer drill record unreadable: drill record {garbage_id} in store gcp" in finding.detail
+    assert [(u.store, u.drill_id) for u in result.unreadable] == [("gcp", garbage_id)]
+
+
+def test_a_garbage_drill_record_older_than_the_latest_drill_is_named_without_failing(protected):
+    stores, _, record = protected
+    garbage_id = new_drill_id(record.started_at - timedelta(days=1))
+    garble(stores[0], drill_key(SOURCE_DB, garbage_id))
+
+    finding = assess(stores).finding(DRILL_PASSED_WITHIN_CADENCE)
+
+    assert finding.passed
+    assert f"older drill record unreadable: drill record {garbage_id} in store aws" in finding.detail
+
+
+def test_a_database_server_clock_ahead_cannot_make_a_backup_look_fresher(protected):
+    """The server's now() said two hours later than the worker's clock at the snapshot: the age
+    is still measured from the worker's clock, and the skew is named."""
+    stores, manifest, _ = protected
+    for store in stores:
+        [stored] = read_backups(store, SOURCE_DB).backups
+        skewed = stored.manifest.model_copy(update={"snapshot_at": stored.manifest.snapshot_at + timedelta(hours=2)})
+        write_bytes(store, manifest.manifest_key, skewed.to_json())
+
+    result = assess(stores, now=manifest.snapshot_worker_time + RPO + timedelta(seconds=1))
+
+    finding = result.finding(BACKUP_WITHIN_RPO)
+    assert not finding.passed and "exceeds RPO" in finding.detail
+    assert result.latest_backup_age_seconds == (RPO + timedelta(seconds=1)).total_seconds()
+    assert "the database server's clock was 7200s ahead of the worker's" in finding.detail

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
 import psycopg
 import pytest
-from conftest import SOURCE_DB
+from broken import newest_manifest_garbled
+from conftest import SOURCE_DB, make_stores, utcnow
 from fleetfiles import write_fleet
 from pg import fingerprint
 
 from platform_orchestration.alerts import FileAlertSink
+from platform_orchestration.backups.catalog import list_backups
 from platform_orchestration.definitions import REPOSITORY_ROOT, build_definitions
 from platform_orchestration.postgres.cluster import free_port
-from platform_orchestration.protection import TARGET_PASSWORD_RULE
+from platform_orchestration.protection import TARGET_PASSWORD_RULE, FleetProtection
 from platform_orchestration.resources import AlertsResource
 from platform_orchestration.sensors import report_failed_runs
 
@@ -37,15 +39,18 @@ def _check_results(result) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def _run_checks(defs: dg.Definitions, instance, partition: str) -> dict[str, bool]:
+def _run_checks_job(defs: dg.Definitions, instance, partition: str):
     """Run the asset checks for one database without backing it up again. (The cheap
     `databases` asset rides along: a checks-only selection gives Dagster no partitions.)"""
     checks_job = dg.define_asset_job(
         "only_checks", selection=dg.AssetSelection.assets("databases") | dg.AssetSelection.all_asset_checks())
     merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[checks_job]))
-    result = merged.resolve_job_def("only_checks").execute_in_process(
+    return merged.resolve_job_def("only_checks").execute_in_process(
         partition_key=partition, instance=instance, run_config=QUIET, raise_on_error=False)
-    return _check_results(result)
+
+
+def _run_checks(defs: dg.Definitions, instance, partition: str) -> dict[str, bool]:
+    return _check_results(_run_checks_job(defs, instance, partition))
 
 
 def test_demo_definitions_load_with_jobs_schedules_sensor_and_lineage():
@@ -123,14 +128,57 @@ def test_copy_check_fails_when_a_required_store_lost_its_copy(tmp_path, source_c
 
 def test_rpo_check_fails_once_the_latest_backup_is_older_than_the_rpo(tmp_path, source_cluster,
                                                                      source_db, instance):
-    defs = _defs(tmp_path, source_cluster, rpo="2s")
+    defs = _defs(tmp_path, source_cluster, rpo="4s")
     defs.resolve_job_def("take_backups").execute_in_process(
         partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
     assert _run_checks(defs, instance, SOURCE_DB)["backup_within_rpo"] is True
 
-    time.sleep(2.5)
+    # Until the backup is older than the RPO by the worker's clock, whatever the runs above took.
+    [latest] = list_backups(make_stores(tmp_path / "stores")[0], SOURCE_DB)
+    time.sleep(max(0.0, (latest.manifest.snapshot_worker_time + timedelta(seconds=4.5) - utcnow()).total_seconds()))
 
     assert _run_checks(defs, instance, SOURCE_DB)["backup_within_rpo"] is False
+
+
+def test_one_check_run_assesses_the_database_once_and_reports_each_finding_on_its_asset(
+        tmp_path, source_cluster, source_db, backup, instance, monkeypatch):
+    defs = _defs(tmp_path, source_cluster)
+    backup(make_stores(tmp_path / "stores"))
+    assessed = []
+    real_assess = FleetProtection.assess
+
+    def counting_assess(self, database, now=None):
+        assessed.append(database)
+        return real_assess(self, database, now)
+
+    monkeypatch.setattr(FleetProtection, "assess", counting_assess)
+
+    result = _run_checks_job(defs, instance, SOURCE_DB)
+
+    assert assessed == [SOURCE_DB]
+    assert {(e.asset_key.to_user_string(), e.check_name, e.partition)
+            for e in result.get_asset_check_evaluations()} == {
+        ("backups", "backup_within_rpo", SOURCE_DB), ("backup_copies", "copies_in_required_stores", SOURCE_DB),
+        ("restore_drills", "drill_passed_within_cadence", SOURCE_DB), ("backups", "backups_encrypted", SOURCE_DB),
+        ("backups", "dynamic_credentials_used", SOURCE_DB)}
+
+
+def test_drill_and_copies_check_name_a_newer_backup_whose_manifest_is_garbage(tmp_path, source_cluster, source_db,
+                                                                             backup, instance):
+    defs = _defs(tmp_path, source_cluster)
+    stores = make_stores(tmp_path / "stores")
+    older, newer = newest_manifest_garbled(lambda: backup(stores).manifest, stores)
+
+    drilled = defs.resolve_job_def("run_restore_drills").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
+    checks = _run_checks_job(defs, instance, SOURCE_DB)
+
+    drill_meta = drilled.asset_materializations_for_node("restore_drills")[0].metadata
+    assert drill_meta["backup_id"].value == older.backup_id
+    assert drill_meta["passed_over"].value.startswith(f"backup {newer.backup_id} in store aws: unreadable manifest")
+    [copies] = [e for e in checks.get_asset_check_evaluations() if e.check_name == "copies_in_required_stores"]
+    assert not copies.passed
+    assert copies.metadata["unreadable"].value.startswith(f"backup {newer.backup_id} in stores aws, azure, gcp")
 
 
 def _restore_config(target_dsn: str, replace: bool = False) -> dict:

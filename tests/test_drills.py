@@ -6,12 +6,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from broken import garble, newest_manifest_garbled
 from conftest import SOURCE_DB, make_stores
 from pg import both_majors, flip_byte
 
-from platform_orchestration.backups.catalog import list_drills
+from platform_orchestration.backups.catalog import list_drills, read_drills
 from platform_orchestration.backups.drill import run_restore_drill
 from platform_orchestration.backups.take import take_backup
+from platform_orchestration.storage import write_bytes
 
 HOUR = timedelta(hours=1)
 
@@ -91,3 +93,29 @@ def test_drill_without_any_backup_fails(stores):
 
     assert not record.passed and record.backup_id is None
     assert SOURCE_DB in record.failure and "aws" in record.failure
+
+
+def test_drill_of_latest_passes_over_a_newer_backup_whose_manifest_is_garbage_and_records_it(backup, stores):
+    older, newer = newest_manifest_garbled(lambda: backup(stores).manifest, stores)
+
+    record = drill(stores, store_name="azure")
+
+    assert record.passed and record.backup_id == older.backup_id
+    [passed_over] = record.passed_over
+    assert passed_over.startswith(f"backup {newer.backup_id} in store azure: unreadable manifest")
+    for store in stores:
+        assert [r.passed_over for r in list_drills(store, SOURCE_DB)] == [record.passed_over]
+
+
+def test_drill_records_that_cannot_be_read_or_describe_another_key_are_listed_as_unreadable(
+        three_drills, stores):
+    _, _, records = three_drills
+    aws = stores[0]
+    garble(aws, records[0].key)
+    write_bytes(aws, records[1].key, records[2].to_json())
+
+    listing = read_drills(aws, SOURCE_DB)
+
+    assert listing.records == ()
+    assert [(u.key, u.reason.split(":")[0]) for u in listing.unreadable] == [
+        (records[0].key, "unreadable drill record"), (records[1].key, "drill record describes " + records[2].key)]

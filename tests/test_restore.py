@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from broken import newest_manifest_garbled
 from conftest import SOURCE_DB, make_stores
+from fleetfiles import write_fleet
 from pg import both_majors, create_database, fingerprint, flip_byte, row_counts
 
 from platform_orchestration.backups.catalog import find_backup
 from platform_orchestration.backups.integrity import BackupCorrupt, verify_stored_backup
 from platform_orchestration.backups.restore import RestoreRefused, restore_backup
 from platform_orchestration.backups.take import take_backup
+from platform_orchestration.fleet import load_fleet
 from platform_orchestration.postgres import ephemeral_cluster
+from platform_orchestration.protection import FleetProtection
 
 
 def _put_stale_content(target) -> None:
@@ -289,3 +293,28 @@ def test_an_18_backup_is_refused_by_a_16_server_before_anything_is_fetched_or_to
     assert stages.seen == []
     assert _database_facts(missing) is None
     assert row_counts(occupied) == {"public.stale": 100}
+
+
+def test_restore_of_latest_restores_the_previous_backup_and_names_the_newer_one_whose_manifest_is_garbage(
+        tmp_path, backup, source_cluster, source_db, target_db):
+    protection = FleetProtection(load_fleet(write_fleet(tmp_path, source_cluster, SOURCE_DB)))
+    stores = make_stores(tmp_path / "stores")
+    older, newer = newest_manifest_garbled(lambda: backup(stores).manifest, stores)
+
+    result = protection.restore(SOURCE_DB, target_db)
+
+    assert result.backup_id == older.backup_id and result.store == "aws"
+    assert fingerprint(target_db) == fingerprint(source_db)
+    [passed_over] = result.passed_over
+    assert passed_over.startswith(f"backup {newer.backup_id} in stores aws, azure, gcp: unreadable manifest: "
+                                  "(document): Invalid JSON")
+
+
+def test_restore_of_a_backup_asked_for_by_id_passes_nothing_over(tmp_path, backup, source_cluster, target_db):
+    protection = FleetProtection(load_fleet(write_fleet(tmp_path, source_cluster, SOURCE_DB)))
+    stores = make_stores(tmp_path / "stores")
+    older, _newer = newest_manifest_garbled(lambda: backup(stores).manifest, stores)
+
+    result = protection.restore(SOURCE_DB, target_db, backup_id=older.backup_id)
+
+    assert result.backup_id == older.backup_id and result.passed_over == ()

@@ -270,7 +270,7 @@ def backdated(source_id: str, stores: list[GuardedStore], *, snapshot_at: dateti
     source = next(b for b in list_backups(stores[0], SOURCE_DB) if b.backup_id == source_id).manifest
     manifest = source.model_copy(update={"backup_id": new_backup_id(id_at or snapshot_at),
                                          "started_at": snapshot_at, "finished_at": snapshot_at,
-                                         "snapshot_at": snapshot_at})
+                                         "snapshot_at": snapshot_at, "snapshot_worker_at": snapshot_at})
     data = read_bytes(stores[0], source.dump_key)
     for store in stores:
         write_bytes(store, manifest.dump_key, data)

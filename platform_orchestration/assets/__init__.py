@@ -7,11 +7,9 @@ Per-database assets are partitioned by database name, so each database's history
 checks and failures are visible on their own.
 """
 
-import json
-from datetime import datetime, timezone
-
 import dagster as dg
 
+from platform_orchestration.backups.catalog import describe_all
 from platform_orchestration.backups.compliance import DatabaseCompliance
 from platform_orchestration.resources import FleetResource
 
@@ -128,6 +126,8 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
     def restore_drills(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
         with fleet.protection() as protection:
             record = protection.drill(context.partition_key)
+        for broken in record.passed_over:
+            context.log.warning(f"drill {record.drill_id}: passed over newer {broken}")
         metadata = {
             "drill_id": record.drill_id, "backup_id": record.backup_id or "none",
             "source_store": record.source_store, "passed": record.passed,
@@ -136,6 +136,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
             "rpo_seconds": dg.MetadataValue.float(round(record.rpo_seconds or 0.0, 1)),
             "tables_verified": dg.MetadataValue.int(record.tables_verified),
             "rows_verified": dg.MetadataValue.int(record.rows_verified),
+            "passed_over": "; ".join(record.passed_over) or "none",
         }
         if not record.passed:
             # The failed drill is already recorded as evidence in every store; failing the run
@@ -176,18 +177,18 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
                           "and every backup tied to the drills that restored it. Written to every store.")
     def compliance_report(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
         with fleet.protection() as protection:
-            now = datetime.now(timezone.utc)
-            assessments = protection.assess_fleet(now)
-            report = {"generated_at": now.isoformat(), "fleet_file": str(protection.fleet.source),
-                      "databases": [a.to_dict() for a in assessments]}
-            key, written = protection.record_compliance(json.dumps(report, indent=2, default=str).encode(), now)
-            compliant = sum(a.passed for a in assessments)
-            return dg.MaterializeResult(metadata={
-                "compliant_databases": dg.MetadataValue.int(compliant),
-                "non_compliant_databases": dg.MetadataValue.int(len(assessments) - compliant),
-                "evidence_key": key,
-                "evidence_stores": ", ".join(written),
-                "summary": compliance_table(assessments),
-            })
+            evidence = protection.record_compliance()
+        for store, reason in evidence.failed_stores.items():
+            context.log.warning(f"compliance evidence {evidence.evidence_id}: not written to {store}: {reason}")
+        return dg.MaterializeResult(metadata={
+            "compliant_databases": dg.MetadataValue.int(evidence.compliant),
+            "non_compliant_databases": dg.MetadataValue.int(len(evidence.assessments) - evidence.compliant),
+            "evidence_key": evidence.key,
+            "evidence_stores": ", ".join(evidence.stored_in),
+            "evidence_failed_stores": ", ".join(evidence.failed_stores) or "none",
+            "unreadable": describe_all([u for a in evidence.assessments for u in a.unreadable], limit=20)
+                          or "none",
+            "summary": compliance_table(list(evidence.assessments)),
+        })
 
     return [clusters, databases, backups, backup_copies, restore_drills, retention, compliance_report]

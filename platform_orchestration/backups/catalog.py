@@ -1,30 +1,55 @@
-"""What backups and drills exist, read from the stores themselves.
+"""What backups and drills exist, read from the stores themselves, and where evidence is written.
 
 The stores are the only source of truth: no database or Dagster instance is needed to
 answer "what is the latest good backup of orders, and where is it?", which is exactly
 the question asked when everything else is down.
+
+Nothing broken is passed over in silence. A manifest or drill record that cannot be read
+(or that describes another key) is not a backup or a drill, but it is not dropped either:
+every listing returns it as an :class:`UnreadableObject` beside what could be read, and a
+choice of the latest backup (:func:`select_backup`) names the newer backups it passed over
+and why. A broken object's key still says what it was (``backups/<db>/<id>/manifest.json``),
+so "newer" is decidable without reading it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from platform_orchestration.backups.manifest import (
-    MANIFEST_OBJECT,
     BackupManifest,
     DrillRecord,
     ManifestError,
+    backup_id_of_key,
+    backups_prefix,
+    database_of_key,
+    drill_id_of_key,
+    drills_prefix,
+    first_problem,
+    is_manifest_key,
 )
 from platform_orchestration.errors import PlatformError
-from platform_orchestration.storage import ObjectNotFound, ObjectStore, read_bytes
+from platform_orchestration.storage import (
+    ObjectNotFound,
+    ObjectStore,
+    StoreError,
+    read_bytes,
+    write_bytes,
+)
 
 log = logging.getLogger(__name__)
 
 
 class BackupNotFound(PlatformError):
     """No backup matches what was asked (database, id, store)."""
+
+
+class BackupUnreadable(BackupNotFound):
+    """The backup asked for exists, but its manifest cannot be read in any store searched."""
 
 
 @dataclass(frozen=True)
@@ -39,27 +64,124 @@ class StoredBackup:
         return self.manifest.backup_id
 
 
-def list_backups(store: ObjectStore, database: str | None = None) -> list[StoredBackup]:
-    """Backups with a manifest in `store`, oldest first. Unreadable manifests are skipped
-    with a warning: they cannot be restored from, so they must not count as backups."""
-    prefix = f"backups/{database}/" if database else "backups/"
+@dataclass(frozen=True)
+class UnreadableObject:
+    """A stored manifest or drill record that cannot be read, or that describes another key."""
+
+    store: str
+    key: str
+    reason: str
+
+    @property
+    def database(self) -> str | None:
+        return database_of_key(self.key)
+
+    @property
+    def backup_id(self) -> str | None:
+        """The backup a broken manifest belongs to, from its key; None for other objects."""
+        return backup_id_of_key(self.key)
+
+    @property
+    def drill_id(self) -> str | None:
+        """The drill a broken record belongs to, from its key; None for other objects."""
+        return drill_id_of_key(self.key)
+
+    @property
+    def what(self) -> str:
+        """``backup <id>``, ``drill record <id>``, or the key of anything else."""
+        if self.backup_id is not None:
+            return f"backup {self.backup_id}"
+        if self.drill_id is not None:
+            return f"drill record {self.drill_id}"
+        return self.key
+
+    def describe(self) -> str:
+        """``backup <id> in store <store>: <reason>`` (``drill record <id> ...`` for drills)."""
+        return f"{self.what} in store {self.store}: {self.reason}"
+
+
+def describe_grouped(unreadable: Iterable[UnreadableObject]) -> list[str]:
+    """One line per broken object and reason, its stores together:
+    ``backup <id> in stores aws, gcp: <reason>``."""
+    stores_of: dict[tuple[str, str], list[str]] = {}
+    for broken in unreadable:
+        stores_of.setdefault((broken.what, broken.reason), []).append(broken.store)
+    return [f"{what} in store{'s' if len(stores) > 1 else ''} {', '.join(stores)}: {reason}"
+            for (what, reason), stores in stores_of.items()]
+
+
+def describe_all(unreadable: Iterable[UnreadableObject], limit: int = 5) -> str:
+    """One line naming broken objects (:func:`describe_grouped`), the first `limit`; "" for none."""
+    items = describe_grouped(unreadable)
+    return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+@dataclass(frozen=True)
+class BackupListing:
+    """The backups found with a readable manifest (by database, then id: oldest first), and
+    the manifests that could not be read."""
+
+    backups: tuple[StoredBackup, ...] = ()
+    unreadable: tuple[UnreadableObject, ...] = ()
+
+    def __add__(self, other: BackupListing) -> BackupListing:
+        return BackupListing(self.backups + other.backups, self.unreadable + other.unreadable)
+
+
+@dataclass(frozen=True)
+class DrillListing:
+    """Drill records that could be read (oldest first), and those that could not."""
+
+    records: tuple[DrillRecord, ...] = ()
+    unreadable: tuple[UnreadableObject, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackupChoice:
+    """The backup chosen for a verify, restore, drill or copy, and what the choice stepped over.
+
+    ``passed_over``: backups newer than the chosen one whose manifest could not be read (only
+    when the latest was asked for); ``unreadable``: every manifest of the database that could
+    not be read in the stores searched."""
+
+    stored: StoredBackup
+    passed_over: tuple[UnreadableObject, ...] = ()
+    unreadable: tuple[UnreadableObject, ...] = ()
+
+
+def read_backups(store: ObjectStore, database: str | None = None) -> BackupListing:
+    """Backups with a readable manifest in `store` (of `database`, else of every database),
+    oldest first, and the manifests that could not be read or describe another key: those
+    cannot be restored from, so they are not backups, and they are reported, not dropped."""
     found: list[StoredBackup] = []
-    for info in store.list(prefix):
-        if not info.key.endswith("/" + MANIFEST_OBJECT):
+    unreadable: list[UnreadableObject] = []
+    for info in store.list(backups_prefix(database)):
+        if not is_manifest_key(info.key):
             continue
-        where = f"store {store.name}: {info.key}"
         try:
-            manifest = BackupManifest.from_json(read_bytes(store, info.key), where)
+            manifest = BackupManifest.from_json(read_bytes(store, info.key), f"store {store.name}: {info.key}")
         except ObjectNotFound:
             continue  # pruned while we listed
         except ManifestError as exc:
-            log.warning("%s", exc)
+            unreadable.append(UnreadableObject(store.name, info.key, exc.reason))
             continue
         if manifest.manifest_key != info.key:
-            log.warning("%s: manifest describes %s, ignoring it", where, manifest.manifest_key)
+            unreadable.append(UnreadableObject(store.name, info.key,
+                                               f"manifest describes {manifest.manifest_key}"))
             continue
         found.append(StoredBackup(store, manifest))
-    return sorted(found, key=lambda b: (b.manifest.database, b.backup_id))
+    return BackupListing(tuple(sorted(found, key=lambda b: (b.manifest.database, b.backup_id))),
+                         tuple(sorted(unreadable, key=lambda u: u.key)))
+
+
+def list_backups(store: ObjectStore, database: str | None = None) -> list[StoredBackup]:
+    """The readable backups of :func:`read_backups`, for callers that act only on what can be
+    read (retention, tests); each manifest that could not be read is logged as a warning.
+    Whatever reports to an operator uses :func:`read_backups` and names them."""
+    listing = read_backups(store, database)
+    for broken in listing.unreadable:
+        log.warning("skipping unreadable manifest: %s", broken.describe())
+    return list(listing.backups)
 
 
 def latest_backup(store: ObjectStore, database: str) -> StoredBackup | None:
@@ -67,48 +189,117 @@ def latest_backup(store: ObjectStore, database: str) -> StoredBackup | None:
     return backups[-1] if backups else None
 
 
-def find_backup(stores: Iterable[ObjectStore], database: str, backup_id: str | None = None,
-                store_name: str | None = None) -> StoredBackup:
-    """The requested backup (the latest when `backup_id` is None), from `store_name` if given,
-    else from the first store in order that holds it."""
+def select_backup(stores: Iterable[ObjectStore], database: str, backup_id: str | None = None,
+                  store_name: str | None = None) -> BackupChoice:
+    """The requested backup (the latest readable one when `backup_id` is None), from
+    `store_name` if given, else from the first store in order that holds it; with the newer
+    backups passed over because their manifest could not be read.
+
+    Raises BackupNotFound when nothing matches, BackupUnreadable when the backup asked for
+    exists only with manifests that cannot be read (the message names them)."""
     stores = list(stores)
     if store_name is not None:
         stores = [s for s in stores if s.name == store_name]
         if not stores:
             raise BackupNotFound(f"store {store_name!r} is not one of the stores for {database}")
     candidates: list[StoredBackup] = []
+    unreadable: list[UnreadableObject] = []
     for store in stores:
-        backups = list_backups(store, database)
+        listing = read_backups(store, database)
+        unreadable += listing.unreadable
         if backup_id is None:
-            if backups:
-                candidates.append(backups[-1])
+            candidates += listing.backups[-1:]
         else:
-            candidates += [b for b in backups if b.backup_id == backup_id]
+            candidates += [b for b in listing.backups if b.backup_id == backup_id]
+    where = ", ".join(s.name for s in stores)
     if not candidates:
-        where = ", ".join(s.name for s in stores)
-        what = f"backup {backup_id}" if backup_id else "backup"
-        raise BackupNotFound(f"no {what} of database {database} in store(s) {where}")
+        if backup_id is not None and (broken := [u for u in unreadable if u.backup_id == backup_id]):
+            raise BackupUnreadable(f"backup {backup_id} of {database} cannot be read: {describe_all(broken)}")
+        what = f"backup {backup_id}" if backup_id else "readable backup"
+        found = f"no {what} of database {database} in store(s) {where}"
+        raise BackupNotFound(found + (f"; unreadable: {describe_all(unreadable)}" if unreadable else ""))
     # Latest id wins; among equal ids the earlier store in the given order.
     best_id = max(c.backup_id for c in candidates)
-    return next(c for c in candidates if c.backup_id == best_id)
+    chosen = next(c for c in candidates if c.backup_id == best_id)
+    passed_over = [u for u in unreadable if backup_id is None and (u.backup_id or "") > best_id]
+    return BackupChoice(chosen, tuple(passed_over), tuple(unreadable))
 
 
-def list_drills(store: ObjectStore, database: str) -> list[DrillRecord]:
+def find_backup(stores: Iterable[ObjectStore], database: str, backup_id: str | None = None,
+                store_name: str | None = None) -> StoredBackup:
+    """The backup :func:`select_backup` chooses, for callers that need no account of what it
+    stepped over."""
+    return select_backup(stores, database, backup_id, store_name).stored
+
+
+def read_drills(store: ObjectStore, database: str) -> DrillListing:
+    """Drill records of `database` in `store`, oldest first, and those that cannot be read
+    (or describe another key), reported rather than dropped."""
     records: list[DrillRecord] = []
-    for info in store.list(f"drills/{database}/"):
+    unreadable: list[UnreadableObject] = []
+    for info in store.list(drills_prefix(database)):
         if not info.key.endswith(".json"):
             continue
         try:
-            records.append(DrillRecord.model_validate_json(read_bytes(store, info.key)))
-        except (ObjectNotFound, ValueError) as exc:
-            log.warning("store %s: skipping unreadable drill record %s: %s", store.name, info.key, exc)
-    return records
+            record = DrillRecord.model_validate_json(read_bytes(store, info.key))
+        except ObjectNotFound:
+            continue
+        except ValidationError as exc:
+            unreadable.append(UnreadableObject(store.name, info.key,
+                                               f"unreadable drill record: {first_problem(exc)}"))
+            continue
+        if record.key != info.key:
+            unreadable.append(UnreadableObject(store.name, info.key, f"drill record describes {record.key}"))
+            continue
+        records.append(record)
+    return DrillListing(tuple(sorted(records, key=lambda r: r.drill_id)),
+                        tuple(sorted(unreadable, key=lambda u: u.key)))
 
 
-def drill_history(stores: Iterable[ObjectStore], database: str) -> list[DrillRecord]:
-    """Every drill of `database` recorded in any of `stores`, once each, oldest first."""
+def list_drills(store: ObjectStore, database: str) -> list[DrillRecord]:
+    """The readable records of :func:`read_drills`; each unreadable one logged as a warning."""
+    listing = read_drills(store, database)
+    for broken in listing.unreadable:
+        log.warning("skipping unreadable drill record: %s", broken.describe())
+    return list(listing.records)
+
+
+def drill_history(stores: Iterable[ObjectStore], database: str) -> DrillListing:
+    """Every drill of `database` recorded in any of `stores`, once each, oldest first; and
+    every record, in any store, that could not be read."""
     by_id: dict[str, DrillRecord] = {}
+    unreadable: list[UnreadableObject] = []
     for store in stores:
-        for record in list_drills(store, database):
+        listing = read_drills(store, database)
+        unreadable += listing.unreadable
+        for record in listing.records:
             by_id.setdefault(record.drill_id, record)
-    return sorted(by_id.values(), key=lambda r: r.drill_id)
+    return DrillListing(tuple(sorted(by_id.values(), key=lambda r: r.drill_id)), tuple(unreadable))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Where a piece of evidence was written, and why the other stores got none."""
+
+    key: str
+    stored_in: tuple[str, ...]
+    failed: dict[str, str]
+
+
+def record_everywhere(stores: Sequence[ObjectStore], key: str, data: bytes, what: str) -> Recorded:
+    """Write one piece of evidence (a drill record, a compliance report) to every store, so it
+    survives the loss of any one; a store that fails is reported, and StoreError is raised
+    only when no store got it. `what` names the evidence in messages."""
+    written: list[str] = []
+    failed: dict[str, str] = {}
+    for store in stores:
+        try:
+            write_bytes(store, key, data)
+            written.append(store.name)
+        except StoreError as exc:
+            failed[store.name] = str(exc)
+            log.warning("%s: could not record evidence in %s: %s", what, store.name, exc)
+    if not written:
+        raise StoreError(f"{what}: evidence could not be written to any store: "
+                         + "; ".join(f"{name}: {reason}" for name, reason in failed.items()))
+    return Recorded(key, tuple(written), failed)

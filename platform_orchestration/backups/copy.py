@@ -11,14 +11,13 @@ need no key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from platform_orchestration.backups.catalog import (
     StoredBackup,
     find_backup,
-    list_backups,
+    read_backups,
 )
 from platform_orchestration.backups.integrity import (
     BackupCorrupt,
@@ -27,6 +26,7 @@ from platform_orchestration.backups.integrity import (
     stored_checksum_matches,
 )
 from platform_orchestration.backups.progress import ProgressListener, no_progress
+from platform_orchestration.clock import Clock, utc_now
 from platform_orchestration.errors import PlatformError
 from platform_orchestration.storage import (
     ObjectNotFound,
@@ -40,14 +40,12 @@ class CopyFailed(PlatformError):
     pass
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def copy_backup(source: StoredBackup, target: ObjectStore, *,
                 progress: ProgressListener = no_progress,
-                clock: Callable[[], datetime] = _utcnow) -> StoredBackup:
+                clock: Clock = utc_now) -> StoredBackup:
+    """Copy `source` into `target` and give it its manifest there, verified at `clock()`."""
     manifest = source.manifest
+    copied = manifest.in_store(target.name, clock(), copied_from=source.store.name)
     what = f"copy of backup {manifest.backup_id} of {manifest.database} from {source.store.name} to {target.name}"
     try:
         # Inside one provider the bytes need not pass through us; either way the target's
@@ -63,11 +61,10 @@ def copy_backup(source: StoredBackup, target: ObjectStore, *,
                     writer.write(chunk)
                 writer.commit()
         stored_checksum_matches(target, manifest)  # the dump, and the globals when present
-        write_bytes(target, manifest.manifest_key,
-                    manifest.in_store(target.name, clock(), copied_from=source.store.name).to_json())
+        write_bytes(target, manifest.manifest_key, copied.to_json())
     except (BackupCorrupt, StoreError, ObjectNotFound) as exc:
         raise CopyFailed(f"{what} failed: {exc}") from exc
-    return StoredBackup(target, manifest.in_store(target.name, clock(), copied_from=source.store.name))
+    return StoredBackup(target, copied)
 
 
 @dataclass(frozen=True)
@@ -79,15 +76,16 @@ class CopyReport:
 
 
 def ensure_copies(database: str, stores: Sequence[ObjectStore], *,
-                  progress: ProgressListener = no_progress) -> CopyReport:
+                  progress: ProgressListener = no_progress, clock: Clock = utc_now) -> CopyReport:
     """Make sure the latest backup of `database` has a verified copy in every store,
-    copying it from a store that holds it where it is missing."""
+    copying it from a store that holds it where it is missing (a store whose manifest of it
+    cannot be read counts as missing it, and gets a fresh copy)."""
     latest = find_backup(stores, database)
     present: list[str] = []
     missing: list[ObjectStore] = []
     sources: list[StoredBackup] = []
     for store in stores:
-        held = [b for b in list_backups(store, database) if b.backup_id == latest.backup_id]
+        held = [b for b in read_backups(store, database).backups if b.backup_id == latest.backup_id]
         if held:
             present.append(store.name)
             sources.append(held[0])
@@ -99,7 +97,7 @@ def ensure_copies(database: str, stores: Sequence[ObjectStore], *,
         errors = []
         for source in sources:  # a corrupt source copy is skipped for the next one
             try:
-                copy_backup(source, target, progress=progress)
+                copy_backup(source, target, progress=progress, clock=clock)
                 copied.append(target.name)
                 break
             except CopyFailed as exc:

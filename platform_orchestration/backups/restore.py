@@ -131,6 +131,9 @@ class RestoreResult:
     rows_verified: int
     target_action: TargetAction = "created"
     globals: GlobalsApplied | None = None  # with_globals: what applying them did
+    # Newer backups not restored because their manifest could not be read (a restore of
+    # "latest"), each "backup <id> in store(s) <stores>: <reason>".
+    passed_over: tuple[str, ...] = ()
 
     @property
     def recovery_seconds(self) -> float:

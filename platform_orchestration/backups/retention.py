@@ -105,7 +105,7 @@ class BackupPoint:
 
     @classmethod
     def of(cls, stored: StoredBackup) -> BackupPoint:
-        return cls(stored.backup_id, stored.manifest.snapshot_at)
+        return cls(stored.backup_id, stored.manifest.snapshot_worker_time)  # the worker's clock
 
 
 @dataclass(frozen=True)

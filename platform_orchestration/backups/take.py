@@ -24,7 +24,6 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Literal
 
 import psycopg
@@ -47,6 +46,7 @@ from platform_orchestration.backups.manifest import (
     new_backup_id,
 )
 from platform_orchestration.backups.progress import ProgressListener, no_progress
+from platform_orchestration.clock import Clock, utc_now
 from platform_orchestration.crypto import DataKey, DataKeyProvider
 from platform_orchestration.crypto.streaming import encrypt_chunks
 from platform_orchestration.errors import PlatformError, one_line
@@ -115,7 +115,7 @@ def take_backup(
     stores: Sequence[ObjectStore],
     compression: CompressionSettings = CompressionSettings(),
     progress: ProgressListener = no_progress,
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    clock: Clock = utc_now,
     keys: DataKeyProvider | None = None,
     credentials: Literal["static", "dynamic"] | None = None,
 ) -> BackupOutcome:
@@ -126,7 +126,10 @@ def take_backup(
     With `keys`, the backup is encrypted after compression with a fresh data key from
     `keys`, bound to this backup (database and id) as associated data; the manifest keeps
     only the wrapped key. A key service that fails fails the backup before pg_dump starts,
-    and so does a pg_dumpall that cannot dump the globals."""
+    and so does a pg_dumpall that cannot dump the globals.
+
+    Times and the id come from `clock` (the worker's); the manifest keeps the server's
+    snapshot time (`snapshot_at`) and the worker's just before it (`snapshot_worker_at`)."""
     if not stores:
         raise BackupFailed(f"backup of {database}: no stores to write to")
     started_at = clock()
@@ -136,6 +139,7 @@ def take_backup(
     try:
         data_key: DataKey | None = keys.new_data_key() if keys is not None else None
         step = "snapshot"
+        snapshot_worker_at = clock()  # no later than the snapshot: ages are never understated
         with ExportedSnapshot(connection) as snapshot:
             facts = snapshot.facts
             tools = client_tools_for(facts.server_version_num // 10000)
@@ -225,6 +229,7 @@ def take_backup(
         started_at=started_at,
         finished_at=finished_at,
         snapshot_at=facts.snapshot_at,
+        snapshot_worker_at=snapshot_worker_at,
         lsn=facts.lsn,
         server=ServerInfo(version=facts.server_version, version_num=facts.server_version_num,
                           system_identifier=facts.system_identifier),

@@ -1,11 +1,15 @@
 """Asset checks: the policy's promises, evaluated per database from the stores.
 
-They run after the assets they guard and can also be run alone from the UI; each
-reports what it saw (ids, ages, stores) so a failure explains itself.
+The five checks of a database are one step: it assesses the database once (one listing
+of each store) and reports each finding on the asset it guards. It runs after the assets
+it guards that the run materializes, and can also be run alone from the UI; each result
+reports what it saw (ids, ages, stores, objects that could not be read) so a failure
+explains itself.
 """
 
 import dagster as dg
 
+from platform_orchestration.backups.catalog import describe_all
 from platform_orchestration.backups.compliance import (
     BACKUP_WITHIN_RPO,
     BACKUPS_ENCRYPTED,
@@ -15,41 +19,40 @@ from platform_orchestration.backups.compliance import (
 )
 from platform_orchestration.resources import FleetResource
 
-
-def _finding_check(check_name: str, asset: dg.AssetsDefinition, description: str,
-                   partitions: dg.StaticPartitionsDefinition) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=asset, name=check_name, description=description, partitions_def=partitions)
-    def _check(context: dg.AssetCheckExecutionContext, fleet: FleetResource) -> dg.AssetCheckResult:
-        with fleet.protection() as protection:
-            assessment = protection.assess(context.partition_key)
-        finding = assessment.finding(check_name)
-        return dg.AssetCheckResult(
-            passed=finding.passed,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=finding.detail,
-            metadata={"database": assessment.database, "policy": assessment.policy,
-                      "latest_backup_id": assessment.latest_backup_id or "none",
-                      "latest_drill_id": assessment.latest_drill_id or "none"},
-        )
-
-    return _check
+# check name -> (guarded asset, description), in the order of the flow (results are reported so)
+_CHECKS = {
+    BACKUP_WITHIN_RPO: ("backups", "The newest backup is younger than the policy's RPO."),
+    BACKUPS_ENCRYPTED: ("backups", "Every stored copy of every backup is encrypted and names its key version."),
+    DYNAMIC_CREDENTIALS_USED: ("backups", "Where the fleet says dynamic (Vault) credentials, the backup used them."),
+    COPIES_IN_REQUIRED_STORES: (
+        "backup_copies", "The newest backup has a verified copy in every store the policy requires."),
+    DRILL_PASSED_WITHIN_CADENCE: (
+        "restore_drills", "The last restore drill passed, under the RTO target, within the drill cadence."),
+}
 
 
 def build_checks(assets_by_name: dict[str, dg.AssetsDefinition],
                  partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetChecksDefinition]:
-    return [
-        _finding_check(BACKUP_WITHIN_RPO, assets_by_name["backups"],
-                       "The newest backup is younger than the policy's RPO.", partitions),
-        _finding_check(COPIES_IN_REQUIRED_STORES, assets_by_name["backup_copies"],
-                       "The newest backup has a verified copy in every store the policy requires.",
-                       partitions),
-        _finding_check(DRILL_PASSED_WITHIN_CADENCE, assets_by_name["restore_drills"],
-                       "The last restore drill passed, under the RTO target, within the drill cadence.",
-                       partitions),
-        _finding_check(BACKUPS_ENCRYPTED, assets_by_name["backups"],
-                       "Every stored copy of every backup is encrypted and names its key version.",
-                       partitions),
-        _finding_check(DYNAMIC_CREDENTIALS_USED, assets_by_name["backups"],
-                       "Where the fleet says dynamic (Vault) credentials, the backup used them.",
-                       partitions),
-    ]
+    specs = [dg.AssetCheckSpec(name, asset=assets_by_name[asset], description=description,
+                               partitions_def=partitions)
+             for name, (asset, description) in _CHECKS.items()]
+
+    # can_subset: a job that materializes only some of the guarded assets selects only their checks.
+    @dg.multi_asset_check(specs=specs, can_subset=True, name="database_protection_checks",
+                          description="The five findings of one database's assessment, from the stores.")
+    def database_protection_checks(context: dg.AssetCheckExecutionContext, fleet: FleetResource):
+        with fleet.protection() as protection:
+            assessment = protection.assess(context.partition_key)
+        metadata = {"database": assessment.database, "policy": assessment.policy,
+                    "latest_backup_id": assessment.latest_backup_id or "none",
+                    "latest_drill_id": assessment.latest_drill_id or "none",
+                    "unreadable": describe_all(assessment.unreadable, limit=20) or "none"}
+        for spec in specs:
+            if spec.key not in context.selected_asset_check_keys:
+                continue
+            finding = assessment.finding(spec.name)
+            yield dg.AssetCheckResult(asset_key=spec.asset_key, check_name=spec.name, passed=finding.passed,
+                                      severity=dg.AssetCheckSeverity.ERROR, description=finding.detail,
+                                      metadata=metadata)
+
+    return [database_protection_checks]

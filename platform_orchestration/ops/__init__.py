@@ -54,9 +54,12 @@ def restore_from_backup(context: dg.OpExecutionContext, config: DisasterRestoreC
                                     jobs=config.jobs, restore_as=config.restore_as or None)
     context.log.info(f"restored backup {result.backup_id} of {result.database} from {result.store} into "
                      f"{result.target} in {result.recovery_seconds:.1f}s")
+    for broken in result.passed_over:
+        context.log.warning(f"restore of {result.database}: passed over newer {broken}")
     summary = {"backup_id": result.backup_id, "store": result.store, "target": result.target,
                "recovery_seconds": round(result.recovery_seconds, 2),
-               "tables_verified": result.tables_verified, "rows_verified": result.rows_verified}
+               "tables_verified": result.tables_verified, "rows_verified": result.rows_verified,
+               "passed_over": "; ".join(result.passed_over) or "none"}
     return dg.Output(summary, metadata={k: str(v) if isinstance(v, str) else v for k, v in summary.items()})
 
 
