@@ -58,11 +58,17 @@ from benchmarks.backup_restore import (
     machine_info,
 )
 from platform_orchestration.backups.catalog import latest_backup
+from platform_orchestration.backups.encryption import associated_data
 from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.take import take_backup
-from platform_orchestration.crypto.envelope import SCHEME, associated_data, encrypt_chunks
 from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
-from platform_orchestration.postgres import LocalCluster, PgConnection, client_tools_for, ephemeral_cluster
+from platform_orchestration.crypto.streaming import SCHEME, encrypt_chunks
+from platform_orchestration.postgres import (
+    LocalCluster,
+    PgConnection,
+    client_tools_for,
+    ephemeral_cluster,
+)
 from platform_orchestration.storage import LocalObjectStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +112,7 @@ def verify_in_child(store_dir: str, database: str, kek_path: str | None) -> Veri
     keys = LocalDataKeyProvider(Path(kek_path)) if kek_path is not None else None
     # integrity imports the envelope (and Tink) on the first encrypted read; a fixed cost
     # per process, kept out of the per-byte comparison (take_backup imports it up front).
-    import platform_orchestration.crypto.envelope  # noqa: F401
+    import platform_orchestration.crypto.streaming  # noqa: F401
     started = time.perf_counter()
     verify_stored_backup(stored.store, stored.manifest, keys=keys)
     return VerifySample(seconds=time.perf_counter() - started, peak_rss_bytes=_peak_rss_bytes())

@@ -46,7 +46,7 @@ def _peak_rss_bytes() -> int:
 def _stores(ports: dict[str, int], suffix: str = "") -> dict:
     from platform_orchestration import emulators
     from platform_orchestration.fleet import AzureStoreSpec, GcsStoreSpec, S3StoreSpec
-    from platform_orchestration.storage import open_store
+    from platform_orchestration.stores import open_store
 
     class Env:
         def resolve(self, ref):  # noqa: ANN001, ANN202 - the benchmark's fixed credentials
@@ -136,7 +136,11 @@ def _seed_source(ports: dict[str, int], mib: int) -> None:
     from google.cloud import storage as gcs
 
     from platform_orchestration import emulators
-    from platform_orchestration.backups.manifest import BackupManifest, DumpInfo, ServerInfo
+    from platform_orchestration.backups.manifest import (
+        BackupManifest,
+        DumpInfo,
+        ServerInfo,
+    )
     from platform_orchestration.storage import write_bytes
 
     boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['s3']}", region_name="eu-west-1",

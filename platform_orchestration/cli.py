@@ -18,8 +18,7 @@ from typing import TextIO
 
 from platform_orchestration.errors import EXIT_BUG, EXIT_INVALID, PlatformError, one_line
 from platform_orchestration.fleet import FleetError, fleet_path_from_env, load_fleet
-from platform_orchestration.postgres.connection import PgConnection
-from platform_orchestration.protection import FleetProtection
+from platform_orchestration.protection import FleetProtection, restore_target
 
 
 def human_bytes(count: float) -> str:
@@ -179,7 +178,7 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         return 0
 
     if args.command == "restore":
-        target = PgConnection.from_dsn(args.target_dsn, os.environ.get("PGPASSWORD"))
+        target = restore_target(args.target_dsn, os.environ.get("PGPASSWORD"))
         result = protection.restore(args.database, target, backup_id=args.backup, store_name=args.store,
                                     replace=args.replace, jobs=args.jobs, progress=progress,
                                     restore_as=args.restore_as)

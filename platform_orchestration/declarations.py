@@ -17,18 +17,28 @@ Contract:
 
 from __future__ import annotations
 
-from platform_orchestration.errors import InvalidDeclaration
 import os
 import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar, Union, get_args, get_origin
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    TypeAlias,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
 import yaml
 from pydantic import BaseModel, Tag, ValidationError
 from pydantic_core import ErrorDetails
+
+from platform_orchestration.errors import InvalidDeclaration
 
 __all__ = [
     "DeclarationError",

@@ -17,11 +17,16 @@ from platform_orchestration.assets import build_assets, database_partitions
 from platform_orchestration.checks import build_checks
 from platform_orchestration.fleet import fleet_path_from_env, load_fleet
 from platform_orchestration.ops import build_disaster_restore_job
-from platform_orchestration.resources import AlertsResource, FleetResource, SecretsResource
+from platform_orchestration.resources import (
+    AlertsResource,
+    FleetResource,
+    SecretsResource,
+)
 from platform_orchestration.sensors import report_failed_runs
 from platform_orchestration.specs import (
     AssetJobSpec,
-    build_jobs, build_schedules,
+    build_jobs,
+    build_schedules,
     load_job_specs,
     load_schedule_specs,
 )

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from psycopg.conninfo import make_conninfo
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from platform_orchestration.backups.catalog import StoredBackup, find_backup, list_backups
 from platform_orchestration.backups.compliance import DatabaseCompliance, assess_database
@@ -25,13 +26,72 @@ from platform_orchestration.backups.manifest import DrillRecord, new_backup_id
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.backups.restore import RestoreResult, restore_backup
 from platform_orchestration.backups.retention import PruneReport, prune_database
+from platform_orchestration.backups.rewrap import RewrapEntry, RewrapFailed, RewrapReport, rewrap_backup
 from platform_orchestration.backups.take import BackupOutcome, CompressionSettings, take_backup
 from platform_orchestration.crypto import DataKeyProvider
-from platform_orchestration.crypto.envelope import RewrapEntry, RewrapFailed, RewrapReport, rewrap_backup
+from platform_orchestration.errors import InvalidDeclaration, PlatformError, one_line
 from platform_orchestration.fleet import Fleet
 from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.postgres.probe import (
+    DatabaseObservation,
+    ServerObservation,
+    observe_database,
+    observe_server,
+)
+from platform_orchestration.providers import providers_from_env
 from platform_orchestration.secrets import LocalSecretProvider, SecretProvider, SecretUnavailable
-from platform_orchestration.storage import ObjectStore, StoreError, open_store, write_bytes
+from platform_orchestration.storage import ObjectStore, StoreError, write_bytes
+from platform_orchestration.stores import open_store
+
+
+class TargetRefused(InvalidDeclaration):
+    """A restore target given on the command line or in run config breaks a rule."""
+
+
+# One rule for the CLI and the Launchpad: a password never travels in a target DSN, since
+# command lines end up in shell history and `ps`, and run config is stored and displayed.
+TARGET_PASSWORD_RULE = ("the target DSN must not contain a password (command lines and run config are "
+                        "kept and shown); give it in the PGPASSWORD environment variable of the CLI, or "
+                        "name an environment variable of the run worker in target_password_env")
+
+
+def restore_target(dsn: str, password: str | None = None) -> PgConnection:
+    """The restore target a DSN names, refusing one that carries a password or does not parse.
+    `password` comes from the environment (PGPASSWORD, or the variable the run config names)."""
+    if not dsn.strip():
+        raise TargetRefused("a target DSN is required: the libpq DSN of the database to restore into")
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise TargetRefused(f"the target DSN is not a valid libpq DSN: {one_line(exc)}") from None
+    if "password" in parts:
+        raise TargetRefused(TARGET_PASSWORD_RULE)
+    if not parts.get("dbname"):
+        raise TargetRefused("the target DSN names no database (dbname=...): say which database to restore into")
+    return PgConnection(dsn, password)
+
+
+@dataclass(frozen=True)
+class ClusterObservation:
+    """One fleet cluster as declared and as seen through one of its databases' logins."""
+
+    name: str
+    cloud: str
+    region: str
+    declared_role: str
+    databases: tuple[str, ...]
+    server: ServerObservation | None = None
+    unreachable: str | None = None  # why, when it could not be observed
+
+    @property
+    def observed_role(self) -> str:
+        return self.server.role if self.server else "-"
+
+    @property
+    def version(self) -> str:
+        if self.server:
+            return self.server.version
+        return "unreachable" if self.unreachable else "-"
 
 
 def _utcnow() -> datetime:
@@ -54,10 +114,8 @@ class FleetProtection:
     def from_environment(cls, fleet: Fleet, **options: object) -> FleetProtection:
         """Secrets and data keys as this process's environment configures them (Vault when
         VAULT_ADDR is set, else the embedded default): what the CLI and Dagster both use."""
-        from platform_orchestration.secrets.configured import data_keys_from_env, secret_provider_from_env
-
-        secrets = secret_provider_from_env()
-        return cls(fleet, secrets=secrets, keys=data_keys_from_env(secrets), **options)  # type: ignore[arg-type]
+        secrets, keys = providers_from_env()
+        return cls(fleet, secrets=secrets, keys=keys, **options)  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Revoke the dynamic database logins this object took (Vault drops those users).
@@ -104,6 +162,30 @@ class FleetProtection:
         if spec.connection is not None:
             return PgConnection.from_dsn(self.secrets.resolve(spec.connection), password)
         return PgConnection.from_dsn(spec.dsn, password)
+
+    def observe_clusters(self) -> list[ClusterObservation]:
+        """Every cluster of the fleet, observed through the login of its first database (a
+        cluster without databases is listed as declared). An unreachable one is reported in
+        its observation, not raised: one cluster down must not hide the others."""
+        observations = []
+        for cluster in self.fleet.clusters:
+            members = tuple(db.name for db in self.fleet.databases if db.cluster == cluster.name)
+            declared = dict(name=cluster.name, cloud=cluster.cloud, region=cluster.region,
+                            declared_role=cluster.role, databases=members)
+            if not members:
+                observations.append(ClusterObservation(**declared))
+                continue
+            try:
+                server = observe_server(self.connection_for(members[0]))
+            except PlatformError as exc:
+                observations.append(ClusterObservation(**declared, unreachable=one_line(exc)))
+                continue
+            observations.append(ClusterObservation(**declared, server=server))
+        return observations
+
+    def observe_database(self, database: str) -> DatabaseObservation:
+        """Size, tables and server version of one fleet database, through its own login."""
+        return observe_database(self.connection_for(database))
 
     def backup(self, database: str, progress: ProgressListener = no_progress) -> BackupOutcome:
         spec = self.fleet.database(database)

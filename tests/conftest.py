@@ -18,7 +18,11 @@ import pytest
 from pg import create_database, seeded_database
 
 from platform_orchestration.backups.take import BackupOutcome, take_backup
-from platform_orchestration.postgres import LocalCluster, PgConnection, ephemeral_cluster
+from platform_orchestration.postgres import (
+    LocalCluster,
+    PgConnection,
+    ephemeral_cluster,
+)
 from platform_orchestration.storage import LocalObjectStore
 
 # Object-store backends for the conformance suite: `local` here, one `stores_<kind>.py` per cloud.

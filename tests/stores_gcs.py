@@ -24,7 +24,12 @@ from google.cloud import storage
 from store_backends import unique_name
 
 from platform_orchestration.fleet.model import GcsStoreSpec, ImmutabilitySpec
-from platform_orchestration.storage.gcs import FAST_RETRIES, GcsObjectStore, RetrySettings
+from platform_orchestration.storage.gcs import (
+    FAST_RETRIES,
+    GcsObjectStore,
+    RetrySettings,
+)
+from platform_orchestration.stores import store_from_spec
 
 PROJECT = "test-project"
 # Without fast_retries a store still gives up within seconds, never minutes.
@@ -102,7 +107,7 @@ class GcsBackend:
             options["page_size"] = page_size
         if chunk_bytes is not None:
             options["chunk_bytes"] = chunk_bytes
-        return GcsObjectStore.from_spec(spec, {}, **options)
+        return store_from_spec(spec, {}, **options)
 
     def proxy(self) -> FaultProxy:
         proxy = FaultProxy("127.0.0.1", self.emulator.port).start()

@@ -26,18 +26,26 @@ from platform_orchestration.backups.catalog import list_backups
 from platform_orchestration.backups.copy import copy_backup
 from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.take import BackupOutcome
-from platform_orchestration.fleet.model import AzureStoreSpec, ImmutabilitySpec, SecretRef
+from platform_orchestration.fleet.model import (
+    AzureStoreSpec,
+    ImmutabilitySpec,
+    SecretRef,
+)
 from platform_orchestration.secrets import LocalSecretProvider
 from platform_orchestration.storage import (
     LocalObjectStore,
     ObjectNotFound,
     StoreError,
-    open_store,
     read_bytes,
     write_bytes,
 )
-from platform_orchestration.storage.azure import AzureObjectStore, AzureObjectWriter, block_size
+from platform_orchestration.storage.azure import (
+    AzureObjectStore,
+    AzureObjectWriter,
+    block_size,
+)
 from platform_orchestration.storage.base import ObjectLocked
+from platform_orchestration.stores import open_store, store_from_spec
 
 MiB = 1024 * 1024
 # A well-formed key that is not the account's: every request fails authentication.
@@ -260,13 +268,13 @@ def test_every_credential_form_opens_through_the_fleet(azure_backend: AzureBacke
 def test_missing_or_ambiguous_credentials_say_which_fields_are_accepted(azure_backend: AzureBackend) -> None:
     spec = AzureStoreSpec(name="azure-anon", account_url="https://acct.blob.core.windows.net", container="backups")
     with pytest.raises(StoreError) as missing:
-        AzureObjectStore.from_spec(spec, {})
+        store_from_spec(spec, {})
     assert "azure-anon" in str(missing.value)
     assert all(field in str(missing.value) for field in ("account_key", "sas_token", "connection_string"))
     with pytest.raises(StoreError, match="only one"):
-        AzureObjectStore.from_spec(spec, {"account_key": ACCOUNT_KEY, "sas_token": "sv=x&sig=y"})
+        store_from_spec(spec, {"account_key": ACCOUNT_KEY, "sas_token": "sv=x&sig=y"})
     with pytest.raises(StoreError) as malformed:
-        AzureObjectStore.from_spec(spec, {"connection_string": "AccountKey=c2VjcmV0LXZhbHVlLTEyMw==;nonsense"})
+        store_from_spec(spec, {"connection_string": "AccountKey=c2VjcmV0LXZhbHVlLTEyMw==;nonsense"})
     assert "c2VjcmV0LXZhbHVlLTEyMw==" not in str(malformed.value)
 
 

@@ -15,7 +15,11 @@ import pytest
 from conftest import SOURCE_DB
 from pg import both_majors, flip_byte, kill_children_named, row_counts, table_fingerprints
 
-from platform_orchestration.backups.catalog import find_backup, latest_backup, list_backups
+from platform_orchestration.backups.catalog import (
+    find_backup,
+    latest_backup,
+    list_backups,
+)
 from platform_orchestration.backups.copy import CopyFailed, copy_backup, ensure_copies
 from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.restore import restore_backup

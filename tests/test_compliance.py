@@ -16,10 +16,10 @@ from platform_orchestration.backups.compliance import (
     DYNAMIC_CREDENTIALS_USED,
     assess_database,
 )
-from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
 from platform_orchestration.backups.copy import ensure_copies
 from platform_orchestration.backups.drill import run_restore_drill
 from platform_orchestration.backups.take import take_backup
+from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
 
 RPO = timedelta(hours=1)
 RTO = timedelta(minutes=10)

@@ -15,6 +15,8 @@ from pg import fingerprint
 
 from platform_orchestration.alerts import FileAlertSink
 from platform_orchestration.definitions import REPOSITORY_ROOT, build_definitions
+from platform_orchestration.postgres.cluster import free_port
+from platform_orchestration.protection import TARGET_PASSWORD_RULE
 from platform_orchestration.resources import AlertsResource
 from platform_orchestration.sensors import report_failed_runs
 
@@ -168,8 +170,20 @@ def test_disaster_restore_job_rejects_a_password_in_run_config(tmp_path, source_
         run_config=_restore_config(f"host=127.0.0.1 dbname=x user=postgres password={secret}"),
         instance=instance, raise_on_error=False)
     assert not result.success
-    assert "must not contain a password" in _failure_text(result)
+    assert TARGET_PASSWORD_RULE in _failure_text(result)  # the CLI's rule and words (test_errors.py)
     assert secret not in _failure_text(result)
+
+
+def test_a_step_meeting_an_operator_error_fails_with_its_one_line(tmp_path, source_cluster, instance):
+    """The source server is down: the backup step fails with the same one line the CLI prints,
+    as the step's failure description (what the UI and the failure sensor show)."""
+    fleet = write_fleet(tmp_path, source_cluster, SOURCE_DB)
+    fleet.write_text(fleet.read_text().replace(f":{source_cluster.port}/", f":{free_port()}/"))
+    result = build_definitions(fleet).resolve_job_def("take_backups").execute_in_process(
+        partition_key=SOURCE_DB, instance=instance, run_config=QUIET, raise_on_error=False)
+    assert not result.success
+    description = _failure_text(result)
+    assert "cannot connect to" in description and "\n" not in description.strip()
 
 
 def test_failure_sensor_reports_job_step_and_error(tmp_path, source_cluster, source_db, instance):

@@ -24,21 +24,21 @@ from pg import fingerprint, flip_byte
 from platform_orchestration.backups.catalog import find_backup, list_backups
 from platform_orchestration.backups.copy import ensure_copies
 from platform_orchestration.backups.drill import run_restore_drill
+from platform_orchestration.backups.encryption import associated_data
+from platform_orchestration.backups.errors import BackupKeyUnavailable
 from platform_orchestration.backups.integrity import BackupCorrupt, verify_stored_backup
 from platform_orchestration.backups.manifest import BackupManifest
 from platform_orchestration.backups.restore import restore_backup
+from platform_orchestration.backups.rewrap import RewrapFailed, rewrap_backup
 from platform_orchestration.backups.take import BackupFailed
 from platform_orchestration.crypto import DataKey, KeyServiceError
-from platform_orchestration.crypto.envelope import (
+from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
+from platform_orchestration.crypto.streaming import (
     SCHEME,
-    BackupKeyUnavailable,
-    RewrapFailed,
-    associated_data,
+    CiphertextRejected,
     decrypt_chunks,
     encrypt_chunks,
-    rewrap_backup,
 )
-from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
 from platform_orchestration.fleet import load_fleet
 from platform_orchestration.protection import FleetProtection
 from platform_orchestration.storage import read_bytes, write_bytes
@@ -441,13 +441,13 @@ def test_envelope_round_trips_streams_with_bounded_chunks():
     assert b"".join(decrypt_chunks(iter([b"".join(encrypt_chunks(iter([]), key, aad))]), key, aad,
                                    "here")) == b""
 
-    with pytest.raises(BackupCorrupt, match="here: encrypted dump failed authentication"):
+    with pytest.raises(CiphertextRejected, match="here: encrypted data failed authentication"):
         list(decrypt_chunks(_chunked(ciphertext, MiB), key, associated_data("db", "other"), "here"))
     # Cut exactly after the second 1 MiB ciphertext segment: the last segment is marked,
     # so dropping whole segments from the end is caught too.
-    with pytest.raises(BackupCorrupt, match="failed authentication after"):
+    with pytest.raises(CiphertextRejected, match="failed authentication after"):
         list(decrypt_chunks(_chunked(ciphertext[:2 * MiB], MiB), key, aad, "here"))
-    with pytest.raises(BackupCorrupt, match="failed authentication"):
+    with pytest.raises(CiphertextRejected, match="failed authentication"):
         list(decrypt_chunks(_chunked(ciphertext, MiB), os.urandom(32), aad, "here"))
 
 

@@ -12,12 +12,12 @@ import pytest
 from platform_orchestration.fleet import (
     FleetError,
     SecretRef,
+    UnknownNameError,
     durations,
     fleet_path_from_env,
     format_duration,
     load_fleet,
     parse_duration,
-    UnknownNameError,
 )
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from platform_orchestration.storage import LocalObjectStore, ObjectNotFound, read_bytes, write_bytes
+from platform_orchestration.storage import (
+    LocalObjectStore,
+    ObjectNotFound,
+    read_bytes,
+    write_bytes,
+)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from platform_orchestration.backups import retention as retention_module
 from platform_orchestration.backups.catalog import list_backups
 from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.manifest import (
-    BackupManifest,
     backup_prefix,
     dump_key,
     globals_key,
@@ -36,7 +35,13 @@ from platform_orchestration.backups.retention import (
     prune_database,
 )
 from platform_orchestration.fleet.model import RetentionPolicy
-from platform_orchestration.storage import LocalObjectStore, ObjectInfo, StoreError, read_bytes, write_bytes
+from platform_orchestration.storage import (
+    LocalObjectStore,
+    ObjectInfo,
+    StoreError,
+    read_bytes,
+    write_bytes,
+)
 from platform_orchestration.storage.base import ObjectLocked
 
 UTC = timezone.utc

@@ -25,13 +25,13 @@ from platform_orchestration.storage import (
     ObjectNotFound,
     ObjectStore,
     StoreError,
-    open_store,
     read_bytes,
     write_bytes,
 )
 from platform_orchestration.storage import s3 as s3_module
 from platform_orchestration.storage.base import ObjectLocked
 from platform_orchestration.storage.s3 import S3ObjectStore
+from platform_orchestration.stores import open_store
 
 MiB = 1024 * 1024
 SMALL_PART = 5 * MiB  # S3's minimum part size: multipart paths with little data

@@ -16,7 +16,12 @@ from platform_orchestration.backups.catalog import latest_backup, list_backups
 from platform_orchestration.backups.copy import copy_backup
 from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.take import BackupFailed
-from platform_orchestration.storage import ObjectNotFound, StoreError, read_bytes, write_bytes
+from platform_orchestration.storage import (
+    ObjectNotFound,
+    StoreError,
+    read_bytes,
+    write_bytes,
+)
 
 MiB = 1024 * 1024
 

@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from vault_server import VaultServer, postgres_engine_role
 
 from platform_orchestration.crypto import DataKeyProvider, KeyServiceError
+from platform_orchestration.crypto.vault_transit import VaultTransitKeys
 from platform_orchestration.fleet import SecretRef
 from platform_orchestration.postgres import LocalCluster
 from platform_orchestration.secrets import (
@@ -38,7 +39,6 @@ from platform_orchestration.secrets import (
     VaultClient,
     VaultConfigError,
     VaultSecretProvider,
-    VaultTransitKeys,
 )
 
 

@@ -15,11 +15,12 @@ from pg import fingerprint
 from vault_server import postgres_engine_role
 
 from platform_orchestration.backups.catalog import list_backups
+from platform_orchestration.crypto.vault_transit import VaultTransitKeys
 from platform_orchestration.definitions import build_definitions
 from platform_orchestration.fleet import load_fleet
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.protection import FleetProtection
-from platform_orchestration.secrets.vault import VaultSecretProvider, VaultTransitKeys
+from platform_orchestration.secrets.vault import VaultSecretProvider
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 _numbers = itertools.count(1)

@@ -11,7 +11,6 @@ import json
 from datetime import datetime, timezone
 
 import dagster as dg
-import psycopg
 
 from platform_orchestration.backups.compliance import DatabaseCompliance
 from platform_orchestration.resources import FleetResource
@@ -44,49 +43,32 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               description="The fleet's PostgreSQL clusters, observed: reachable, server version, role.")
     def clusters(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
         with fleet.protection() as protection:
-            rows = []
-            unreachable = []
-            for cluster in protection.fleet.clusters:
-                members = [db.name for db in protection.fleet.databases if db.cluster == cluster.name]
-                version, in_recovery = "-", "-"
-                if members:
-                    connection = protection.connection_for(members[0])
-                    try:
-                        with psycopg.connect(connection.dsn, connect_timeout=5,
-                                             **connection.psycopg_kwargs()) as conn:
-                            version, recovering = conn.execute(
-                                "SELECT current_setting('server_version'), pg_is_in_recovery()").fetchone()
-                            in_recovery = "standby" if recovering else "primary"
-                    except psycopg.Error as exc:
-                        unreachable.append(cluster.name)
-                        context.log.warning(f"cluster {cluster.name} unreachable via {connection.display()}: "
-                                            f"{type(exc).__name__}")
-                        version = "unreachable"
-                rows.append([cluster.name, cluster.cloud, cluster.region, cluster.role, in_recovery,
-                             version, ", ".join(members)])
-            return dg.MaterializeResult(metadata={
-                "clusters": _markdown_table(["cluster", "cloud", "region", "declared role", "observed",
-                                             "version", "databases"], rows),
-                "cluster_count": len(rows),
-                "unreachable": ", ".join(unreachable) or "none",
-            })
+            observations = protection.observe_clusters()
+        for cluster in observations:
+            if cluster.unreachable:
+                context.log.warning(f"cluster {cluster.name}: {cluster.unreachable}")
+        rows = [[c.name, c.cloud, c.region, c.declared_role, c.observed_role, c.version, ", ".join(c.databases)]
+                for c in observations]
+        return dg.MaterializeResult(metadata={
+            "clusters": _markdown_table(["cluster", "cloud", "region", "declared role", "observed",
+                                         "version", "databases"], rows),
+            "cluster_count": len(rows),
+            "unreachable": ", ".join(c.name for c in observations if c.unreachable) or "none",
+        })
 
     @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS, partitions_def=partitions,
               deps=[clusters], description="One database of the fleet: size, tables, server.")
     def databases(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
+        name = context.partition_key
         with fleet.protection() as protection:
-            name = context.partition_key
             spec = protection.fleet.database(name)
-            connection = protection.connection_for(name)
-            with psycopg.connect(connection.dsn, connect_timeout=10, **connection.psycopg_kwargs()) as conn:
-                size, version, tables = conn.execute(
-                    """SELECT pg_database_size(current_database()), current_setting('server_version'),
-                              (SELECT count(*) FROM pg_stat_user_tables)""").fetchone()
-            return dg.MaterializeResult(metadata={
-                "cluster": spec.cluster, "policy": spec.policy, "server_version": version,
-                "size_bytes": dg.MetadataValue.int(int(size)), "tables": dg.MetadataValue.int(int(tables)),
-                "connection": connection.display(),
-            })
+            observed = protection.observe_database(name)
+            connection = protection.connection_for(name).display()
+        return dg.MaterializeResult(metadata={
+            "cluster": spec.cluster, "policy": spec.policy, "server_version": observed.server_version,
+            "size_bytes": dg.MetadataValue.int(observed.size_bytes), "tables": dg.MetadataValue.int(observed.tables),
+            "connection": connection,
+        })
 
     @dg.asset(group_name=GROUP, kinds={"postgres", "zstd"}, owners=OWNERS, partitions_def=partitions,
               deps=[databases],

@@ -7,7 +7,6 @@ the question asked when everything else is down.
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from platform_orchestration.backups.manifest import (
     DrillRecord,
     ManifestError,
 )
+from platform_orchestration.errors import PlatformError
 from platform_orchestration.storage import ObjectNotFound, ObjectStore, read_bytes
 
 log = logging.getLogger(__name__)

@@ -11,12 +11,15 @@ need no key.
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from platform_orchestration.backups.catalog import StoredBackup, find_backup, list_backups
+from platform_orchestration.backups.catalog import (
+    StoredBackup,
+    find_backup,
+    list_backups,
+)
 from platform_orchestration.backups.integrity import (
     BackupCorrupt,
     checked_globals_chunks,
@@ -24,7 +27,13 @@ from platform_orchestration.backups.integrity import (
     stored_checksum_matches,
 )
 from platform_orchestration.backups.progress import ProgressListener, no_progress
-from platform_orchestration.storage import ObjectNotFound, ObjectStore, StoreError, write_bytes
+from platform_orchestration.errors import PlatformError
+from platform_orchestration.storage import (
+    ObjectNotFound,
+    ObjectStore,
+    StoreError,
+    write_bytes,
+)
 
 
 class CopyFailed(PlatformError):

@@ -14,13 +14,21 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from platform_orchestration.backups.catalog import BackupNotFound, drill_history, find_backup
+from platform_orchestration.backups.catalog import (
+    BackupNotFound,
+    drill_history,
+    find_backup,
+)
+from platform_orchestration.backups.encryption import require_key_provider
 from platform_orchestration.backups.integrity import BackupCorrupt
 from platform_orchestration.backups.manifest import DrillRecord, new_backup_id
 from platform_orchestration.backups.progress import ProgressListener, no_progress
-from platform_orchestration.backups.restore import RestoreFailed, RestoreRefused, restore_backup
+from platform_orchestration.backups.restore import (
+    RestoreFailed,
+    RestoreRefused,
+    restore_backup,
+)
 from platform_orchestration.crypto import DataKeyProvider
-from platform_orchestration.crypto.envelope import require_key_provider
 from platform_orchestration.postgres.binaries import PostgresToolsMissing
 from platform_orchestration.postgres.cluster import ClusterError, ephemeral_cluster
 from platform_orchestration.storage import ObjectStore, StoreError, write_bytes

@@ -9,22 +9,19 @@ its frame and content checksums. The globals object beside it (when the manifest
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 import hashlib
 from collections.abc import Iterator
 
 import zstandard
 
+from platform_orchestration.backups.encryption import decrypted_backup_chunks
+from platform_orchestration.backups.errors import BackupCorrupt
 from platform_orchestration.backups.manifest import BackupManifest, globals_binding
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.storage import ObjectStore
 
 PG_DUMP_MAGIC = b"PGDMP"
-
-
-class BackupCorrupt(PlatformError):
-    """A stored backup does not match its manifest; nothing may be restored from it."""
 
 
 def _where(store: ObjectStore, manifest: BackupManifest) -> str:
@@ -79,12 +76,7 @@ def decompressed(store: ObjectStore, manifest: BackupManifest, chunks: Iterator[
     pg_dump archive. An encrypted backup without `keys`, or whose key the key service
     refuses, raises BackupKeyUnavailable (a BackupCorrupt) before any chunk is read."""
     if manifest.encryption is not None:
-        # Imported here: envelope raises this module's BackupCorrupt, so it imports us.
-        from platform_orchestration.crypto.envelope import associated_data, data_key_for, decrypt_chunks
-
-        chunks = decrypt_chunks(chunks, data_key_for(store, manifest, keys),
-                                associated_data(manifest.database, manifest.backup_id),
-                                _where(store, manifest))
+        chunks = decrypted_backup_chunks(store, manifest, chunks, keys)
     decompressor = zstandard.ZstdDecompressor().decompressobj()
     first = True
     try:
@@ -144,12 +136,8 @@ def globals_sql(store: ObjectStore, manifest: BackupManifest,
     where = _where_globals(store, manifest)
     chunks: Iterator[bytes] = checked_globals_chunks(store, manifest, stage="globals")
     if manifest.encryption is not None:
-        # Imported here: envelope raises this module's BackupCorrupt, so it imports us.
-        from platform_orchestration.crypto.envelope import associated_data, data_key_for, decrypt_chunks
-
-        chunks = decrypt_chunks(chunks, data_key_for(store, manifest, keys),
-                                associated_data(manifest.database, globals_binding(manifest.backup_id)),
-                                where)
+        chunks = decrypted_backup_chunks(store, manifest, chunks, keys,
+                                         binding=globals_binding(manifest.backup_id), where=where)
     stored = b"".join(chunks)  # every check above has run once the stream is exhausted
     try:
         raw = zstandard.ZstdDecompressor().decompress(stored, max_output_size=info.raw_bytes + 1)

@@ -18,12 +18,13 @@ a good one and the previous backup stays the latest.
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 import secrets
 from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from platform_orchestration.errors import PlatformError
 
 FORMAT_VERSION = 1
 DUMP_OBJECT = "dump.pgdump.zst"
@@ -115,7 +116,7 @@ class EncryptionInfo(_Frozen):
 
     Only the data key wrapped by the key service is kept here, never the key itself. The
     associated data binding the ciphertext to this backup is not stored: it is derived
-    from `database` and `backup_id` (crypto/envelope.py), so it cannot be edited to match
+    from `database` and `backup_id` (backups/encryption.py), so it cannot be edited to match
     a swapped manifest.
     """
 

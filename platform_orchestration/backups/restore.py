@@ -60,6 +60,7 @@ import psycopg
 from psycopg import sql
 
 from platform_orchestration.backups.catalog import StoredBackup
+from platform_orchestration.backups.encryption import require_key_provider
 from platform_orchestration.backups.integrity import (
     BackupCorrupt,
     checked_stored_chunks,
@@ -68,7 +69,6 @@ from platform_orchestration.backups.integrity import (
 )
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKeyProvider
-from platform_orchestration.crypto.envelope import require_key_provider
 from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
@@ -177,6 +177,17 @@ def _maintenance(target: PgConnection, what: str) -> Iterator[tuple[psycopg.Conn
                         f"reached to create or drop {target.dbname} ({'; '.join(errors)})")
 
 
+def _server_answers(target: PgConnection) -> bool:
+    """Whether any maintenance database of the target's server accepts the login."""
+    for name in MAINTENANCE_DATABASES:
+        try:
+            psycopg.connect(target.for_database(name).dsn, connect_timeout=10, **target.psycopg_kwargs()).close()
+            return True
+        except psycopg.OperationalError:
+            continue
+    return False
+
+
 def _role_problem(conn: psycopg.Connection, role: str, dbname: str) -> str | None:
     """Why `role` cannot receive a restore in place into the current database, or None."""
     if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
@@ -201,6 +212,10 @@ def _inspect_target(target: PgConnection, restore_as: str | None, what: str) -> 
         try:
             conn = psycopg.connect(target.dsn, autocommit=True, **target.psycopg_kwargs())
         except psycopg.OperationalError as connect_error:
+            if not _server_answers(target):
+                # Down, wrong address, no socket: say so once, not once per maintenance database.
+                raise RestoreFailed(f"{what}: cannot connect to {target.display()}: "
+                                    f"{one_line(connect_error)}") from None
             with _maintenance(target, what) as (maintenance_conn, maintenance):
                 if maintenance_conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                                             (target.dbname,)).fetchone() is not None:

@@ -52,7 +52,6 @@ Only the policy's stores are pruned. A store the policy no longer names keeps wh
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -68,6 +67,7 @@ from platform_orchestration.backups.manifest import (
     globals_key,
     manifest_key,
 )
+from platform_orchestration.errors import PlatformError
 from platform_orchestration.fleet.model import RetentionPolicy
 from platform_orchestration.storage import ObjectInfo, ObjectStore, StoreError
 from platform_orchestration.storage.base import ObjectLocked

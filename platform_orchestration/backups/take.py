@@ -3,7 +3,7 @@ in one pass; the server's globals beside it.
 
 Nothing is held whole in memory or staged on local disk: pg_dump's custom-format
 output is compressed, encrypted when a key provider is given (a fresh data key per
-backup; crypto/envelope.py), hashed as it streams and written to all the policy's stores
+backup; backups/encryption.py, crypto/streaming.py), hashed as it streams and written to all the policy's stores
 at once, so every store holds only ciphertext and the manifest's SHA-256 is the stored
 bytes'. Each store's copy is read back and checked before that store gets its
 manifest; the manifest is the last thing written, so a backup interrupted at any point
@@ -19,19 +19,23 @@ store that committed the dump and checked there like it, before the manifest.
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 import hashlib
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-
-import zstandard
 from typing import Literal
 
+import psycopg
+import zstandard
+
 from platform_orchestration import __version__
-from platform_orchestration.backups.integrity import BackupCorrupt, stored_checksum_matches
+from platform_orchestration.backups.encryption import associated_data, encryption_info
+from platform_orchestration.backups.integrity import (
+    BackupCorrupt,
+    stored_checksum_matches,
+)
 from platform_orchestration.backups.manifest import (
     BackupManifest,
     DumpInfo,
@@ -44,13 +48,14 @@ from platform_orchestration.backups.manifest import (
 )
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKey, DataKeyProvider
-from platform_orchestration.crypto.envelope import associated_data, encrypt_chunks, encryption_info
+from platform_orchestration.crypto.streaming import encrypt_chunks
+from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.globals import dump_globals
 from platform_orchestration.postgres.snapshot import ExportedSnapshot
 from platform_orchestration.storage import ObjectStore, StoreError, write_bytes
-from platform_orchestration.storage.fanout import FanOutFailed, FanOutWriter
+from platform_orchestration.storage.fanout import FanOutWriter
 
 PIPE_READ_BYTES = 1024 * 1024
 
@@ -205,8 +210,11 @@ def take_backup(
                     stderr_reader.join()
     except BackupFailed:
         raise
-    except Exception as exc:
-        raise BackupFailed(f"backup of {database} failed at step {step}: {exc}") from exc
+    # What a backup can meet on a bad day: our own errors (key service, stores, a server that
+    # is down), PostgreSQL refusing a query, the OS refusing a process. Anything else is a bug
+    # and keeps its own type and traceback.
+    except (PlatformError, psycopg.Error, OSError) as exc:
+        raise BackupFailed(f"backup of {database} failed at step {step}: {one_line(exc)}") from exc
 
     finished_at = clock()
     manifest = BackupManifest(

@@ -9,9 +9,9 @@ import dagster as dg
 from platform_orchestration.backups.compliance import (
     BACKUP_WITHIN_RPO,
     BACKUPS_ENCRYPTED,
-    DYNAMIC_CREDENTIALS_USED,
     COPIES_IN_REQUIRED_STORES,
     DRILL_PASSED_WITHIN_CADENCE,
+    DYNAMIC_CREDENTIALS_USED,
 )
 from platform_orchestration.resources import FleetResource
 

@@ -1,14 +1,18 @@
-"""Envelope encryption of backups: a fresh data key per backup, wrapped by a key service.
+"""Ciphers and key services, knowing nothing of backups or manifests.
 
-`DataKeyProvider` is the key service's side (Vault transit in production, a local key
-file for the embedded default); the streaming encryption itself lives in `envelope.py`.
+`DataKeyProvider` is the key service's side of envelope encryption; its two providers sit
+side by side: `vault_transit.VaultTransitKeys` (production) and `local_keys.LocalDataKeyProvider`
+(a local key file, the embedded default). `streaming.py` is the streaming AEAD that encrypts
+a stream under a data key. How backups use them (which key a manifest names, what binds a
+ciphertext to its backup, rewrapping manifests) is in backups/encryption.py and backups/rewrap.py.
 """
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from platform_orchestration.errors import PlatformError
 
 
 class KeyServiceError(PlatformError):

@@ -1,6 +1,6 @@
 """The embedded default key service: a key-encryption key (KEK) in a local file.
 
-For the demo and single-machine use; production uses Vault transit (secrets/vault.py),
+For the demo and single-machine use; production uses Vault transit (vault_transit.py, beside this file),
 behind the same `DataKeyProvider` protocol. The KEK file lives outside the repository
 (default `$XDG_CONFIG_HOME/platform-orchestration/demo-kek`, i.e. `~/.config/...`), is
 created mode 0600 on first use, and keeps every version of the key: the newest wraps new

@@ -7,7 +7,12 @@ read ``FILE:LINE: field.path: what was expected``. See ``docs/fleet.md`` for the
 from __future__ import annotations
 
 from platform_orchestration.fleet.durations import format_duration, parse_duration
-from platform_orchestration.fleet.loader import FLEET_PATH_ENV, FleetError, fleet_path_from_env, load_fleet
+from platform_orchestration.fleet.loader import (
+    FLEET_PATH_ENV,
+    FleetError,
+    fleet_path_from_env,
+    load_fleet,
+)
 from platform_orchestration.fleet.model import (
     STORE_KINDS,
     AzureStoreSpec,

@@ -13,8 +13,16 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from platform_orchestration.declarations import DeclarationError, read_yaml_mapping, render_findings
-from platform_orchestration.fleet.model import Fleet, FleetValidationContext, find_reference_problems
+from platform_orchestration.declarations import (
+    DeclarationError,
+    read_yaml_mapping,
+    render_findings,
+)
+from platform_orchestration.fleet.model import (
+    Fleet,
+    FleetValidationContext,
+    find_reference_problems,
+)
 
 __all__ = ["FLEET_PATH_ENV", "FleetError", "fleet_path_from_env", "load_fleet"]
 

@@ -9,7 +9,6 @@ No secret is ever resolved here: a :class:`SecretRef` only says where a secret l
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,6 +31,7 @@ from pydantic import (
 )
 
 from platform_orchestration.declarations import Loc, format_field_path
+from platform_orchestration.errors import PlatformError
 from platform_orchestration.fleet.durations import format_duration, parse_duration
 
 __all__ = [

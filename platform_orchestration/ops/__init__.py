@@ -4,9 +4,10 @@ import os
 
 import dagster as dg
 from pydantic import Field
-from psycopg.conninfo import conninfo_to_dict
 
+from platform_orchestration.errors import PlatformError
 from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.protection import restore_target
 from platform_orchestration.resources import FleetResource
 
 
@@ -25,23 +26,18 @@ class DisasterRestoreConfig(dg.Config):
 
 
 def _target_connection(config: DisasterRestoreConfig) -> PgConnection:
-    if not config.target_dsn:
-        raise dg.Failure(description="target_dsn is required: the libpq DSN of the database to restore into")
-    try:
-        parts = conninfo_to_dict(config.target_dsn)
-    except Exception as exc:  # psycopg.ProgrammingError, with the DSN's syntax problem
-        raise dg.Failure(description=f"target_dsn is not a valid libpq DSN: {exc}") from None
-    if "password" in parts:
-        # Run config is stored in Dagster's run history and shown in the UI.
-        raise dg.Failure(description="target_dsn must not contain a password (run config is stored "
-                                     "and displayed); name an environment variable in target_password_env")
+    """The target as the core's one rule allows it (no password in the DSN), its password
+    read from the environment variable the config names."""
     password = None
     if config.target_password_env:
         password = os.environ.get(config.target_password_env)
         if password is None:
             raise dg.Failure(description=f"target_password_env: environment variable "
                                          f"{config.target_password_env} is not set on the run worker")
-    return PgConnection(config.target_dsn, password)
+    try:
+        return restore_target(config.target_dsn, password)
+    except PlatformError as exc:
+        raise dg.Failure(description=f"target_dsn: {exc}") from None
 
 
 @dg.op(description="Restore a backup (latest by default) from a store into a target database, "
@@ -51,13 +47,11 @@ def restore_from_backup(context: dg.OpExecutionContext, config: DisasterRestoreC
                      fleet: FleetResource) -> dg.Output[dict]:
     target = _target_connection(config)
     backup_id = None if config.backup_id in ("", "latest") else config.backup_id
-    try:
-        with fleet.protection() as protection:
-            result = protection.restore(config.database, target, backup_id=backup_id,
-                                        store_name=config.source_store or None, replace=config.replace,
-                                        jobs=config.jobs, restore_as=config.restore_as or None)
-    except Exception as exc:
-        raise dg.Failure(description=f"disaster restore of {config.database} failed: {exc}") from exc
+    # An operator-facing error fails the step with its one line (FleetResource.protection).
+    with fleet.protection() as protection:
+        result = protection.restore(config.database, target, backup_id=backup_id,
+                                    store_name=config.source_store or None, replace=config.replace,
+                                    jobs=config.jobs, restore_as=config.restore_as or None)
     context.log.info(f"restored backup {result.backup_id} of {result.database} from {result.store} into "
                      f"{result.target} in {result.recovery_seconds:.1f}s")
     summary = {"backup_id": result.backup_id, "store": result.store, "target": result.target,

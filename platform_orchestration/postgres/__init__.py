@@ -11,7 +11,11 @@ from platform_orchestration.postgres.binaries import (
     find_installs,
     server_install,
 )
-from platform_orchestration.postgres.cluster import LocalCluster, ephemeral_cluster, local_cluster
+from platform_orchestration.postgres.cluster import (
+    LocalCluster,
+    ephemeral_cluster,
+    local_cluster,
+)
 from platform_orchestration.postgres.connection import PgConnection
 
 __all__ = [

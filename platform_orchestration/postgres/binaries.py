@@ -8,7 +8,6 @@ server major, so choosing by version is part of correctness, not convenience.
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 import functools
 import glob
 import importlib.util
@@ -18,6 +17,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from platform_orchestration.errors import PlatformError
 
 
 class PostgresToolsMissing(PlatformError):

@@ -8,7 +8,6 @@ are mirrored once into a world-readable cache.
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 import contextlib
 import hashlib
 import os
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from platform_orchestration.errors import PlatformError
 from platform_orchestration.postgres.binaries import PgInstall, server_install
 from platform_orchestration.postgres.connection import PgConnection
 

@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from platform_orchestration.errors import PlatformError, one_line
+
+# libpq waits for ever by default; a server that does not answer must fail a step, not hang it.
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 10
+
+
+class DatabaseUnavailable(PlatformError):
+    """A PostgreSQL server could not be reached, or refused the login (down, wrong address,
+    missing socket directory, wrong password, no such database)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,16 @@ class PgConnection:
         parts = conninfo_to_dict(self.dsn)
         shown = {k: parts[k] for k in ("host", "port", "user", "dbname") if k in parts}
         return make_conninfo(**shown)
+
+    def connect(self, *, autocommit: bool = False, **options: Any) -> psycopg.Connection:
+        """A psycopg connection; failing to connect raises DatabaseUnavailable naming the
+        server (host, port, user, database) and libpq's reason on one line."""
+        if "connect_timeout" not in conninfo_to_dict(self.dsn):
+            options.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT_SECONDS)
+        try:
+            return psycopg.connect(self.dsn, autocommit=autocommit, **self.psycopg_kwargs(), **options)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"cannot connect to {self.display()}: {one_line(exc)}") from None
 
     def psycopg_kwargs(self) -> dict[str, str]:
         return {"password": self.password} if self.password else {}

@@ -66,8 +66,7 @@ class ExportedSnapshot:
         self._conn: psycopg.Connection | None = None
 
     def __enter__(self) -> ExportedSnapshot:
-        self._conn = psycopg.connect(self._connection.dsn, **self._connection.psycopg_kwargs(),
-                                     application_name="platform-orchestration-backup")
+        self._conn = self._connection.connect(application_name="platform-orchestration-backup")
         self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         row = self._conn.execute(
             """SELECT pg_export_snapshot(), now(),

@@ -10,11 +10,11 @@ import dagster as dg
 
 from platform_orchestration.alerts import FileAlertSink
 from platform_orchestration.crypto import DataKeyProvider
+from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.fleet import Fleet, load_fleet
 from platform_orchestration.protection import FleetProtection
+from platform_orchestration.providers import providers_from_env
 from platform_orchestration.secrets import SecretProvider
-from platform_orchestration.secrets.configured import data_keys_from_env, secret_provider_from_env
-
 
 # Each SecretsResource field stands for the environment variable a CLI run would read.
 _SECRETS_VARIABLES = {"vault_addr": "VAULT_ADDR", "vault_auth_method": "VAULT_AUTH_METHOD",
@@ -46,12 +46,11 @@ class SecretsResource(dg.ConfigurableResource):
         return cls(**settings)
 
     def providers(self) -> tuple[SecretProvider, DataKeyProvider]:
-        """The same construction as the CLI's (secrets/configured.py), from this resource's
+        """The same construction as the CLI's (providers.py), from this resource's
         settings layered over the process environment (which still supplies the token, its
         file, the namespace and the CA certificate)."""
         environ = {**os.environ, **{variable: getattr(self, field) for field, variable in _SECRETS_VARIABLES.items()}}
-        secrets = secret_provider_from_env(environ)
-        return secrets, data_keys_from_env(secrets, environ)
+        return providers_from_env(environ)
 
 
 class FleetResource(dg.ConfigurableResource):
@@ -66,10 +65,15 @@ class FleetResource(dg.ConfigurableResource):
     @contextlib.contextmanager
     def protection(self) -> Iterator[FleetProtection]:
         """The protection API for one step; dynamic database logins taken during the step
-        are revoked when it ends, failed or not."""
-        secrets, keys = self.secrets.providers()
-        with FleetProtection(self.load(), secrets=secrets, keys=keys) as protection:
-            yield protection
+        are revoked when it ends, failed or not. An operator-facing error (PlatformError)
+        fails the step with its one-line message; anything else is a bug and keeps its
+        traceback."""
+        try:
+            secrets, keys = self.secrets.providers()
+            with FleetProtection(self.load(), secrets=secrets, keys=keys) as protection:
+                yield protection
+        except PlatformError as exc:
+            raise dg.Failure(description=one_line(exc)) from None
 
 
 class AlertsResource(dg.ConfigurableResource):

@@ -6,7 +6,8 @@ One authenticated `VaultClient` serves three consumers:
   `file:` ones through `LocalSecretProvider`, so one provider serves a whole fleet;
 - `VaultDatabaseCredentials` issues dynamic PostgreSQL logins (database secrets engine) and
   revokes their leases when the work is done;
-- `VaultTransitKeys` is the envelope-encryption key service (transit data keys).
+- `crypto.vault_transit.VaultTransitKeys` (beside the local key file's provider) is the
+  envelope-encryption key service on transit, over the same client.
 
 Secret values, tokens, JWTs and key material never appear in messages or reprs: errors name
 the path, the key, the lease or the file they came from. Nothing here knows Dagster; the
@@ -15,9 +16,6 @@ resource layer builds a client from plain config, typically `VaultClient.from_en
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError, InvalidDeclaration
-import base64
-import binascii
 import json
 import logging
 import os
@@ -33,10 +31,13 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, TypeVar, get_args
 import hvac
 import hvac.exceptions
 import requests
-from hvac.api.secrets_engines import Transit
 
-from platform_orchestration.crypto import DataKey, KeyServiceError
-from platform_orchestration.secrets import LocalSecretProvider, SecretProvider, SecretUnavailable
+from platform_orchestration.errors import InvalidDeclaration, PlatformError
+from platform_orchestration.secrets import (
+    LocalSecretProvider,
+    SecretProvider,
+    SecretUnavailable,
+)
 
 if TYPE_CHECKING:
     from platform_orchestration.fleet import SecretRef
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 
 AuthMethod = Literal["token", "kubernetes"]
 DEFAULT_SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-DATA_KEY_BITS = 256
 
 _T = TypeVar("_T")
 
@@ -247,7 +247,7 @@ class VaultClient:
                                  "it is unknown, revoked or expired") from None
         except (hvac.exceptions.VaultError, requests.RequestException) as exc:
             raise VaultAuthError(f"{self.describe()}: cannot look up {self._token_source()}: "
-                                 f"{_failure_reason(exc, self)}") from None
+                                 f"{failure_reason(exc, self)}") from None
         return session, ttl
 
     def _login_with_kubernetes(self) -> tuple[hvac.Client, float]:
@@ -264,7 +264,7 @@ class VaultClient:
             response = session.auth.kubernetes.login(role=self.kubernetes_role, jwt=jwt,
                                                      mount_point=self.kubernetes_mount)
         except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-            raise VaultAuthError(f"{self.describe()}: {where} failed: {_failure_reason(exc, self)}") from None
+            raise VaultAuthError(f"{self.describe()}: {where} failed: {failure_reason(exc, self)}") from None
         return session, float(response["auth"].get("lease_duration") or 0)
 
 
@@ -278,7 +278,7 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _failure_reason(exc: BaseException, client: VaultClient) -> str:
+def failure_reason(exc: BaseException, client: VaultClient) -> str:
     """A short, value-free reason for a failed Vault request (Vault's own error strings name
     paths and problems, never secret values; tokens are never in them)."""
     if isinstance(exc, VaultAuthError):
@@ -363,7 +363,7 @@ class VaultDatabaseCredentials:
         try:
             response = self.client.call(lambda session: session.read(path))
         except (VaultAuthError, hvac.exceptions.VaultError, requests.RequestException) as exc:
-            raise SecretUnavailable(f"{label}: {_failure_reason(exc, self.client)}") from None
+            raise SecretUnavailable(f"{label}: {failure_reason(exc, self.client)}") from None
         if response is None:
             raise SecretUnavailable(f"{label}: not found at {self.client.describe()} "
                                     "(no such database role or mount)")
@@ -395,7 +395,7 @@ class VaultDatabaseCredentials:
                                             f"sys/leases/revoke/{lease.lease_id.rsplit('/', 1)[0]}/*")
                 continue
             except (VaultAuthError, hvac.exceptions.VaultError, requests.RequestException) as exc:
-                failures[lease.lease_id] = _failure_reason(exc, self.client)
+                failures[lease.lease_id] = failure_reason(exc, self.client)
                 continue
             revoked.append(lease)
             with self._lock:
@@ -466,7 +466,7 @@ class VaultSecretProvider:
         except hvac.exceptions.InvalidPath:
             raise SecretUnavailable(f"{label}: no secret at {self.client.describe()} ({where})") from None
         except (VaultAuthError, hvac.exceptions.VaultError, requests.RequestException) as exc:
-            raise SecretUnavailable(f"{label}: {_failure_reason(exc, self.client)} ({where})") from None
+            raise SecretUnavailable(f"{label}: {failure_reason(exc, self.client)} ({where})") from None
         fields: dict[str, object] = (response.get("data") or {}).get("data") or {}
         if ref.key is not None:
             if ref.key not in fields:
@@ -500,105 +500,3 @@ class VaultSecretProvider:
 
 def _as_text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
-
-
-# --- transit -----------------------------------------------------------------------------------
-
-_WRAPPED_KEY = re.compile(r"vault:v(\d+):[A-Za-z0-9+/]+={0,2}")
-
-
-def wrapped_key_version(wrapped: str) -> int:
-    """The key version in a transit ciphertext's ``vault:vN:`` prefix.
-
-    >>> wrapped_key_version("vault:v3:AAAA")
-    3
-    """
-    match = _WRAPPED_KEY.fullmatch(wrapped)
-    if match is None:
-        raise KeyServiceError("not a Vault transit wrapped key (expected vault:vN:BASE64)")
-    return int(match.group(1))
-
-
-class VaultTransitKeys:
-    """DataKeyProvider on Vault transit: each data key is 256 random bits from Vault, returned
-    once in plaintext and kept only wrapped (``vault:vN:...``) under the named transit key.
-
-    The token needs ``update`` on ``MOUNT/datakey/plaintext/KEY``, ``MOUNT/decrypt/KEY`` and
-    ``MOUNT/rewrap/KEY``; `rotate` also needs ``update`` on ``MOUNT/keys/KEY/rotate``, which a
-    backup worker should not have. Every failure is a KeyServiceError naming the key.
-    """
-
-    def __init__(self, client: VaultClient, key_name: str | None = None, mount: str | None = None) -> None:
-        self.client = client
-        self.key_name = key_name or client.transit_key
-        self.mount = (mount or client.transit_mount).strip("/")
-
-    def describe(self) -> str:
-        """e.g. ``vault transit key backups at http://127.0.0.1:8200``."""
-        mount = "" if self.mount == "transit" else f" (mount {self.mount})"
-        namespace = f" (namespace {self.client.namespace})" if self.client.namespace else ""
-        return f"vault transit key {self.key_name}{mount} at {self.client.address}{namespace}"
-
-    def new_data_key(self) -> DataKey:
-        """A fresh data key wrapped under the newest version of the transit key."""
-        response = self._transit("cannot issue a data key", lambda transit: transit.generate_data_key(
-            name=self.key_name, key_type="plaintext", bits=DATA_KEY_BITS, mount_point=self.mount))
-        wrapped = response["data"]["ciphertext"]
-        plaintext = base64.b64decode(response["data"]["plaintext"])
-        if len(plaintext) * 8 != DATA_KEY_BITS:
-            raise KeyServiceError(f"{self.describe()}: returned a {len(plaintext) * 8}-bit data key, "
-                                  f"expected {DATA_KEY_BITS}")
-        return DataKey(plaintext=plaintext, wrapped=wrapped, key_name=self.key_name,
-                       key_version=wrapped_key_version(wrapped))
-
-    def unwrap(self, wrapped: str) -> bytes:
-        """The plaintext data key. Raises KeyServiceError if ``wrapped`` was altered or was not
-        wrapped by this key (transit's AES-GCM authentication fails)."""
-        version = self._checked_version(wrapped)
-        response = self._transit(f"cannot unwrap a data key wrapped under version {version}",
-                                 lambda transit: transit.decrypt_data(
-                                     name=self.key_name, ciphertext=wrapped, mount_point=self.mount))
-        try:
-            return base64.b64decode(response["data"]["plaintext"], validate=True)
-        except (binascii.Error, KeyError, TypeError):
-            raise KeyServiceError(f"{self.describe()}: answered the unwrap without a data key") from None
-
-    def rewrap(self, wrapped: str) -> tuple[str, int]:
-        """The same data key wrapped under the newest key version: ``(wrapped, version)``. The
-        plaintext never leaves Vault."""
-        version = self._checked_version(wrapped)
-        response = self._transit(f"cannot rewrap a data key wrapped under version {version}",
-                                 lambda transit: transit.rewrap_data(
-                                     name=self.key_name, ciphertext=wrapped, mount_point=self.mount))
-        rewrapped = response["data"]["ciphertext"]
-        return rewrapped, wrapped_key_version(rewrapped)
-
-    def rotate(self) -> int:
-        """Make a new version of the transit key the one new data keys are wrapped under; old
-        versions still unwrap. Returns the new version. Needs a token allowed to rotate."""
-        response = self._transit("cannot rotate the key", lambda transit: transit.rotate_key(
-            name=self.key_name, mount_point=self.mount))
-        # Vault before 1.13 answers 204 without the key's description.
-        data = response.get("data") if isinstance(response, dict) else None
-        if data and "latest_version" in data:
-            return int(data["latest_version"])
-        described = self._transit("cannot read the key", lambda transit: transit.read_key(
-            name=self.key_name, mount_point=self.mount))
-        return int(described["data"]["latest_version"])
-
-    def _checked_version(self, wrapped: str) -> int:
-        try:
-            return wrapped_key_version(wrapped)
-        except KeyServiceError as exc:
-            raise KeyServiceError(f"{self.describe()}: {exc}") from None
-
-    def _transit(self, action: str, operation: Callable[[Transit], _T]) -> _T:
-        try:
-            return self.client.call(lambda session: operation(session.secrets.transit))
-        except hvac.exceptions.InvalidRequest as exc:
-            reason = _failure_reason(exc, self.client)
-            if any("authentication failed" in e or "invalid ciphertext" in e for e in (exc.errors or [])):
-                reason += "; the wrapped key was altered or was not wrapped by this key"
-            raise KeyServiceError(f"{self.describe()}: {action}: {reason}") from None
-        except (VaultAuthError, hvac.exceptions.VaultError, requests.RequestException) as exc:
-            raise KeyServiceError(f"{self.describe()}: {action}: {_failure_reason(exc, self.client)}") from None

@@ -38,13 +38,18 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceModifiedError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+)
 from azure.storage.blob import (
     BlobBlock,
     BlobClient,
@@ -55,9 +60,9 @@ from azure.storage.blob import (
     LinearRetry,
 )
 
-from platform_orchestration.fleet.model import AzureStoreSpec, ImmutabilitySpec
 from platform_orchestration.storage.base import (
     READ_CHUNK_BYTES,
+    Immutability,
     ObjectInfo,
     ObjectLocked,
     ObjectNotFound,
@@ -249,7 +254,7 @@ class AzureObjectStore:
     def __init__(self, name: str, account_url: str, container: str, *, prefix: str = "",
                  account_key: str | None = None, sas_token: str | None = None,
                  connection_string: str | None = None,
-                 immutability: ImmutabilitySpec | None = None,
+                 immutability: Immutability | None = None,
                  page_size: int = DEFAULT_PAGE_SIZE, block_bytes: int = DEFAULT_BLOCK_BYTES,
                  retry: ExponentialRetry | LinearRetry | None = None,
                  connection_timeout: float = 20, read_timeout: float = 60,
@@ -290,17 +295,6 @@ class AzureObjectStore:
             raise StoreError(f"store {name}: invalid Azure settings: {self.scrub(str(exc))}") from None
         self.account_url = _without_query(self.service.url)
         self._container: ContainerClient = self.service.get_container_client(container)
-
-    @classmethod
-    def from_spec(cls, spec: AzureStoreSpec, credentials: Mapping[str, str]) -> AzureObjectStore:
-        """The store a fleet entry describes; `credentials` are its resolved secrets."""
-        unknown = sorted(set(credentials) - set(CREDENTIAL_FIELDS))
-        if unknown:
-            raise StoreError(f"store {spec.name}: unknown credential(s) {', '.join(unknown)} "
-                             f"(accepted: {', '.join(CREDENTIAL_FIELDS)})")
-        return cls(spec.name, spec.account_url, spec.container, prefix=spec.prefix, immutability=spec.immutability,
-                   account_key=credentials.get("account_key"), sas_token=credentials.get("sas_token"),
-                   connection_string=credentials.get("connection_string"))
 
     # --- naming -----------------------------------------------------------------------------
 

@@ -9,12 +9,13 @@ only has to pass the conformance tests to inherit them.
 
 from __future__ import annotations
 
-from platform_orchestration.errors import PlatformError
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
+
+from platform_orchestration.errors import PlatformError
 
 READ_CHUNK_BYTES = 1024 * 1024
 
@@ -33,6 +34,16 @@ class ObjectLocked(StoreError):
     def __init__(self, message: str, retain_until: datetime | None = None) -> None:
         super().__init__(message)
         self.retain_until = retain_until
+
+
+@dataclass(frozen=True)
+class Immutability:
+    """Write-once retention the provider enforces on every object a store writes (S3 Object
+    Lock, Azure immutability policies, GCS object retention): `compliance` binds everyone,
+    `governance` can be lifted by a principal allowed to bypass it."""
+
+    mode: Literal["compliance", "governance"]
+    retain: timedelta
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ this process started and neither finished nor cancelled (a registry shared by ev
 instance on the same endpoint and bucket), and `discard_incomplete()` cancels those. A session
 left behind by a crashed process is invisible, unbilled, and expired by GCS after a week.
 
-Immutability (`ImmutabilitySpec`) becomes per-object retention set at upload
+Immutability (`Immutability`) becomes per-object retention set at upload
 (`compliance` -> mode `Locked`, `governance` -> `Unlocked`, retain-until = now + `retain`);
 the bucket must have object retention enabled. A delete refused because of retention or a hold
 raises `ObjectLocked`.
@@ -33,10 +33,10 @@ import logging
 import mimetypes
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import google.auth
@@ -54,6 +54,7 @@ from google.oauth2 import service_account
 
 from platform_orchestration.storage.base import (
     READ_CHUNK_BYTES,
+    Immutability,
     ObjectInfo,
     ObjectLocked,
     ObjectNotFound,
@@ -63,10 +64,7 @@ from platform_orchestration.storage.base import (
     check_key,
 )
 
-if TYPE_CHECKING:
-    from platform_orchestration.fleet.model import GcsStoreSpec, ImmutabilitySpec
-
-__all__ = ["FAST_RETRIES", "GcsObjectStore", "GcsObjectWriter", "RetrySettings", "UPLOAD_QUANTUM"]
+__all__ = ["FAST_RETRIES", "CREDENTIAL_FIELDS", "GcsObjectStore", "google_credentials", "GcsObjectWriter", "RetrySettings", "UPLOAD_QUANTUM"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +73,7 @@ UPLOAD_QUANTUM = 256 * 1024
 
 DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
 _SCOPES = ("https://www.googleapis.com/auth/devstorage.full_control",)
-_CREDENTIAL_FIELDS = frozenset({"service_account_json"})
+CREDENTIAL_FIELDS = frozenset({"service_account_json"})
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Mid-stream download failures: the response is re-opened at the offset reached.
 _STREAM_ERRORS = (
@@ -175,7 +173,7 @@ def retention_refusal(exc: BaseException) -> tuple[bool, datetime | None]:
         return True, None
 
 
-def _retention_for(immutability: ImmutabilitySpec | None, now: datetime) -> tuple[str, datetime] | None:
+def _retention_for(immutability: Immutability | None, now: datetime) -> tuple[str, datetime] | None:
     if immutability is None:
         return None
     mode = "Locked" if immutability.mode == "compliance" else "Unlocked"
@@ -382,12 +380,31 @@ def _persisted_bytes(range_header: str | None) -> int:
 # --- the store ------------------------------------------------------------------------------------
 
 
+def google_credentials(store_name: str, secrets: Mapping[str, str], endpoint_url: str | None
+                       ) -> tuple[Credentials | None, str | None]:
+    """(credentials, project id they name) from a store's resolved secrets:
+    `service_account_json` (a key file's content); without it, anonymous access when
+    `endpoint_url` is set (an emulator), else None: Application Default Credentials."""
+    if "service_account_json" in secrets:
+        try:
+            info = json.loads(secrets["service_account_json"])
+            credentials = service_account.Credentials.from_service_account_info(info, scopes=_SCOPES)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # The exception could quote the key material: say only what is wrong.
+            raise StoreError(f"store {store_name}: service_account_json is not a valid "
+                             "service-account key (JSON with client_email, private_key, token_uri)") from None
+        return credentials, info.get("project_id")
+    if endpoint_url:
+        return AnonymousCredentials(), None
+    return None, None
+
+
 class GcsObjectStore:
     """Objects under `prefix/` in a GCS bucket. See the module docstring for the guarantees."""
 
     def __init__(self, name: str, bucket: str, *, project: str | None = None, prefix: str = "",
                  endpoint_url: str | None = None, credentials: Credentials | None = None,
-                 immutability: ImmutabilitySpec | None = None, page_size: int = 1000,
+                 immutability: Immutability | None = None, page_size: int = 1000,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, retry: RetrySettings = RetrySettings(),
                  connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
         """`credentials` None means Application Default Credentials. Every request has the
@@ -419,33 +436,6 @@ class GcsObjectStore:
         self._bucket = self._client.bucket(bucket)
         self.api_endpoint = self._client.api_endpoint.rstrip("/")
         self.place = (self.api_endpoint, bucket)
-
-    @classmethod
-    def from_spec(cls, spec: GcsStoreSpec, credentials: dict[str, str], **options: Any) -> GcsObjectStore:
-        """The store a fleet entry describes. `credentials` holds resolved secrets:
-        `service_account_json` (a key file's content); without it, anonymous access when
-        `endpoint_url` is set (an emulator), else Application Default Credentials.
-        `options` go to the constructor (page_size, chunk_bytes, retry, timeouts)."""
-        unknown = set(credentials) - _CREDENTIAL_FIELDS
-        if unknown:
-            raise StoreError(f"store {spec.name}: unknown credentials {sorted(unknown)} "
-                             f"(allowed: {sorted(_CREDENTIAL_FIELDS)})")
-        project = spec.project
-        google_credentials: Credentials | None = None
-        if "service_account_json" in credentials:
-            try:
-                info = json.loads(credentials["service_account_json"])
-                google_credentials = service_account.Credentials.from_service_account_info(info, scopes=_SCOPES)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                # The exception could quote the key material: say only what is wrong.
-                raise StoreError(f"store {spec.name}: service_account_json is not a valid "
-                                 "service-account key (JSON with client_email, private_key, token_uri)") from None
-            project = project or info.get("project_id")
-        elif spec.endpoint_url:
-            google_credentials = AnonymousCredentials()
-        return cls(spec.name, spec.bucket, project=project, prefix=spec.prefix,
-                   endpoint_url=spec.endpoint_url, credentials=google_credentials,
-                   immutability=spec.immutability, **options)
 
     # -- ObjectStore --
 

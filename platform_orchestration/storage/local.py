@@ -16,8 +16,8 @@ from pathlib import Path
 from platform_orchestration.storage.base import (
     READ_CHUNK_BYTES,
     ObjectInfo,
-    ObjectStore,
     ObjectNotFound,
+    ObjectStore,
     StoreError,
     WriterLifecycle,
     check_key,

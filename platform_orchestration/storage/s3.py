@@ -12,7 +12,7 @@ How the ObjectStore contract maps onto S3:
   before raising; `abort()` does the same. An abort that itself fails (the server is gone)
   is logged, never raised over the original error, and the upload is left for
   `incomplete_uploads()` / `discard_incomplete()` to find and abort later.
-- **Immutability** (`S3StoreSpec.immutability`) sets Object Lock on every object at creation
+- **Immutability** (`Immutability`) sets Object Lock on every object at creation
   (mode COMPLIANCE or GOVERNANCE, retain-until = creation time + `retain`), then checks with
   HeadObject that the store applied it and applies it with PutObjectRetention if not (some
   S3-compatible stores, and moto, drop the lock headers of multipart uploads and copies).
@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import boto3
 import urllib3.exceptions
@@ -59,6 +59,7 @@ from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceede
 from platform_orchestration.fleet.durations import format_duration
 from platform_orchestration.storage.base import (
     READ_CHUNK_BYTES,
+    Immutability,
     ObjectInfo,
     ObjectLocked,
     ObjectNotFound,
@@ -67,9 +68,6 @@ from platform_orchestration.storage.base import (
     WriterLifecycle,
     check_key,
 )
-
-if TYPE_CHECKING:
-    from platform_orchestration.fleet.model import ImmutabilitySpec, S3StoreSpec
 
 S3Client: TypeAlias = Any  # boto3 generates its client classes at run time
 
@@ -257,7 +255,7 @@ class S3ObjectStore:
         region: str | None = None,
         endpoint_url: str | None = None,
         credentials: Mapping[str, str] | None = None,
-        immutability: ImmutabilitySpec | None = None,
+        immutability: Immutability | None = None,
         page_size: int = 1000,
         part_size: int = DEFAULT_PART_SIZE,
         max_part_size: int = DEFAULT_MAX_PART_SIZE,
@@ -317,14 +315,6 @@ class S3ObjectStore:
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
         self._client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
-
-    @classmethod
-    def from_spec(cls, spec: S3StoreSpec, credentials: Mapping[str, str], **options: Any) -> S3ObjectStore:
-        """The store a fleet `S3StoreSpec` describes, with its resolved `credentials`
-        (empty: boto3's default chain). `options` are the constructor's tuning keywords."""
-        return cls(spec.name, spec.bucket, prefix=spec.prefix, region=spec.region,
-                   endpoint_url=spec.endpoint_url, credentials=credentials,
-                   immutability=spec.immutability, **options)
 
     # --- helpers shared with the writer ---------------------------------------------------
 

@@ -13,7 +13,6 @@ import os
 from collections.abc import Mapping
 
 from platform_orchestration.crypto import DataKeyProvider
-from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
 from platform_orchestration.secrets import LocalSecretProvider, SecretProvider
 
 
@@ -27,7 +26,11 @@ def vault_configured(environ: Mapping[str, str] | None = None) -> bool:
 
 def secret_provider_from_env(environ: Mapping[str, str] | None = None) -> SecretProvider:
     if vault_configured(environ):
-        from platform_orchestration.secrets.vault import VaultClient, VaultSecretProvider
+        # Imported when used: hvac and requests are not worth loading for the embedded default.
+        from platform_orchestration.secrets.vault import (
+            VaultClient,
+            VaultSecretProvider,
+        )
 
         return VaultSecretProvider(VaultClient.from_env(environ))
     return LocalSecretProvider()
@@ -38,9 +41,21 @@ def data_keys_from_env(secrets: SecretProvider | None = None,
     """Transit when Vault is configured (sharing the provider's client when given), else the
     local key file."""
     if vault_configured(environ):
-        from platform_orchestration.secrets.vault import VaultClient, VaultSecretProvider, VaultTransitKeys
+        from platform_orchestration.crypto.vault_transit import VaultTransitKeys
+        from platform_orchestration.secrets.vault import (
+            VaultClient,
+            VaultSecretProvider,
+        )
 
         client = secrets.client if isinstance(secrets, VaultSecretProvider) else VaultClient.from_env(environ)
         return VaultTransitKeys(client)
+    from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
+
     # PLATFORM_LOCAL_KEK, else ~/.config/platform-orchestration/demo-kek
     return LocalDataKeyProvider(_environment(environ).get("PLATFORM_LOCAL_KEK") or None)
+
+
+def providers_from_env(environ: Mapping[str, str] | None = None) -> tuple[SecretProvider, DataKeyProvider]:
+    """The secret provider and the key service, sharing one Vault client when Vault is used."""
+    secrets = secret_provider_from_env(environ)
+    return secrets, data_keys_from_env(secrets, environ)
