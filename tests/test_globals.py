@@ -4,7 +4,7 @@ pg_dumpall, and applied to a fresh PostgreSQL server only when a restore asks fo
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from types import SimpleNamespace
 
 import psycopg
@@ -205,7 +205,7 @@ def test_copies_carry_the_globals_object(backup, stores):
 def test_pruning_deletes_the_globals_object_with_its_backup(backup, stores):
     old, new = backup(stores).manifest, backup(stores).manifest
 
-    prune_database(SOURCE_DB, stores, RetentionPolicy(keep_last=1), now=datetime.now(timezone.utc))
+    prune_database(SOURCE_DB, stores, RetentionPolicy(keep_last=1), now=datetime.now(UTC))
 
     for store in stores:
         assert [info.key for info in store.list(f"backups/{SOURCE_DB}/")] == [

@@ -61,12 +61,7 @@ from psycopg import sql
 
 from platform_orchestration.backups.catalog import StoredBackup
 from platform_orchestration.backups.encryption import require_key_provider
-from platform_orchestration.backups.integrity import (
-    BackupCorrupt,
-    checked_stored_chunks,
-    decompressed,
-    globals_sql,
-)
+from platform_orchestration.backups.integrity import BackupCorrupt, checked_stored_chunks, decompressed, globals_sql
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.errors import PlatformError, one_line
