@@ -125,7 +125,7 @@ class RestoreResult:
     verify_seconds: float
     tables_verified: int
     rows_verified: int
-    target_action: TargetAction = "created"
+    target_action: TargetAction
     globals: GlobalsApplied | None = None  # with_globals: what applying them did
 
     @property
