@@ -32,12 +32,14 @@ def three_drills(tmp_path_factory, source_db, pg_major):
     return stores, manifest, [drill(stores) for _ in range(3)]
 
 
+@pytest.mark.slow
 @both_majors
 def test_drills_rotate_across_stores_in_policy_order(three_drills):
     stores, _, records = three_drills
     assert [r.source_store for r in records] == [s.name for s in stores]
 
 
+@pytest.mark.slow
 @both_majors
 def test_drill_passes_under_the_rto_target_on_a_cluster_of_the_backups_major(three_drills, pg_major):
     _, manifest, records = three_drills
@@ -49,6 +51,7 @@ def test_drill_passes_under_the_rto_target_on_a_cluster_of_the_backups_major(thr
         assert record.restored_on.startswith(f"PostgreSQL {pg_major}.")
 
 
+@pytest.mark.slow
 @both_majors
 def test_drill_records_rto_and_rpo(three_drills):
     _, manifest, records = three_drills
@@ -58,6 +61,7 @@ def test_drill_records_rto_and_rpo(three_drills):
         assert record.rpo_seconds >= (record.started_at - manifest.snapshot_at).total_seconds() - 1
 
 
+@pytest.mark.slow
 @both_majors
 def test_drill_records_are_written_to_every_store(three_drills):
     stores, _, records = three_drills

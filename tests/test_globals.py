@@ -4,7 +4,7 @@ pg_dumpall, and applied to a fresh PostgreSQL server only when a restore asks fo
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from types import SimpleNamespace
 
 import psycopg
@@ -92,6 +92,7 @@ def dr_site(tmp_path_factory, source_with_roles, keys):
         )
 
 
+@pytest.mark.slow
 def test_globals_are_stored_beside_the_dump_in_every_store_without_any_password(dr_site, keys):
     manifest = dr_site.manifest
     assert manifest.globals is not None and manifest.globals.tool.startswith("pg_dumpall 16.")
@@ -107,12 +108,14 @@ def test_globals_are_stored_beside_the_dump_in_every_store_without_any_password(
         assert APP_READER_PASSWORD not in script and "PASSWORD" not in script and "SCRAM" not in script
 
 
+@pytest.mark.slow
 def test_a_restore_without_globals_brings_no_roles(dr_site):
     assert dr_site.without.globals is None
     assert "app_reader" not in dr_site.after_without
     assert dr_site.after_without == dr_site.before
 
 
+@pytest.mark.slow
 def test_a_restore_with_globals_brings_roles_memberships_and_settings_but_no_password(dr_site, source_db):
     app_reader = dr_site.after["app_reader"]
 
@@ -124,6 +127,7 @@ def test_a_restore_with_globals_brings_roles_memberships_and_settings_but_no_pas
     assert fingerprint(dr_site.cluster.connection("with_globals")) == fingerprint(source_db)
 
 
+@pytest.mark.slow
 def test_existing_roles_and_the_connecting_role_are_left_as_they_were(dr_site):
     applied = dr_site.with_globals.globals
 
@@ -134,6 +138,7 @@ def test_existing_roles_and_the_connecting_role_are_left_as_they_were(dr_site):
     assert dr_site.after["postgres"] == dr_site.before["postgres"]
 
 
+@pytest.mark.slow
 def test_globals_a_login_may_not_apply_are_reported_and_the_restore_goes_on(dr_site):
     applied = dr_site.limited.globals
 
@@ -205,7 +210,7 @@ def test_copies_carry_the_globals_object(backup, stores):
 def test_pruning_deletes_the_globals_object_with_its_backup(backup, stores):
     old, new = backup(stores).manifest, backup(stores).manifest
 
-    prune_database(SOURCE_DB, stores, RetentionPolicy(keep_last=1), now=datetime.now(timezone.utc))
+    prune_database(SOURCE_DB, stores, RetentionPolicy(keep_last=1), now=datetime.now(UTC))
 
     for store in stores:
         assert [info.key for info in store.list(f"backups/{SOURCE_DB}/")] == [

@@ -241,6 +241,7 @@ def restored_into_postgres(tmp_path_factory, pg_major, source_db):
         yield stores, cluster, result
 
 
+@pytest.mark.slow
 @both_majors
 def test_restore_into_the_postgres_database_of_a_fresh_cluster_is_in_place(restored_into_postgres, source_db):
     _, cluster, result = restored_into_postgres
@@ -249,6 +250,7 @@ def test_restore_into_the_postgres_database_of_a_fresh_cluster_is_in_place(resto
     assert fingerprint(cluster.connection("postgres")) == fingerprint(source_db)
 
 
+@pytest.mark.slow
 @both_majors
 def test_replace_refuses_to_drop_or_empty_a_non_empty_postgres_database(restored_into_postgres):
     stores, cluster, _ = restored_into_postgres

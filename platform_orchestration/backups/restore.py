@@ -46,6 +46,7 @@ Statements that fail are reported in the result, not fatal; failing to connect i
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -60,12 +61,7 @@ from psycopg import sql
 
 from platform_orchestration.backups.catalog import StoredBackup
 from platform_orchestration.backups.encryption import require_key_provider
-from platform_orchestration.backups.integrity import (
-    BackupCorrupt,
-    checked_stored_chunks,
-    decompressed,
-    globals_sql,
-)
+from platform_orchestration.backups.integrity import BackupCorrupt, checked_stored_chunks, decompressed, globals_sql
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.errors import PlatformError, one_line
@@ -129,7 +125,7 @@ class RestoreResult:
     verify_seconds: float
     tables_verified: int
     rows_verified: int
-    target_action: TargetAction = "created"
+    target_action: TargetAction
     globals: GlobalsApplied | None = None  # with_globals: what applying them did
     # Newer backups not restored because their manifest could not be read (a restore of
     # "latest"), each "backup <id> in store(s) <stores>: <reason>".
@@ -308,6 +304,34 @@ def verify_row_counts(stored: StoredBackup, target: PgConnection) -> tuple[int, 
     return len(expected), sum(expected.values())
 
 
+# Row-level security entries of a pg_restore --list: enabling RLS, policies, their comments.
+_RLS_ENTRY = re.compile(r"^\d+; \d+ \d+ (?:ROW SECURITY|POLICY|COMMENT \S+ POLICY) ")
+
+
+def _restore_passes(pg_restore: str, archive: Path, scratch: Path, jobs: int, into: str) -> list[list[str]]:
+    """pg_restore's options per pass: everything in parallel, then row-level security last.
+
+    In a parallel restore, an ALTER TABLE ... ENABLE ROW LEVEL SECURITY may run before a foreign
+    key of that table is validated; if the table also forces RLS on its owner and the restoring
+    role does not bypass RLS (`restore_as` sets a role that normally does not), the validation
+    fails ("query would be affected by row-level security policy"), depending on scheduling. So
+    when the archive has such entries they are held back (pg_restore --use-list) and restored
+    after everything else, in one job."""
+    listing = subprocess.run([pg_restore, "--list", str(archive)], capture_output=True, text=True)
+    if listing.returncode != 0:
+        raise RestoreFailed(f"{into}: pg_restore --list exited with {listing.returncode}: "
+                            f"{one_line(listing.stderr)}")
+    lines = listing.stdout.splitlines()
+    held_back = {i for i, line in enumerate(lines) if _RLS_ENTRY.match(line)}
+    parallel = [f"--jobs={max(1, jobs)}"]
+    if not held_back:
+        return [parallel]
+    first, last = scratch / "first.list", scratch / "last.list"
+    first.write_text("\n".join(";" + line if i in held_back else line for i, line in enumerate(lines)) + "\n")
+    last.write_text("\n".join(lines[i] for i in sorted(held_back)) + "\n")
+    return [[*parallel, f"--use-list={first}"], [f"--use-list={last}"]]
+
+
 def _refusal(stored: StoredBackup, target: PgConnection, state: _TargetState, replace: bool,
              with_globals: bool) -> str | None:
     """Why the target must not be restored into, or None (the module's rules, in order)."""
@@ -388,18 +412,18 @@ def restore_backup(
                 raise RestoreFailed(f"{into}: {exc}") from None
         progress("restore", 0)
         action = _prepare_database(target, state, restore_as, what)
-        command = [tools.tool("pg_restore"), "--exit-on-error", f"--jobs={max(1, jobs)}",
-                   f"--dbname={target.dsn}"]
+        command = [tools.tool("pg_restore"), "--exit-on-error", f"--dbname={target.dsn}"]
         if restore_as:
             command.append(f"--role={restore_as}")
         if not keep_owners:
             command += ["--no-owner", "--no-privileges"]
-        result = subprocess.run([*command, str(archive)], capture_output=True, text=True,
-                                env=target.tool_env())
-        if result.returncode != 0:
-            raise RestoreFailed(f"{into}: pg_restore {tools.version} exited with {result.returncode} "
-                                f"(the target may hold a partial restore): "
-                                f"{one_line(result.stderr.strip()[-2000:])}")
+        for pass_command in _restore_passes(tools.tool("pg_restore"), archive, scratch, jobs, into):
+            result = subprocess.run([*command, *pass_command, str(archive)], capture_output=True, text=True,
+                                    env=target.tool_env())
+            if result.returncode != 0:
+                raise RestoreFailed(f"{into}: pg_restore {tools.version} exited with {result.returncode} "
+                                    f"(the target may hold a partial restore): "
+                                    f"{one_line(result.stderr.strip()[-2000:])}")
         restored = time.monotonic()
     finally:
         with contextlib.suppress(OSError):

@@ -50,7 +50,9 @@ def dump_globals(connection: PgConnection, tools: PgInstall) -> bytes:
     pg_dumpall connects to `connection`'s own database (`--database`), the one the login is
     known to reach, rather than to `postgres`, which a backup login may not be allowed into."""
     command = [tools.tool("pg_dumpall"), "--globals-only", "--no-role-passwords", "--no-sync",
-               f"--dbname={connection.dsn}", f"--database={connection.dbname}"]
+               f"--dbname={connection.dsn}"]
+    if connection.dbname:  # else libpq's default (the user's name), as for pg_dump
+        command.append(f"--database={connection.dbname}")
     try:
         result = subprocess.run(command, capture_output=True, env=connection.tool_env(), timeout=600)
     except (OSError, subprocess.SubprocessError) as exc:
