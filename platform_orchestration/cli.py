@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--jobs", type=int, default=2, help="parallel pg_restore jobs (default 2)")
     restore.add_argument("--restore-as", metavar="ROLE",
                          help="group role that will own the restored database and objects (SET ROLE)")
+    restore.add_argument("--with-globals", action="store_true",
+                         help="first create the backup's roles, memberships and role settings on the target "
+                              "server (existing roles are kept as they are; no passwords are set)")
 
     copies = commands.add_parser("copies", help="copy the latest backup into stores missing it")
     copies.add_argument("database")
@@ -193,10 +196,12 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         target = restore_target(args.target_dsn, os.environ.get("PGPASSWORD"))
         result = protection.restore(args.database, target, backup_id=args.backup, store_name=args.store,
                                     replace=args.replace, jobs=args.jobs, progress=progress,
-                                    restore_as=args.restore_as)
+                                    restore_as=args.restore_as, with_globals=args.with_globals)
         progress.finish()
         for broken in result.passed_over:
             print(f"warning: passed over newer {broken}", file=sys.stderr)
+        if result.globals is not None:
+            print(result.globals.summary(), file=sys.stderr if result.globals.failures else out)
         print(f"restored backup {result.backup_id} of {result.database} from {result.store} into "
               f"{result.target} in {result.recovery_seconds:.1f}s; verified {result.tables_verified} "
               f"tables, {result.rows_verified} rows", file=out)

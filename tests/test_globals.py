@@ -273,3 +273,26 @@ CREATE TABLESPACE slow OWNER app LOCATION '/hdd';
         "CREATE TABLESPACE fast OWNER app LOCATION '/ssd';",
         "\\unrestrict abc",
     )
+
+
+def test_platform_dr_restore_with_globals_creates_the_roles_and_says_so(tmp_path, source_with_roles, source_cluster,
+                                                                        target_cluster, fresh_name):
+    import subprocess
+    import sys
+
+    from fleetfiles import write_fleet
+
+    fleet = write_fleet(tmp_path, source_cluster, SOURCE_DB)
+
+    def platform_dr(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "platform_orchestration.cli", "--fleet", str(fleet), *args],
+                              capture_output=True, text=True, timeout=300)
+
+    assert platform_dr("backup", SOURCE_DB).returncode == 0
+    target = target_cluster.connection(fresh_name("cli_globals"))
+    restored = platform_dr("restore", SOURCE_DB, "--target-dsn", target.dsn, "--with-globals")
+
+    assert restored.returncode == 0, restored.stderr
+    assert "globals: " in restored.stdout and "roles created" in restored.stdout
+    assert {"app_reader", "readers"} <= set(_roles(target_cluster))
+    assert APP_READER_PASSWORD not in restored.stdout + restored.stderr

@@ -23,6 +23,8 @@ class DisasterRestoreConfig(dg.Config):
     jobs: int = 2
     # A group role to own what is restored, so a short-lived (Vault-issued) login owns nothing.
     restore_as: str = ""
+    # Create the backup's roles, memberships and role settings on the target server first.
+    with_globals: bool = False
 
 
 def _target_connection(config: DisasterRestoreConfig) -> PgConnection:
@@ -51,7 +53,8 @@ def restore_from_backup(context: dg.OpExecutionContext, config: DisasterRestoreC
     with fleet.protection() as protection:
         result = protection.restore(config.database, target, backup_id=backup_id,
                                     store_name=config.source_store or None, replace=config.replace,
-                                    jobs=config.jobs, restore_as=config.restore_as or None)
+                                    jobs=config.jobs, restore_as=config.restore_as or None,
+                                    with_globals=config.with_globals)
     context.log.info(f"restored backup {result.backup_id} of {result.database} from {result.store} into "
                      f"{result.target} in {result.recovery_seconds:.1f}s")
     for broken in result.passed_over:
@@ -59,7 +62,8 @@ def restore_from_backup(context: dg.OpExecutionContext, config: DisasterRestoreC
     summary = {"backup_id": result.backup_id, "store": result.store, "target": result.target,
                "recovery_seconds": round(result.recovery_seconds, 2),
                "tables_verified": result.tables_verified, "rows_verified": result.rows_verified,
-               "passed_over": "; ".join(result.passed_over) or "none"}
+               "passed_over": "; ".join(result.passed_over) or "none",
+               "globals": result.globals.summary() if result.globals is not None else "not applied"}
     return dg.Output(summary, metadata={k: str(v) if isinstance(v, str) else v for k, v in summary.items()})
 
 
