@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from platform_orchestration.storage.base import (
+    HasDirectories,
+    IncompleteUpload,
     ObjectInfo,
     ObjectLocked,
     ObjectNotFound,
@@ -15,6 +17,8 @@ from platform_orchestration.storage.base import (
 from platform_orchestration.storage.local import LocalObjectStore
 
 __all__ = [
+    "HasDirectories",
+    "IncompleteUpload",
     "LocalObjectStore",
     "ObjectInfo",
     "ObjectLocked",
