@@ -220,6 +220,9 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
               f"kept {report.kept_count}, locked {report.locked_count}, "
               f"orphan dumps {'to remove' if report.dry_run else 'removed'} {report.orphans_removed_count} "
               "(copies, across stores)", file=out)
+        print(f"leftovers of killed writes {'to remove' if report.dry_run else 'removed'}: "
+              f"{report.uploads_discarded_count} incomplete upload(s) ({human_bytes(report.discarded_bytes)}), "
+              f"{report.directories_removed_count} empty directory(ies)", file=out)
         for failure in report.failures:
             print(f"error: {failure}", file=sys.stderr)
         return 1 if report.failures else 0
