@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import doctest
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -110,6 +112,16 @@ def test_a_lock_held_by_another_process_is_named_and_dies_with_it(fleet_file, so
         assert f"'prune lock " in str(raised.value) and f":{holder.pid} " in str(raised.value)
     # SIGKILLed: its session ended, and PostgreSQL released the lock with it.
     assert protection.backup(SOURCE_DB, lock_wait=10).stored_in == ("aws", "azure", "gcp")
+
+
+def test_the_cli_exits_4_with_one_line_naming_the_holder_when_the_database_is_busy(fleet_file, source_db):
+    with lock_held_by_another_process(source_db, SOURCE_DB, "backup") as holder:
+        result = subprocess.run([sys.executable, "-m", "platform_orchestration.cli", "--fleet", str(fleet_file),
+                                 "prune", SOURCE_DB], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 4
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"platform-dr prune {SOURCE_DB}: error: prune of {SOURCE_DB} refused: ")
+    assert f":{holder.pid} platform-orchestration'" in line
 
 
 def test_prune_and_rewrap_refuse_an_unreachable_database_unless_told_not_to_lock(tmp_path):
