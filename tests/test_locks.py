@@ -109,7 +109,7 @@ def test_a_lock_held_by_another_process_is_named_and_dies_with_it(fleet_file, so
         with pytest.raises(DatabaseBusy) as raised:
             protection.backup(SOURCE_DB, lock_wait=0.3)
         assert str(raised.value).startswith(f"backup of {SOURCE_DB} refused after waiting 0.3s: ")
-        assert f"'prune lock " in str(raised.value) and f":{holder.pid} " in str(raised.value)
+        assert "'prune lock " in str(raised.value) and f":{holder.pid} " in str(raised.value)
     # SIGKILLed: its session ended, and PostgreSQL released the lock with it.
     assert protection.backup(SOURCE_DB, lock_wait=10).stored_in == ("aws", "azure", "gcp")
 
