@@ -59,7 +59,7 @@ def test_of_two_backups_of_one_database_at_once_one_proceeds_and_the_other_is_re
     assert isinstance(raised.value, Busy) and raised.value.exit_code == EXIT_BUSY == 4
     assert message.startswith(f"backup of {SOURCE_DB} refused: another backup, prune or rewrap of "
                               f"{SOURCE_DB} holds its lock: 'backup lock ")
-    assert f":{os.getpid()} platform-orchestration' (pid " in message
+    assert f":{os.getpid()} platform-orchestration' (server pid " in message
     assert "client 127.0.0.1" in message and "connected 20" in message and "\n" not in message
     [holder] = raised.value.holders
     assert holder.application_name.startswith("backup lock ")

@@ -82,9 +82,9 @@ class LockHolder:
     connected_at: datetime | None  # likewise
 
     def describe(self) -> str:
-        """e.g. ``'backup lock 2026-11-29T13:57Z pod-7:412 platform-orchestration' (pid 9,
+        """e.g. ``'backup lock 2026-11-29T13:57Z pod-7:412 platform-orchestration' (server pid 9,
         user backup, client 10.0.0.5, connected 2026-11-29T13:57:02Z)``."""
-        facts = [f"pid {self.pid}"]
+        facts = [f"server pid {self.pid}"]
         if self.user:
             facts.append(f"user {self.user}")
         facts.append(f"client {self.client}" if self.client else "client not visible to this login")
