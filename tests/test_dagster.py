@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +13,7 @@ from fleetfiles import write_fleet
 from pg import fingerprint
 
 from platform_orchestration.alerts import FileAlertSink
+from platform_orchestration.backups.manifest import BackupManifest
 from platform_orchestration.definitions import REPOSITORY_ROOT, build_definitions
 from platform_orchestration.resources import AlertsResource
 from platform_orchestration.sensors import report_failed_runs
@@ -123,12 +123,17 @@ def test_copy_check_fails_when_a_required_store_lost_its_copy(tmp_path, source_c
 
 def test_rpo_check_fails_once_the_latest_backup_is_older_than_the_rpo(tmp_path, source_cluster,
                                                                      source_db, instance):
-    defs = _defs(tmp_path, source_cluster, rpo="2s")
+    defs = _defs(tmp_path, source_cluster, rpo="1h")
     defs.resolve_job_def("take_backups").execute_in_process(
         partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
     assert _run_checks(defs, instance, SOURCE_DB)["backup_within_rpo"] is True
 
-    time.sleep(2.5)
+    # Two hours pass for the backup (its snapshot time moved back in every store), not for the
+    # test: a 2s RPO and a sleep failed whenever the machine was slow.
+    for path in (tmp_path / "stores").rglob("manifest.json"):
+        manifest = BackupManifest.from_json(path.read_bytes(), str(path))
+        path.write_bytes(manifest.model_copy(
+            update={"snapshot_at": manifest.snapshot_at - timedelta(hours=2)}).to_json())
 
     assert _run_checks(defs, instance, SOURCE_DB)["backup_within_rpo"] is False
 
