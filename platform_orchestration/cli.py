@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TextIO
 
 from platform_orchestration.backups.catalog import describe_grouped
@@ -72,6 +73,26 @@ class TerminalProgress:
             self._out.flush()
 
 
+def _duration(text: str) -> timedelta:
+    from platform_orchestration.fleet.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _lock_options(command: argparse.ArgumentParser, *, override: bool) -> None:
+    """One backup, prune or rewrap of a database at a time (a lock on the database itself)."""
+    command.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                         help="wait up to SECONDS for another backup, prune or rewrap of the database "
+                              "to finish (default: give up at once, exit code 4)")
+    if override:
+        command.add_argument("--no-lock", action="store_true",
+                             help="do not take the database's lock (when the database is down and you know "
+                                  "no backup, prune or rewrap of it is running)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="platform-dr",
@@ -85,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
 
     backup = commands.add_parser("backup", help="take a backup now into every required store")
     backup.add_argument("database")
+    _lock_options(backup, override=False)
 
     listing = commands.add_parser("list", help="backups across all stores, one row per copy")
     listing.add_argument("database", nargs="?")
@@ -120,11 +142,16 @@ def _parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="delete backups the retention policy no longer keeps")
     prune.add_argument("database")
     prune.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    prune.add_argument("--sweep-older-than", metavar="DURATION", type=_duration,
+                       help="remove leftovers of killed writes idle for longer than this (default: the "
+                            "policy's retention.sweep_older_than, 1d; at least 1h)")
+    _lock_options(prune, override=True)
 
     commands.add_parser("status", help="compliance of every database (RPO, copies, drills, encryption)")
 
     rewrap = commands.add_parser("rewrap", help="rewrap backup data keys under the newest key version")
     rewrap.add_argument("database", nargs="?", help="one database (default: all)")
+    _lock_options(rewrap, override=True)
     return parser
 
 
@@ -147,7 +174,7 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         return 0
 
     if args.command == "backup":
-        outcome = protection.backup(args.database, progress)
+        outcome = protection.backup(args.database, progress, lock_wait=args.wait)
         progress.finish()
         manifest = outcome.manifest
         rate = manifest.dump.raw_bytes / max(outcome.seconds, 1e-6)
@@ -229,7 +256,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         return 0 if record.passed else 1
 
     if args.command == "prune":
-        report = protection.prune(args.database, dry_run=args.dry_run)
+        report = protection.prune(args.database, dry_run=args.dry_run, sweep_older_than=args.sweep_older_than,
+                                  lock=not args.no_lock, lock_wait=args.wait)
         retention = report.plan.policy
         print(f"prune {args.database}{' (dry run, nothing deleted)' if report.dry_run else ''}: "
               f"keep_last {retention.keep_last}, daily {retention.daily}, weekly {retention.weekly}, "
@@ -240,6 +268,9 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
               f"kept {report.kept_count}, locked {report.locked_count}, "
               f"orphan dumps {'to remove' if report.dry_run else 'removed'} {report.orphans_removed_count} "
               "(copies, across stores)", file=out)
+        print(f"leftovers of killed writes {'to remove' if report.dry_run else 'removed'}: "
+              f"{report.uploads_discarded_count} incomplete upload(s) ({human_bytes(report.discarded_bytes)}), "
+              f"{report.directories_removed_count} empty directory(ies)", file=out)
         for failure in report.failures:
             print(f"error: {failure}", file=sys.stderr)
         return 1 if report.failures else 0
@@ -257,7 +288,7 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         return 1 if failing else 0
 
     if args.command == "rewrap":
-        report = protection.rewrap_all(args.database)
+        report = protection.rewrap_all(args.database, lock=not args.no_lock, lock_wait=args.wait)
         print(report.summary(), file=out)
         return 0 if report.ok else 1
 

@@ -58,7 +58,9 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
     assets_by_name = {a.key.to_user_string(): a for a in assets}
     checks = build_checks(assets_by_name, partitions)
     job_specs = load_job_specs(_spec_dir("PLATFORM_JOBS_DIR", "jobs"))
-    jobs = build_jobs(job_specs, set(assets_by_name), build_disaster_restore_job)
+    partitioned_assets = {name for name, asset in assets_by_name.items() if asset.partitions_def is not None}
+    jobs = build_jobs(job_specs, set(assets_by_name), build_disaster_restore_job,
+                      database_partitions=partitions, partitioned_assets=partitioned_assets)
     partitioned = {
         spec.name for spec in job_specs
         if isinstance(spec, AssetJobSpec)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -58,19 +59,13 @@ from platform_orchestration.clock import Clock, utc_now
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.errors import InvalidDeclaration, PlatformError, one_line
 from platform_orchestration.fleet import Fleet
+from platform_orchestration.fleet.durations import format_duration
+from platform_orchestration.fleet.model import MIN_SWEEP_AGE
 from platform_orchestration.postgres.connection import PgConnection
-from platform_orchestration.postgres.probe import (
-    DatabaseObservation,
-    ServerObservation,
-    observe_database,
-    observe_server,
-)
+from platform_orchestration.postgres.locks import DatabaseBusy, DatabaseLock, LockUnavailable
+from platform_orchestration.postgres.probe import DatabaseObservation, ServerObservation, observe_database, observe_server
 from platform_orchestration.providers import providers_from_env
-from platform_orchestration.secrets import (
-    LocalSecretProvider,
-    SecretProvider,
-    SecretUnavailable,
-)
+from platform_orchestration.secrets import LocalSecretProvider, SecretProvider, SecretUnavailable
 from platform_orchestration.storage import ObjectStore, StoreError
 from platform_orchestration.stores import open_store
 
@@ -214,14 +209,28 @@ class FleetProtection:
         """Size, tables and server version of one fleet database, through its own login."""
         return observe_database(self.connection_for(database))
 
-    def backup(self, database: str, progress: ProgressListener = no_progress) -> BackupOutcome:
+    def database_lock(self, database: str, operation: str, *, wait: float = 0.0) -> DatabaseLock:
+        """The lock that lets one backup, prune or rewrap of `database` run at a time, across
+        processes and machines (postgres/locks.py), taken on the database's own connection.
+        Entering it raises DatabaseBusy (errors.Busy, exit code 4) naming the holder once
+        `wait` seconds have passed, or LockUnavailable if the database cannot be reached."""
+        return DatabaseLock(self.connection_for(database), database, operation, wait=wait)
+
+    def _locked(self, database: str, operation: str, lock: bool, wait: float) -> AbstractContextManager[object]:
+        return self.database_lock(database, operation, wait=wait) if lock else nullcontext()
+
+    def backup(self, database: str, progress: ProgressListener = no_progress, *,
+               lock_wait: float = 0.0) -> BackupOutcome:
+        """Take a backup of `database` into every store of its policy, holding the database's
+        lock (waiting up to `lock_wait` seconds for it; DatabaseBusy after that)."""
         spec = self.fleet.database(database)
-        return take_backup(
-            database=database, cluster=spec.cluster, policy=spec.policy,
-            connection=self.connection_for(database), stores=self.stores_for(database),
-            compression=self.compression, progress=progress, clock=self.clock, keys=self.keys,
-            credentials="dynamic" if spec.credentials is not None else "static",
-        )
+        with self.database_lock(database, "backup", wait=lock_wait):
+            return take_backup(
+                database=database, cluster=spec.cluster, policy=spec.policy,
+                connection=self.connection_for(database), stores=self.stores_for(database),
+                compression=self.compression, progress=progress, clock=self.clock, keys=self.keys,
+                credentials="dynamic" if spec.credentials is not None else "static",
+            )
 
     def ensure_copies(self, database: str, progress: ProgressListener = no_progress) -> CopyReport:
         return ensure_copies(database, self.stores_for(database), progress=progress, clock=self.clock)
@@ -281,16 +290,49 @@ class FleetProtection:
                                 with_globals=with_globals)
         return dataclasses.replace(result, passed_over=tuple(describe_grouped(choice.passed_over)))
 
-    def rewrap_all(self, database: str | None = None) -> RewrapReport:
+    def rewrap_all(self, database: str | None = None, *, lock: bool = True,
+                   lock_wait: float = 0.0) -> RewrapReport:
         """Move every encrypted backup's manifest, in every store that holds one (policy
         stores and any other), to the newest version of its key; dumps are not touched.
         One database, or the whole fleet's stores. Failures are reported per manifest, never
-        raised; the report's `ok` says whether all went. Raises ValueError without `keys`."""
+        raised; the report's `ok` says whether all went. Raises ValueError without `keys`.
+
+        Each database of the fleet is rewrapped holding its lock (see `database_lock`): for one
+        database, DatabaseBusy or LockUnavailable is raised; for the whole fleet, a database
+        that is busy or unreachable gets failed entries and the others go on. Backups of
+        databases no longer in the fleet have no source to lock and are rewrapped as they are.
+        `lock=False` skips the lock: see `prune` for when that is right."""
         if self.keys is None:
             raise ValueError("rewrap needs a key provider: this FleetProtection has none")
         if database is not None:
             self.fleet.database(database)  # unknown names fail with the fleet's message
-        stores = self._search_order(database) if database else self.all_stores()
+            with self._locked(database, "rewrap", lock, lock_wait):
+                return RewrapReport(key_service=self.keys.describe(),
+                                    entries=tuple(self._rewrap_backups(self._search_order(database), database)))
+        in_fleet = {db.name for db in self.fleet.databases}
+        entries: list[RewrapEntry] = []
+        by_database: dict[str, list[tuple[ObjectStore, StoredBackup]]] = {}
+        for store in self.all_stores():
+            try:
+                listing = read_backups(store, None)
+            except StoreError as exc:
+                entries.append(RewrapEntry(None, None, store.name, "failed", error=str(exc)))
+                continue
+            for stored in listing.backups:
+                by_database.setdefault(stored.manifest.database, []).append((store, stored))
+            for broken in listing.unreadable:  # its key cannot be rewrapped: say so
+                entries.append(RewrapEntry(broken.database, broken.backup_id, store.name, "failed",
+                                           error=broken.reason))
+        for name, copies in by_database.items():
+            try:
+                with self._locked(name, "rewrap", lock and name in in_fleet, lock_wait):
+                    entries += [self._rewrap_one(store, stored) for store, stored in copies]
+            except (DatabaseBusy, LockUnavailable) as exc:
+                entries += [RewrapEntry(name, stored.backup_id, store.name, "failed", error=str(exc))
+                            for store, stored in copies]
+        return RewrapReport(key_service=self.keys.describe(), entries=tuple(entries))
+
+    def _rewrap_backups(self, stores: list[ObjectStore], database: str) -> list[RewrapEntry]:
         entries: list[RewrapEntry] = []
         for store in stores:
             try:
@@ -303,7 +345,7 @@ class FleetProtection:
             for broken in listing.unreadable:  # its key cannot be rewrapped: say so
                 entries.append(RewrapEntry(broken.database, broken.backup_id, store.name, "failed",
                                            error=broken.reason))
-        return RewrapReport(key_service=self.keys.describe(), entries=tuple(entries))
+        return entries
 
     def _rewrap_one(self, store: ObjectStore, stored: StoredBackup) -> RewrapEntry:
         manifest = stored.manifest
@@ -320,13 +362,30 @@ class FleetProtection:
         return RewrapEntry(*what, "current" if now.key_version == info.key_version else "rewrapped",
                            from_version=info.key_version, to_version=now.key_version)
 
-    def prune(self, database: str, dry_run: bool = False) -> PruneReport:
+    def prune(self, database: str, dry_run: bool = False, *, sweep_older_than: timedelta | None = None,
+              lock: bool = True, lock_wait: float = 0.0) -> PruneReport:
         """Apply the database's retention policy to the stores its policy requires (see
-        :mod:`platform_orchestration.backups.retention` for the rules). Stores outside the
-        policy are never pruned."""
+        :mod:`platform_orchestration.backups.retention` for the rules) and sweep the leftovers
+        of killed writes idle for longer than `sweep_older_than` (default: the policy's
+        ``retention.sweep_older_than``, 1 day; at least 1h), the same age as for orphan dumps.
+        Stores outside the policy are never pruned.
+
+        A prune holds the database's lock (waiting up to `lock_wait` seconds; DatabaseBusy
+        after that), so it never races a backup (whose dump its orphan sweep could take) or a
+        rewrap (which could write back a manifest it just deleted). If the database cannot be
+        reached, LockUnavailable is raised: whether another backup, prune or rewrap is running
+        cannot be known then. `lock=False` (``--no-lock``) is the break-glass override for
+        an operator who knows none is, e.g. to free space while the database is down. A dry
+        run changes nothing, so it takes no lock."""
         policy = self.fleet.policy_for(database)
-        return prune_database(database, self.stores_for(database), policy.retention,
-                              now=self.clock(), dry_run=dry_run)
+        age = sweep_older_than if sweep_older_than is not None else policy.retention.sweep_older_than
+        if age < MIN_SWEEP_AGE:
+            raise InvalidDeclaration(
+                f"prune of {database}: sweep age {format_duration(age)} is below "
+                f"{format_duration(MIN_SWEEP_AGE)}: it could remove a backup or copy still being written")
+        with self._locked(database, "prune", lock and not dry_run, lock_wait):
+            return prune_database(database, self.stores_for(database), policy.retention,
+                                  now=self.clock(), dry_run=dry_run, orphan_grace=age, sweep_older_than=age)
 
     def assess(self, database: str, now: datetime | None = None) -> DatabaseCompliance:
         """The database's five findings at `now` (default: this object's clock); ages are

@@ -45,6 +45,7 @@ from platform_orchestration.declarations import (
 from platform_orchestration.fleet import Fleet
 
 __all__ = [
+    "DATABASE_RUN_TAG",
     "AssetJobSpec",
     "OperatorJobSpec",
     "JobSpec",
@@ -63,6 +64,16 @@ DagsterJob: TypeAlias = Any
 """A ``dg.JobDefinition`` or what ``dg.define_asset_job`` returns (Dagster exports no name for it)."""
 
 _DAGSTER_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+DATABASE_RUN_TAG = "platform/database"
+"""Run tag naming the database a per-database run works on. deploy/dagster.yaml limits runs
+to one in progress per value of it, so two runs never back up, prune or drill one database
+at once (the database's advisory lock is the backstop for the CLI and other instances)."""
+
+
+def database_run_tags(partition_key: str) -> dict[str, str]:
+    """The tags of a run of one database's partition (every partition key is a database name)."""
+    return {DATABASE_RUN_TAG: partition_key}
 
 
 class SpecError(DeclarationError):
@@ -288,8 +299,15 @@ def build_jobs(
     specs: Sequence[AssetJobSpec | OperatorJobSpec],
     asset_names: Collection[str],
     disaster_restore_job_factory: Callable[[str, str], dg.JobDefinition],
+    *,
+    database_partitions: dg.PartitionsDefinition | None = None,
+    partitioned_assets: Collection[str] = (),
 ) -> list[DagsterJob]:
     """One Dagster job per spec: an asset job, or ``disaster_restore_job_factory(name, description)``.
+
+    An asset job selecting any of ``partitioned_assets`` (partitioned by ``database_partitions``)
+    tags each run with its database (:data:`DATABASE_RUN_TAG`), however it is launched: by a
+    schedule, from the Launchpad, by a backfill or a retry.
 
     Raises :class:`SpecError` listing every duplicate job name and every asset not in ``asset_names``.
     """
@@ -315,11 +333,15 @@ def build_jobs(
             else:
                 jobs.append(disaster_restore_job_factory(spec.name, spec.description))
         else:
+            per_database = database_partitions is not None and any(a in partitioned_assets for a in spec.assets)
             jobs.append(
                 dg.define_asset_job(
                     spec.name,
                     selection=dg.AssetSelection.assets(*spec.assets),
                     description=spec.description or None,
+                    config=dg.PartitionedConfig(
+                        database_partitions, run_config_for_partition_key_fn=lambda _key: {},
+                        tags_for_partition_key_fn=database_run_tags) if per_database else None,
                 )
             )
     if findings:

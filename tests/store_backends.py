@@ -11,7 +11,7 @@ from typing import Protocol
 import pytest
 from fault_proxy import FaultProxy
 
-from platform_orchestration.storage import LocalObjectStore, ObjectStore
+from platform_orchestration.storage import IncompleteUpload, LocalObjectStore, ObjectStore
 
 _numbers = itertools.count(1)
 
@@ -57,3 +57,8 @@ class LocalBackend:
 @pytest.fixture
 def local_backend(tmp_path: Path) -> LocalBackend:
     return LocalBackend(tmp_path / "local-stores")
+
+
+def upload_keys(uploads: list[IncompleteUpload]) -> list[str]:
+    """The keys of `incomplete_uploads()` / `discard_incomplete()` results, in their order."""
+    return [upload.key for upload in uploads]

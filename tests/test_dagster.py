@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -10,17 +9,18 @@ import dagster as dg
 import psycopg
 import pytest
 from broken import newest_manifest_garbled
-from conftest import SOURCE_DB, make_stores, utcnow
+from conftest import SOURCE_DB, make_stores
 from fleetfiles import write_fleet
 from pg import fingerprint
 
 from platform_orchestration.alerts import FileAlertSink
-from platform_orchestration.backups.catalog import list_backups
+from platform_orchestration.backups.manifest import BackupManifest
 from platform_orchestration.definitions import REPOSITORY_ROOT, build_definitions
 from platform_orchestration.postgres.cluster import free_port
 from platform_orchestration.protection import TARGET_PASSWORD_RULE, FleetProtection
 from platform_orchestration.resources import AlertsResource
 from platform_orchestration.sensors import report_failed_runs
+from platform_orchestration.specs import DATABASE_RUN_TAG
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -84,6 +84,7 @@ def test_partitioned_schedule_requests_one_run_per_selected_database():
     requests = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repository)).run_requests
     assert sorted(r.partition_key for r in requests) == ["customers", "orders"]
     assert len({r.run_key for r in requests}) == 2
+    assert all(r.tags[DATABASE_RUN_TAG] == r.partition_key for r in requests)
 
 
 def test_executor_is_kubernetes_when_configured(monkeypatch):
@@ -128,14 +129,18 @@ def test_copy_check_fails_when_a_required_store_lost_its_copy(tmp_path, source_c
 
 def test_rpo_check_fails_once_the_latest_backup_is_older_than_the_rpo(tmp_path, source_cluster,
                                                                      source_db, instance):
-    defs = _defs(tmp_path, source_cluster, rpo="4s")
+    defs = _defs(tmp_path, source_cluster, rpo="1h")
     defs.resolve_job_def("take_backups").execute_in_process(
         partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
     assert _run_checks(defs, instance, SOURCE_DB)["backup_within_rpo"] is True
 
-    # Until the backup is older than the RPO by the worker's clock, whatever the runs above took.
-    [latest] = list_backups(make_stores(tmp_path / "stores")[0], SOURCE_DB)
-    time.sleep(max(0.0, (latest.manifest.snapshot_worker_time + timedelta(seconds=4.5) - utcnow()).total_seconds()))
+    # Two hours pass for the backup (its snapshot times moved back in every store), not for the
+    # test: a short RPO and a sleep failed whenever the machine was slow.
+    for path in (tmp_path / "stores").rglob("manifest.json"):
+        manifest = BackupManifest.from_json(path.read_bytes(), str(path))
+        path.write_bytes(manifest.model_copy(update={
+            "snapshot_at": manifest.snapshot_at - timedelta(hours=2),
+            "snapshot_worker_at": manifest.snapshot_worker_time - timedelta(hours=2)}).to_json())
 
     assert _run_checks(defs, instance, SOURCE_DB)["backup_within_rpo"] is False
 
@@ -291,6 +296,9 @@ def test_production_instance_config_keeps_runs_in_postgresql(tmp_path, target_cl
         monkeypatch.setenv(name, value)
 
     with dg.DagsterInstance.from_config(str(home)) as production_instance:
+        assert production_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits == [
+            {"key": DATABASE_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+
         @dg.op
         def noop() -> None: ...
 
@@ -335,6 +343,41 @@ def test_prune_schedule_requests_one_nightly_run_per_database():
     requests = schedule.evaluate_tick(
         dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repository)).run_requests
     assert sorted(r.partition_key for r in requests) == ["customers", "inventory", "orders"]
+    assert all(r.tags[DATABASE_RUN_TAG] == r.partition_key for r in requests)
+
+
+def test_the_production_run_queue_runs_one_run_per_database_at_a_time():
+    """deploy/dagster.yaml's run queue, asked by Dagster's own queued-run daemon which runs it
+    may launch (its private `_get_runs_to_dequeue`: the decision without a launcher), over
+    runs tagged exactly as the schedules tag them."""
+    import yaml
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
+    from dagster._core.test_utils import create_run_for_test
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    production = yaml.safe_load((REPOSITORY_ROOT / "deploy" / "dagster.yaml").read_text())
+    repository = build_definitions(REPOSITORY_ROOT / "deploy" / "fleet" / "demo.yaml").get_repository_def()
+    tick = datetime(2026, 11, 25, 2, 45, tzinfo=timezone.utc)
+
+    def requests(schedule: str) -> list[dg.RunRequest]:
+        context = dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repository)
+        return repository.get_schedule_def(schedule).evaluate_tick(context).run_requests
+
+    origin = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("platform_orchestration"), "__repository__")
+    with dg.instance_for_test(overrides={"concurrency": production["concurrency"],
+                                         "telemetry": {"enabled": False}}) as instance:
+        def run(job: str, request: dg.RunRequest, status: dg.DagsterRunStatus) -> None:
+            create_run_for_test(instance, job_name=job, status=status, tags=request.tags,
+                                remote_job_origin=origin.get_job_origin(job))
+
+        for request in requests("critical_backups_hourly"):  # orders and customers: in progress
+            run("take_backups", request, dg.DagsterRunStatus.STARTED)
+        for request in requests("prune_backups_nightly"):  # every database: queued
+            run("prune_backups", request, dg.DagsterRunStatus.QUEUED)
+        launchable = QueuedRunCoordinatorDaemon(interval_seconds=1)._get_runs_to_dequeue(
+            instance, instance.get_concurrency_config(), None)
+
+    assert [r.tags[DATABASE_RUN_TAG] for r in launchable] == ["inventory"]
 
 
 def test_prune_backups_job_materializes_retention_for_a_partition(tmp_path, source_cluster, source_db,
@@ -352,7 +395,8 @@ def test_prune_backups_job_materializes_retention_for_a_partition(tmp_path, sour
     assert materialization.partition == SOURCE_DB
     metadata = materialization.metadata
     assert (metadata["deleted_count"].value, metadata["kept_count"].value,
-            metadata["locked_count"].value) == (3, 9, 0)
+            metadata["locked_count"].value, metadata["leftovers_removed"].value) == (3, 9, 0, 0)
+    assert instance.get_run_by_id(result.run_id).tags[DATABASE_RUN_TAG] == SOURCE_DB
     for store in ("aws", "azure", "gcp"):
         remaining = {p.parent.name for p in (tmp_path / "stores" / store / "backups" / SOURCE_DB).glob("*/manifest.json")}
         assert remaining == set(ids[1:])

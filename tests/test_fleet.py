@@ -163,6 +163,27 @@ def test_wrong_type(tmp_path: Path) -> None:
     ]
 
 
+def test_retention_sweep_age_defaults_to_a_day_and_refuses_less_than_an_hour(tmp_path: Path) -> None:
+    fleet = load_fleet(write_fleet(tmp_path, HEAD, "databases: []\n"), environ={})
+    assert fleet.policy("standard").retention.sweep_older_than == timedelta(days=1)
+
+    path = write_fleet(tmp_path, """\
+        clusters: []
+        stores: [{name: aws-eu, kind: local, path: s}]
+        databases: []
+        policies:
+          - name: standard
+            rpo: 1h
+            stores: [aws-eu]
+            drill: {every: 1d, rto: 15m}
+            retention: {keep_last: 7, sweep_older_than: 10m}
+        """)
+    assert load_errors(path) == [
+        f"{path}:9: policies[0].retention.sweep_older_than: expected at least 1h: a sweep must never "
+        "touch a backup or copy still being written, got 10m"
+    ]
+
+
 def test_bad_duration(tmp_path: Path) -> None:
     path = write_fleet(tmp_path, """\
         clusters: []

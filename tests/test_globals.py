@@ -4,7 +4,7 @@ pg_dumpall, and applied to a fresh PostgreSQL server only when a restore asks fo
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import psycopg

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
 from platform_orchestration.storage import (
@@ -10,6 +13,8 @@ from platform_orchestration.storage import (
     read_bytes,
     write_bytes,
 )
+
+NOW = datetime.now(timezone.utc)
 
 
 @pytest.fixture
@@ -102,3 +107,54 @@ def test_invalid_keys_are_rejected(store, key):
         store.read(key)
     with pytest.raises(ValueError, match="invalid object key"):
         store.delete(key)
+
+
+# --- leftovers: partial files and empty directories ------------------------------------------
+
+
+def _age(path, days: float) -> None:
+    then = (NOW - timedelta(days=days)).timestamp()
+    os.utime(path, (then, then))
+
+
+def test_a_partial_file_is_aged_by_its_last_write_and_its_directory_goes_with_it(store):
+    writer = store.open_writer("backups/db/1/dump")
+    writer.write(b"d" * 100_000)  # past the file buffer: on disk, as a killed writer leaves it
+    [partial] = store.root.rglob(".partial-*")
+    _age(partial, days=2)
+
+    [upload] = store.incomplete_uploads(older_than=NOW - timedelta(days=1))
+    assert (upload.key, upload.size) == ("backups/db/1/dump", 100_000)
+    assert [u.key for u in store.discard_incomplete(older_than=NOW - timedelta(days=1))] == ["backups/db/1/dump"]
+
+    assert not (store.root / "backups").exists()
+
+
+def test_empty_directories_left_by_a_killed_prune_are_removed_once_old(store):
+    write_bytes(store, "backups/db/kept/manifest.json", b"{}")
+    for name, days in (("old-1", 3), ("old-2", 2), ("young", 0)):
+        (store.root / "backups" / "db" / name / "nested").mkdir(parents=True)
+        _age(store.root / "backups" / "db" / name / "nested", days)
+        _age(store.root / "backups" / "db" / name, days)
+    cutoff = NOW - timedelta(days=1)
+
+    assert store.empty_directories("backups/", older_than=cutoff) == [
+        "backups/db/old-1/nested/", "backups/db/old-1/", "backups/db/old-2/nested/", "backups/db/old-2/"]
+    assert store.remove_empty_directories("drills/", older_than=cutoff) == []
+    assert len(store.remove_empty_directories("backups/", older_than=cutoff)) == 4
+
+    assert sorted(p.name for p in (store.root / "backups" / "db").iterdir()) == ["kept", "young"]
+    assert read_bytes(store, "backups/db/kept/manifest.json") == b"{}"
+
+
+def test_a_directory_holding_a_young_partial_file_is_never_removed(store):
+    writer = store.open_writer("backups/db/1/dump")
+    writer.write(b"still being written")
+    _age(store.root / "backups" / "db" / "1", days=5)
+    cutoff = NOW - timedelta(days=1)
+
+    assert store.discard_incomplete(older_than=cutoff) == []
+    assert store.remove_empty_directories(older_than=cutoff) == []
+
+    writer.commit()
+    assert read_bytes(store, "backups/db/1/dump") == b"still being written"

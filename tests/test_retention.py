@@ -480,6 +480,73 @@ def test_rule_7_a_store_that_cannot_be_listed_is_reported_and_the_others_are_pru
     assert report.failures == (f"store azure: {report.store('azure').failures[0]}",)
 
 
+def abandoned_write(store: LocalObjectStore, key: str, size: int, *, idle: timedelta) -> None:
+    """A writer killed after writing `size` bytes to `key`, idle for `idle`: its partial file stays."""
+    writer = store.open_writer(key)
+    writer.write(b"x" * size)  # at least a file buffer's worth (8 KiB), so it reaches the disk
+    [partial] = store.path_for(key).parent.glob(f".partial-{store.path_for(key).name}.*")
+    then = (utcnow() - idle).timestamp()
+    os.utime(partial, (then, then))
+
+
+def test_rule_9_leftovers_idle_past_the_sweep_age_are_removed_and_reported_with_their_bytes(stores, take):
+    aws = stores[0]
+    kept_id = take(stores)
+    killed_backup = backup_prefix(SOURCE_DB, new_backup_id(utcnow() - timedelta(days=3))) + "dump.pgdump.zst"
+    abandoned_write(aws, killed_backup, 300_000, idle=timedelta(days=3))
+    abandoned_write(aws, f"drills/{SOURCE_DB}/killed.json", 10_000, idle=timedelta(days=2))
+    abandoned_write(aws, "evidence/compliance/killed.json", 20_000, idle=timedelta(days=2))
+    in_flight = backup_prefix(SOURCE_DB, new_backup_id(utcnow())) + "dump.pgdump.zst"
+    abandoned_write(aws, in_flight, 10_000, idle=timedelta(minutes=5))
+    pruned_dir = aws.root / "backups" / SOURCE_DB / new_backup_id(utcnow() - timedelta(days=5))
+    pruned_dir.mkdir()  # what a prune killed between its deletes and the rmdir leaves
+    then = (utcnow() - timedelta(days=5)).timestamp()
+    os.utime(pruned_dir, (then, then))
+
+    report = prune(stores, keep_last=1)
+
+    result = report.store("aws")
+    assert sorted(u.key for u in result.uploads_discarded) == sorted(
+        [killed_backup, f"drills/{SOURCE_DB}/killed.json", "evidence/compliance/killed.json"])
+    assert result.discarded_bytes == report.discarded_bytes == 330_000
+    assert result.directories_removed == (f"backups/{SOURCE_DB}/{pruned_dir.name}/",)
+    assert [u.key for u in aws.incomplete_uploads()] == [in_flight]  # five minutes idle: alive
+    assert not pruned_dir.exists() and not aws.path_for(killed_backup).parent.exists()
+    assert listed(aws) == [kept_id] and result.failures == ()
+    assert (report.uploads_discarded_count, report.directories_removed_count) == (3, 1)
+    assert f"aws: removed incomplete upload {killed_backup} (0.3 MiB, idle since " in "\n".join(report.lines())
+    assert ("aws: leftovers idle for over 1d: removed 3 incomplete upload(s) (0.3 MiB), "
+            "1 empty directory(ies)") in report.lines()
+    assert report.store("azure").uploads_discarded == ()
+
+
+def test_rule_9_a_dry_run_reports_the_leftovers_it_would_remove_and_removes_none(stores, take):
+    aws = stores[0]
+    take(stores)
+    killed = backup_prefix(SOURCE_DB, new_backup_id(utcnow() - timedelta(days=3))) + "dump.pgdump.zst"
+    abandoned_write(aws, killed, 10_000, idle=timedelta(days=3))
+
+    dry = prune(stores, keep_last=1, dry_run=True)
+
+    assert [u.key for u in dry.store("aws").uploads_discarded] == [killed]
+    assert f"aws: would remove incomplete upload {killed}" in "\n".join(dry.lines())
+    assert [u.key for u in aws.incomplete_uploads()] == [killed]
+
+
+def test_rule_9_the_sweep_age_is_a_prune_keyword_and_the_clock_decides_what_is_old(stores, take):
+    aws = stores[0]
+    take(stores)
+    abandoned_write(aws, "evidence/compliance/slow.json", 10_000, idle=timedelta(hours=3))
+
+    kept = prune_database(SOURCE_DB, stores, RetentionPolicy(keep_last=1), now=utcnow(),
+                          sweep_older_than=timedelta(hours=4))
+    swept = prune_database(SOURCE_DB, stores, RetentionPolicy(keep_last=1), now=utcnow() + timedelta(hours=2),
+                           sweep_older_than=timedelta(hours=4))
+
+    assert kept.uploads_discarded_count == 0
+    assert [u.key for u in swept.store("aws").uploads_discarded] == ["evidence/compliance/slow.json"]
+
+
 def test_daily_and_monthly_retention_across_real_backups_taken_on_different_days(stores, take):
     real = take(stores)
     day_late = backdated(real, stores, snapshot_at=datetime(2025, 3, 10, 20, tzinfo=UTC))

@@ -8,9 +8,11 @@ tests put a TCP fault proxy between the SDK and the emulator.
 from __future__ import annotations
 
 import os
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from conftest import SOURCE_DB, STORE_BACKENDS
+from store_backends import upload_keys
 
 from platform_orchestration.backups.catalog import latest_backup, list_backups
 from platform_orchestration.backups.copy import copy_backup
@@ -60,7 +62,7 @@ def test_large_object_streams_in_parts_and_round_trips(backend):
             writer.write(chunk)
         writer.commit()
     assert b"".join(store.read("big/object.bin")) == data
-    assert store.incomplete_uploads() == []
+    assert upload_keys(store.incomplete_uploads()) == []
 
 
 def test_object_is_invisible_until_commit_and_abort_leaves_nothing(backend):
@@ -71,7 +73,7 @@ def test_object_is_invisible_until_commit_and_abort_leaves_nothing(backend):
     assert _keys(store) == []
     writer.abort()
     assert _keys(store) == []
-    assert store.incomplete_uploads() == []
+    assert upload_keys(store.incomplete_uploads()) == []
 
 
 def test_reading_a_missing_object_names_store_and_key(backend):
@@ -111,6 +113,53 @@ def test_a_backup_lands_verifies_and_copies_across_backends(backend, backup, loc
     other = backend.new_store()
     copy_backup(latest_backup(local, SOURCE_DB), other)
     assert [b.backup_id for b in list_backups(other, SOURCE_DB)] == [outcome.manifest.backup_id]
+
+
+# --- leftovers of killed writers -------------------------------------------------------------
+# "Old" is made by the cutoff, not by waiting: a sweep at `now + 1 day` sees a live upload as a
+# day idle, exactly as tomorrow's sweep would.
+
+
+def _abandoned_upload(store, key: str):
+    """A writer that sent more than a part/block/chunk and was then "killed": never
+    committed nor aborted, so the store holds an incomplete upload."""
+    writer = store.open_writer(key)
+    for chunk in _chunks(_payload(9 * MiB)):
+        writer.write(chunk)
+    return writer
+
+
+def test_an_incomplete_upload_younger_than_the_cutoff_survives_a_sweep(backend):
+    store = backend.new_store()
+    writer = _abandoned_upload(store, "backups/db/1/dump.pgdump.zst")
+    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+
+    assert store.incomplete_uploads("backups/", older_than=an_hour_ago) == []
+    assert store.discard_incomplete("backups/", older_than=an_hour_ago) == []
+
+    [upload] = store.incomplete_uploads("backups/")
+    assert upload.key == "backups/db/1/dump.pgdump.zst"
+    assert upload.last_active_at > an_hour_ago
+    writer.abort()
+
+
+def test_an_incomplete_upload_idle_past_the_cutoff_is_discarded_and_no_committed_object_is(backend):
+    store = backend.new_store()
+    write_bytes(store, "backups/db/1/dump.pgdump.zst", b"dump")
+    write_bytes(store, "backups/db/1/manifest.json", b"{}")
+    write_bytes(store, "evidence/compliance/1.json", b"{}")
+    _abandoned_upload(store, "backups/db/2/dump.pgdump.zst")
+    a_day_from_now = datetime.now(timezone.utc) + timedelta(days=1)
+
+    [old] = store.incomplete_uploads(older_than=a_day_from_now)
+    assert old.key == "backups/db/2/dump.pgdump.zst"
+    assert old.size is None or 0 < old.size <= 9 * MiB
+    assert store.discard_incomplete("backups/", older_than=a_day_from_now) == [old]
+
+    assert store.incomplete_uploads() == []
+    assert _keys(store) == ["backups/db/1/dump.pgdump.zst", "backups/db/1/manifest.json",
+                            "evidence/compliance/1.json"]
+    assert read_bytes(store, "backups/db/1/manifest.json") == b"{}"
 
 
 # --- faults ----------------------------------------------------------------------------------
@@ -161,7 +210,7 @@ def test_server_gone_mid_upload_fails_cleanly_and_a_retry_succeeds(backend):
     proxy.up()
     assert _keys(store) == []
     store.discard_incomplete()
-    assert store.incomplete_uploads() == []
+    assert upload_keys(store.incomplete_uploads()) == []
 
     with store.open_writer("gone/object.bin") as writer:
         for chunk in _chunks(data):

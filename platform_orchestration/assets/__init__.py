@@ -149,7 +149,8 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               deps=[backup_copies],
               description="The retention policy applied in every store of the policy: backups it no "
                           "longer keeps deleted (manifest first), the newest always kept, locked "
-                          "(immutable) objects reported and kept, orphan dumps swept.")
+                          "(immutable) objects reported and kept, orphan dumps and leftovers of killed "
+                          "writes swept.")
     def retention(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
         with fleet.protection() as protection:
             report = protection.prune(context.partition_key)
@@ -163,6 +164,10 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
             "kept_count": dg.MetadataValue.int(report.kept_count),
             "locked_count": dg.MetadataValue.int(report.locked_count),
             "orphans_removed": dg.MetadataValue.int(report.orphans_removed_count),
+            # Incomplete uploads and empty directories of killed writes, and the bytes they held.
+            "leftovers_removed": dg.MetadataValue.int(report.uploads_discarded_count
+                                                      + report.directories_removed_count),
+            "leftover_bytes_removed": dg.MetadataValue.int(report.discarded_bytes),
             "kept_backups": ", ".join(report.plan.kept_ids) or "none",
             "stores": _markdown_table(["store", "deleted", "kept", "locked", "orphans removed", "errors"], rows),
         }

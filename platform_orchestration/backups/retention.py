@@ -46,6 +46,11 @@ The rules it enforces, whatever the plan says:
    backup a full-view plan would keep.
 8. **``dry_run=True`` deletes nothing** and reports what would be deleted and swept. It
    cannot know about locks, which only a real delete reveals.
+9. **Leftovers are swept.** Incomplete uploads (partial files, open multipart uploads,
+   uncommitted blocks, upload sessions) and, in local stores, empty directories, under every
+   prefix the product writes for the database (``backups/<db>/``, ``drills/<db>/``,
+   ``evidence/``), are removed once idle for longer than ``sweep_older_than`` (default 1 day);
+   see :mod:`platform_orchestration.backups.leftovers`. Committed objects are never touched.
 
 Only the policy's stores are pruned. A store the policy no longer names keeps what it holds.
 """
@@ -53,11 +58,17 @@ Only the policy's stores are pruned. A store the policy no longer names keeps wh
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from platform_orchestration.backups.catalog import StoredBackup, list_backups
+from platform_orchestration.backups.leftovers import (
+    LEFTOVER_GRACE,
+    LeftoverSweep,
+    prefixes_written_for,
+    sweep_leftovers,
+)
 from platform_orchestration.backups.manifest import (
     DUMP_OBJECT,
     GLOBALS_OBJECT,
@@ -69,10 +80,12 @@ from platform_orchestration.backups.manifest import (
 )
 from platform_orchestration.errors import PlatformError
 from platform_orchestration.fleet.model import RetentionPolicy
-from platform_orchestration.storage import ObjectInfo, ObjectStore, StoreError
+from platform_orchestration.fleet.durations import format_duration
+from platform_orchestration.storage import IncompleteUpload, ObjectInfo, ObjectStore, StoreError
 from platform_orchestration.storage.base import ObjectLocked
 
 __all__ = [
+    "LEFTOVER_GRACE",
     "ORPHAN_GRACE",
     "BackupPoint",
     "KeptBackup",
@@ -253,9 +266,9 @@ class StorePrune:
 
     ``deleted``: backup ids whose manifest and dump are both gone. ``kept``: the verified backups
     that stay, with the plan's reasons and any safety rule's. ``locked``: deletes refused by
-    immutability. ``orphans_removed``: dump keys the sweep removed. ``failures``: any other
-    store error, one line each. A backup in ``failures`` or ``locked`` is in neither ``deleted``
-    nor ``kept``."""
+    immutability. ``orphans_removed``: dump keys the sweep removed. ``uploads_discarded`` and
+    ``directories_removed``: the leftovers swept (rule 9). ``failures``: any other store error,
+    one line each. A backup in ``failures`` or ``locked`` is in neither ``deleted`` nor ``kept``."""
 
     store: str
     dry_run: bool
@@ -264,6 +277,13 @@ class StorePrune:
     locked: tuple[LockedObject, ...] = ()
     orphans_removed: tuple[str, ...] = ()
     failures: tuple[str, ...] = ()
+    uploads_discarded: tuple[IncompleteUpload, ...] = ()
+    directories_removed: tuple[str, ...] = ()
+
+    @property
+    def discarded_bytes(self) -> int:
+        """Bytes of the discarded uploads whose size the store knows."""
+        return sum(upload.size or 0 for upload in self.uploads_discarded)
 
 
 @dataclass(frozen=True)
@@ -275,6 +295,7 @@ class PruneReport:
     dry_run: bool
     plan: RetentionPlan
     stores: tuple[StorePrune, ...]
+    sweep_older_than: timedelta = LEFTOVER_GRACE
 
     def store(self, name: str) -> StorePrune:
         return next(s for s in self.stores if s.store == name)
@@ -296,6 +317,19 @@ class PruneReport:
         return sum(len(s.orphans_removed) for s in self.stores)
 
     @property
+    def uploads_discarded_count(self) -> int:
+        return sum(len(s.uploads_discarded) for s in self.stores)
+
+    @property
+    def discarded_bytes(self) -> int:
+        """Bytes of the discarded uploads, where the stores know them."""
+        return sum(s.discarded_bytes for s in self.stores)
+
+    @property
+    def directories_removed_count(self) -> int:
+        return sum(len(s.directories_removed) for s in self.stores)
+
+    @property
     def failures(self) -> tuple[str, ...]:
         return tuple(f"store {s.store}: {f}" for s in self.stores for f in s.failures)
 
@@ -309,8 +343,26 @@ class PruneReport:
             lines += [f"{s.store}: kept {k.backup_id} ({'; '.join(k.reasons)})" for k in s.kept]
             lines += [f"{s.store}: {locked.describe(s.store)}" for locked in s.locked]
             lines += [f"{s.store}: {removed} orphan dump {key}" for key in s.orphans_removed]
+            lines += [f"{s.store}: {removed} incomplete upload {upload.key} ({_describe_upload(upload)})"
+                      for upload in s.uploads_discarded]
+            lines += [f"{s.store}: {removed} empty directory {key}" for key in s.directories_removed]
+            if s.uploads_discarded or s.directories_removed:
+                lines.append(f"{s.store}: leftovers idle for over {format_duration(self.sweep_older_than)}: "
+                             f"{removed} {len(s.uploads_discarded)} incomplete upload(s) "
+                             f"({_mib(s.discarded_bytes)}), {len(s.directories_removed)} empty directory(ies)")
             lines += [f"{s.store}: error: {failure}" for failure in s.failures]
         return lines
+
+
+def _mib(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB"
+
+
+def _describe_upload(upload: IncompleteUpload) -> str:
+    size = "size unknown" if upload.size is None else _mib(upload.size)
+    idle = ("" if upload.last_active_at is None else
+            ", idle since " + upload.last_active_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return size + idle
 
 
 @dataclass
@@ -339,9 +391,11 @@ def _look(store: ObjectStore, database: str) -> _StoreView:
 
 def prune_database(database: str, stores: Sequence[ObjectStore], policy: RetentionPolicy, *,
                    now: datetime, dry_run: bool = False,
-                   orphan_grace: timedelta = ORPHAN_GRACE) -> PruneReport:
+                   orphan_grace: timedelta = ORPHAN_GRACE,
+                   sweep_older_than: timedelta = LEFTOVER_GRACE) -> PruneReport:
     """Apply `policy` to `database` in `stores` (the policy's stores), under the rules of this
-    module's docstring. `now` anchors the orphan grace period and is recorded in the plan.
+    module's docstring. `now` anchors the orphan grace period and the leftover sweep's age
+    (`sweep_older_than`), and is recorded in the plan.
 
     Store errors never stop the run half-way: each is reported in its store's ``failures`` and
     the rest goes on. Raises :class:`RetentionError`, before deleting anything, if the stores
@@ -351,10 +405,25 @@ def prune_database(database: str, stores: Sequence[ObjectStore], policy: Retenti
     all_ids = [b.backup_id for v in views for b in v.verified]
     newest_overall = max(all_ids) if all_ids else None
     results = [
-        _prune_store(view, database, plan, newest_overall, now=now, dry_run=dry_run, orphan_grace=orphan_grace)
+        _with_leftovers_swept(
+            _prune_store(view, database, plan, newest_overall, now=now, dry_run=dry_run, orphan_grace=orphan_grace),
+            view, database, older_than=now - sweep_older_than, dry_run=dry_run)
         for view in views
     ]
-    return PruneReport(database=database, dry_run=dry_run, plan=plan, stores=tuple(results))
+    return PruneReport(database=database, dry_run=dry_run, plan=plan, stores=tuple(results),
+                       sweep_older_than=sweep_older_than)
+
+
+def _with_leftovers_swept(result: StorePrune, view: _StoreView, database: str, *, older_than: datetime,
+                          dry_run: bool) -> StorePrune:
+    """Rule 9, after the prune (which can itself leave an empty directory to sweep). A store
+    that could not be listed is left alone: its failure is already reported."""
+    if view.error is not None:
+        return result
+    swept: LeftoverSweep = sweep_leftovers(view.store, prefixes_written_for(database),
+                                           older_than=older_than, dry_run=dry_run)
+    return replace(result, uploads_discarded=swept.uploads, directories_removed=swept.directories,
+                   failures=result.failures + swept.failures)
 
 
 def _prune_store(view: _StoreView, database: str, plan: RetentionPlan, newest_overall: str | None, *,

@@ -481,6 +481,9 @@ class DrillPolicy(_FrozenSpec):
     rto: Duration
 
 
+MIN_SWEEP_AGE = timedelta(hours=1)
+
+
 class RetentionPolicy(_FrozenSpec):
     """How many backup generations to keep: the newest ``keep_last`` plus daily/weekly/monthly ones."""
 
@@ -488,6 +491,17 @@ class RetentionPolicy(_FrozenSpec):
     daily: int = Field(default=0, ge=0)
     weekly: int = Field(default=0, ge=0)
     monthly: int = Field(default=0, ge=0)
+    # How long an unfinished write (incomplete upload, dump without manifest, empty directory)
+    # must have been idle before prune's sweeps remove it.
+    sweep_older_than: Duration = MIN_SWEEP_AGE * 24
+
+    @field_validator("sweep_older_than")
+    @classmethod
+    def _not_young_enough_to_hit_a_live_write(cls, value: timedelta) -> timedelta:
+        if value < MIN_SWEEP_AGE:
+            raise ValueError(f"expected at least {format_duration(MIN_SWEEP_AGE)}: a sweep must never "
+                             f"touch a backup or copy still being written, got {format_duration(value)}")
+        return value
 
 
 class Policy(_FrozenSpec):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from platform_orchestration.storage.base import (
     Immutability,
+    HasDirectories,
+    IncompleteUpload,
     ObjectInfo,
     ObjectLocked,
     ObjectNotFound,
@@ -17,6 +19,8 @@ from platform_orchestration.storage.base import (
 from platform_orchestration.storage.local import LocalObjectStore
 
 __all__ = [
+    "HasDirectories",
+    "IncompleteUpload",
     "LocalObjectStore",
     "Immutability",
     "ObjectInfo",

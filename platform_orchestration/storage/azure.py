@@ -63,6 +63,7 @@ from azure.storage.blob import (
 from platform_orchestration.storage.base import (
     READ_CHUNK_BYTES,
     Immutability,
+    IncompleteUpload,
     ObjectInfo,
     ObjectLocked,
     ObjectNotFound,
@@ -414,22 +415,50 @@ class AzureObjectStore:
         except AzureError:
             return None
 
-    def incomplete_uploads(self, prefix: str = "") -> builtins.list[str]:  # `list` is a method here
-        """Keys with staged blocks but no committed blob (see the module docstring)."""
+    def incomplete_uploads(self, prefix: str = "", *,
+                           older_than: datetime | None = None) -> builtins.list[IncompleteUpload]:
+        """Keys with staged blocks but no committed blob (see the module docstring), each with
+        the blob's Last-Modified (its newest staged block) and the bytes staged; with
+        `older_than`, only those idle since before it. `list` is a method here, hence builtins."""
         name_prefix = self._name_prefix(prefix)
         try:
             # Listed first, then the committed ones: a blob committed in between is then
             # not reported, rather than reported and needlessly discarded.
-            with_uncommitted = [blob.name for blob in self._container.list_blobs(
-                name_starts_with=name_prefix, include=["uncommittedblobs"], results_per_page=self.page_size)]
+            with_uncommitted = builtins.list(self._container.list_blobs(
+                name_starts_with=name_prefix, include=["uncommittedblobs"], results_per_page=self.page_size))
             committed = {blob.name for blob in self._container.list_blobs(
                 name_starts_with=name_prefix, results_per_page=self.page_size)}
         except AzureError as exc:
             raise self.failure(f"listing incomplete uploads under {prefix or '(all keys)'}", exc) from None
-        return sorted(self._key_of(name) for name in with_uncommitted if name not in committed)
+        found = []
+        for blob in with_uncommitted:
+            if blob.name in committed:
+                continue
+            upload = IncompleteUpload(self._key_of(blob.name), blob.last_modified or blob.creation_time)
+            if not upload.idle_since_before(older_than):
+                continue
+            size = self._staged_bytes(upload.key)
+            if size is not None:
+                found.append(IncompleteUpload(upload.key, upload.last_active_at, size=size))
+        return sorted(found, key=lambda upload: upload.key)
 
-    def discard_incomplete(self, prefix: str = "") -> int:
-        return sum(self.discard_uncommitted(key) for key in self.incomplete_uploads(prefix))
+    def _staged_bytes(self, key: str) -> int | None:
+        """Bytes of the uncommitted blocks at `key`; None if the blob is gone meanwhile."""
+        try:
+            _committed, uncommitted = self.blob_client(key).get_block_list("uncommitted")
+        except AzureError as exc:
+            if self._not_found(exc):
+                return None
+            raise self.failure(f"listing the staged blocks of {key}", exc) from None
+        return sum(block.size or 0 for block in uncommitted)
+
+    def discard_incomplete(self, prefix: str = "", *,
+                           older_than: datetime | None = None) -> builtins.list[IncompleteUpload]:
+        """Discard what incomplete_uploads() reports. Azure's staged blocks belong to a blob
+        name, not to one upload: discarding a name drops every writer's uncommitted blocks
+        there, which is why `older_than` goes by the newest block."""
+        return [upload for upload in self.incomplete_uploads(prefix, older_than=older_than)
+                if self.discard_uncommitted(upload.key)]
 
     def discard_uncommitted(self, key: str, retry_total: int | None = None) -> bool:
         """Remove the uncommitted blob at `key`; False (and nothing touched) when a committed

@@ -53,6 +53,30 @@ class ObjectInfo:
     modified_at: datetime
 
 
+@dataclass(frozen=True)
+class IncompleteUpload:
+    """An upload started and neither committed nor aborted (a partial file, an open multipart
+    upload, uncommitted blocks, a resumable session): what a killed writer leaves behind.
+
+    ``last_active_at`` is the latest moment the store saw it written to: its newest part, block
+    or byte where the store records that, else its start. A sweep goes by it, not by the start,
+    so a long upload that is still sending is never taken for an abandoned one. None when the
+    store cannot tell: such an upload is never removed by age. ``size`` is the bytes the store
+    holds for it, None when unknown; ``started_at`` when the store records the start."""
+
+    key: str
+    last_active_at: datetime | None
+    size: int | None = None
+    started_at: datetime | None = None
+
+    def idle_since_before(self, cutoff: datetime | None) -> bool:
+        """Whether a sweep with `cutoff` removes it: always without a cutoff; with one, only
+        if it is known to have been idle since before it."""
+        if cutoff is None:
+            return True
+        return self.last_active_at is not None and self.last_active_at < cutoff
+
+
 class ObjectWriter(Protocol):
     def write(self, chunk: bytes) -> None: ...
     def commit(self) -> None: ...
@@ -89,19 +113,40 @@ class ObjectStore(Protocol):
         while the store's retention protects the object."""
         ...
 
-    def incomplete_uploads(self, prefix: str = "") -> list[str]:
-        """Keys of uploads started but neither committed nor aborted (partial files, open
-        multipart uploads, uncommitted blocks): what a crash can leave behind."""
+    def incomplete_uploads(self, prefix: str = "", *,
+                           older_than: datetime | None = None) -> list[IncompleteUpload]:
+        """Uploads under `prefix` started but neither committed nor aborted (partial files,
+        open multipart uploads, uncommitted blocks): what a crash can leave behind, in key
+        order. With `older_than`, only those idle since before it (see IncompleteUpload)."""
         ...
 
-    def discard_incomplete(self, prefix: str = "") -> int:
-        """Abort every incomplete upload under `prefix` (the janitor's job after a crash
-        or an outage that stopped an upload from aborting itself); returns how many."""
+    def discard_incomplete(self, prefix: str = "", *,
+                           older_than: datetime | None = None) -> list[IncompleteUpload]:
+        """Abort the incomplete uploads under `prefix` (all of them, or with `older_than` only
+        those idle since before it): the janitor's job after a crash or an outage that
+        stopped an upload from aborting itself. Each is discarded by its own identity, so
+        another upload of the same key started meanwhile is not touched, and committed
+        objects never are. Returns what was discarded."""
         ...
 
     def server_side_copy(self, source: ObjectStore, key: str) -> bool:
         """Copy `key` from `source` inside the provider, without the bytes passing through
         us, when both stores live where that is possible; False means "stream it"."""
+        ...
+
+
+@runtime_checkable
+class HasDirectories(Protocol):
+    """A store on a filesystem, where directories outlive their objects: a killed prune (or a
+    discarded partial file) can leave empty ones. Object stores have no directories."""
+
+    def empty_directories(self, prefix: str = "", *, older_than: datetime) -> list[str]:
+        """Directories under `prefix` (as ``key/`` strings) that hold nothing but what a sweep
+        with `older_than` removes, and were last changed before `older_than`."""
+        ...
+
+    def remove_empty_directories(self, prefix: str = "", *, older_than: datetime) -> list[str]:
+        """Remove what empty_directories() reports, deepest first; returns what was removed."""
         ...
 
 

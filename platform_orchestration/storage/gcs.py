@@ -55,6 +55,7 @@ from google.oauth2 import service_account
 from platform_orchestration.storage.base import (
     READ_CHUNK_BYTES,
     Immutability,
+    IncompleteUpload,
     ObjectInfo,
     ObjectLocked,
     ObjectNotFound,
@@ -190,6 +191,9 @@ class _Session:
     object_name: str
     uri: str = field(repr=False)
     started_at: datetime
+    # Updated by the writer each time the session acknowledges bytes.
+    last_active_at: datetime | None = None
+    persisted: int = 0
 
 
 _SESSIONS: dict[tuple[str, str], dict[int, _Session]] = {}
@@ -361,6 +365,9 @@ class GcsObjectWriter(WriterLifecycle):
                                  f"reports {persisted} bytes persisted, expected {self._offset}-{end}")
             del self._buffer[:persisted - self._offset]
             self._offset = persisted
+            if self._session is not None:
+                self._session.persisted = persisted
+                self._session.last_active_at = datetime.now(timezone.utc)
             return None
         if status in (404, 410, 499):
             raise StoreError(f"store {self._store.name}: writing {self._key} failed: the upload session "
@@ -489,20 +496,30 @@ class GcsObjectStore:
                                    f"retention{f' until {until.isoformat()}' if until else ''}", until) from None
             raise self.failure("deleting", key, exc) from None
 
-    def incomplete_uploads(self, prefix: str = "") -> list[str]:
-        """Keys of resumable sessions this process opened on this bucket and neither committed
-        nor cancelled (GCS cannot list sessions; one abandoned by another process is
-        invisible, unbilled, and expires after a week)."""
-        return sorted(self._relative(session.object_name) for session in self._sessions(prefix))
+    def incomplete_uploads(self, prefix: str = "", *,
+                           older_than: datetime | None = None) -> list[IncompleteUpload]:
+        """Resumable sessions this process opened on this bucket and neither committed nor
+        cancelled (GCS cannot list sessions; one abandoned by another process is invisible,
+        unbilled, and expires after a week), idle since before `older_than` when given."""
+        return sorted((upload for _session, upload in self._incomplete(prefix, older_than)),
+                      key=lambda upload: upload.key)
 
-    def discard_incomplete(self, prefix: str = "") -> int:
-        """Cancel the sessions incomplete_uploads() reports; returns how many are gone. One
-        that cannot be cancelled now (server unreachable) stays listed."""
-        discarded = 0
+    def discard_incomplete(self, prefix: str = "", *,
+                           older_than: datetime | None = None) -> list[IncompleteUpload]:
+        """Cancel the sessions incomplete_uploads() reports; returns those gone. One that
+        cannot be cancelled now (server unreachable) stays listed."""
+        return sorted((upload for session, upload in self._incomplete(prefix, older_than)
+                       if self.cancel_session(session, retry=True)), key=lambda upload: upload.key)
+
+    def _incomplete(self, prefix: str, older_than: datetime | None) -> list[tuple[_Session, IncompleteUpload]]:
+        found = []
         for session in self._sessions(prefix):
-            if self.cancel_session(session, retry=True):
-                discarded += 1
-        return discarded
+            upload = IncompleteUpload(self._relative(session.object_name),
+                                      session.last_active_at or session.started_at,
+                                      size=session.persisted, started_at=session.started_at)
+            if upload.idle_since_before(older_than):
+                found.append((session, upload))
+        return found
 
     def server_side_copy(self, source: ObjectStore, key: str) -> bool:
         """Rewrite `key` from `source` inside GCS when `source` is a GCS store on the same

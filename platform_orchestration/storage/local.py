@@ -2,7 +2,8 @@
 
 An object is written to a hidden `.partial-*` file beside its final name, fsynced, then
 renamed into place and the directory fsynced: a crash leaves either the whole object or
-no object, and partial files are invisible to listing.
+no object, and partial files are invisible to listing. What a killed writer or prune leaves
+(partial files, empty directories) is aged by mtime and removed by the retention sweep.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from platform_orchestration.storage.base import (
     READ_CHUNK_BYTES,
+    IncompleteUpload,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
@@ -118,27 +120,103 @@ class LocalObjectStore:
                                         datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc)))
         yield from sorted(found, key=lambda info: info.key)
 
-    def incomplete_uploads(self, prefix: str = "") -> list[str]:
-        if not self.root.is_dir():
-            return []
-        found = []
-        for path in self.root.rglob(f"{_PARTIAL_MARK}*"):
+    def _top(self, prefix: str) -> Path:
+        """The deepest directory holding every key that starts with `prefix`."""
+        head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        return self.root / head if head else self.root
+
+    def _partials(self, prefix: str) -> Iterator[tuple[Path, IncompleteUpload]]:
+        # os.walk, not rglob: it skips directories that vanish meanwhile (a writer's abort,
+        # another sweep) instead of failing.
+        paths = [Path(dirpath) / name for dirpath, _dirs, names in os.walk(self._top(prefix))
+                 for name in names if name.startswith(_PARTIAL_MARK)]
+        for path in paths:
             final_name = path.name[len(_PARTIAL_MARK):].rsplit(".", 1)[0]
             key = path.with_name(final_name).relative_to(self.root).as_posix()
-            if key.startswith(prefix):
-                found.append(key)
-        return sorted(found)
+            if not key.startswith(prefix):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # committed or aborted while we looked
+                continue
+            # A file's mtime is its last write: a partial file still being written stays young.
+            yield path, IncompleteUpload(key, datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc),
+                                         size=stat.st_size)
 
-    def discard_incomplete(self, prefix: str = "") -> int:
-        if not self.root.is_dir():
-            return 0
-        discarded = 0
-        for path in self.root.rglob(f"{_PARTIAL_MARK}*"):
-            final_name = path.name[len(_PARTIAL_MARK):].rsplit(".", 1)[0]
-            if path.with_name(final_name).relative_to(self.root).as_posix().startswith(prefix):
-                path.unlink(missing_ok=True)
-                discarded += 1
-        return discarded
+    def incomplete_uploads(self, prefix: str = "", *,
+                           older_than: datetime | None = None) -> list[IncompleteUpload]:
+        """Partial files under `prefix` (idle since before `older_than`, when given)."""
+        found = [upload for _path, upload in self._partials(prefix) if upload.idle_since_before(older_than)]
+        return sorted(found, key=lambda upload: upload.key)
+
+    def discard_incomplete(self, prefix: str = "", *,
+                           older_than: datetime | None = None) -> list[IncompleteUpload]:
+        """Remove partial files under `prefix` (idle since before `older_than`, when given),
+        and the directories that leaves empty, as delete() does."""
+        discarded = []
+        for path, upload in self._partials(prefix):
+            if not upload.idle_since_before(older_than):
+                continue
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreError(f"store {self.name}: discarding the partial file of {upload.key} "
+                                 f"failed: {exc}") from exc
+            discarded.append(upload)
+            self._remove_empty_parents(path.parent)
+        return sorted(discarded, key=lambda upload: upload.key)
+
+    def empty_directories(self, prefix: str = "", *, older_than: datetime) -> list[str]:
+        """Directories under `prefix` holding no file at any depth, unchanged since before
+        `older_than` (a young empty one may be a writer's, between mkdir and its first file),
+        deepest first, as ``key/``."""
+        return [self._key_of_directory(path) for path in self._empty_directories(prefix, older_than)]
+
+    def remove_empty_directories(self, prefix: str = "", *, older_than: datetime) -> list[str]:
+        removed = []
+        for path in self._empty_directories(prefix, older_than):
+            try:
+                path.rmdir()  # refuses, and so spares, a directory a writer just filled
+            except OSError:
+                continue
+            removed.append(self._key_of_directory(path))
+        return removed
+
+    def _key_of_directory(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix() + "/"
+
+    def _empty_directories(self, prefix: str, older_than: datetime) -> list[Path]:
+        top = self._top(prefix)
+        if not top.is_dir():
+            return []
+        cutoff = older_than.timestamp()
+        empty: set[str] = set()
+        found: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+            path = Path(dirpath)
+            if path == self.root or not self._key_of_directory(path).startswith(prefix):
+                continue
+            if filenames or any(str(path / name) not in empty for name in dirnames):
+                continue
+            try:
+                if path.stat().st_mtime >= cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            empty.add(dirpath)
+            found.append(path)
+        return found  # bottom-up: children before their parents
+
+    def _remove_empty_parents(self, parent: Path) -> None:
+        # Empty directories left behind would be harmless but clutter a browsed store.
+        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+            try:
+                parent.rmdir()
+            except OSError:  # filled meanwhile
+                return
+            parent = parent.parent
 
     def server_side_copy(self, source: ObjectStore, key: str) -> bool:
         return False  # a local copy through us is as fast as the disk
@@ -146,8 +224,4 @@ class LocalObjectStore:
     def delete(self, key: str) -> None:
         path = self.path_for(key)
         path.unlink(missing_ok=True)
-        # Empty directories left behind would be harmless but clutter a browsed store.
-        parent = path.parent
-        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
+        self._remove_empty_parents(path.parent)

@@ -60,6 +60,7 @@ from platform_orchestration.fleet.durations import format_duration
 from platform_orchestration.storage.base import (
     READ_CHUNK_BYTES,
     Immutability,
+    IncompleteUpload,
     ObjectInfo,
     ObjectLocked,
     ObjectNotFound,
@@ -512,33 +513,58 @@ class S3ObjectStore:
             self._client.put_object_retention(Bucket=self.bucket, Key=object_key, VersionId=version_id,
                                               Retention={"Mode": mode, "RetainUntilDate": retain_until})
 
-    def _multipart_uploads(self, prefix: str) -> Iterator[tuple[str, str]]:
-        """(S3 key, upload id) of every open multipart upload under the store key `prefix`."""
+    def _multipart_uploads(self, prefix: str,
+                           older_than: datetime | None) -> Iterator[tuple[str, IncompleteUpload]]:
+        """(upload id, upload) of every open multipart upload under the store key `prefix`
+        (idle since before `older_than`, when given). An upload's activity is its newest
+        part, read with ListParts; that request is skipped for one started after the cutoff."""
         pages = self._client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=self._key_root + prefix, PaginationConfig={"PageSize": self.page_size})
         for page in pages:
             for upload in page.get("Uploads", []):
-                yield upload["Key"], upload["UploadId"]
+                key = upload["Key"][len(self._key_root):]
+                initiated = upload["Initiated"].astimezone(timezone.utc)
+                if older_than is not None and initiated >= older_than:
+                    continue
+                last_active, size = initiated, 0
+                parts = self._client.get_paginator("list_parts").paginate(
+                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                try:
+                    for part in (p for parts_page in parts for p in parts_page.get("Parts", [])):
+                        last_active = max(last_active, part["LastModified"].astimezone(timezone.utc))
+                        size += part["Size"]
+                except ClientError as exc:
+                    if _error_code(exc) == "NoSuchUpload":  # completed or aborted meanwhile
+                        continue
+                    raise
+                found = IncompleteUpload(key, last_active, size=size, started_at=initiated)
+                if found.idle_since_before(older_than):
+                    yield upload["UploadId"], found
 
-    def incomplete_uploads(self, prefix: str = "") -> list[str]:
-        """Store keys of open multipart uploads (one entry per upload) under `prefix`."""
+    def incomplete_uploads(self, prefix: str = "", *,
+                           older_than: datetime | None = None) -> list[IncompleteUpload]:
+        """Open multipart uploads (one entry per upload) under `prefix`; with `older_than`,
+        only those whose newest part (or start, without parts) is older."""
         with self._sdk_errors("listing incomplete uploads under", prefix or "(all keys)"):
-            return sorted(object_key[len(self._key_root):] for object_key, _ in self._multipart_uploads(prefix))
+            return sorted((found for _, found in self._multipart_uploads(prefix, older_than)),
+                          key=lambda found: found.key)
 
-    def discard_incomplete(self, prefix: str = "") -> int:
-        """Abort every open multipart upload under `prefix`, including any a live writer is
-        still using (that writer's commit will then fail); returns how many were aborted."""
+    def discard_incomplete(self, prefix: str = "", *,
+                           older_than: datetime | None = None) -> list[IncompleteUpload]:
+        """Abort open multipart uploads under `prefix`, each by its upload id (all of them,
+        including any a live writer is still using, whose commit will then fail; or with
+        `older_than` only those idle since before it); returns those aborted."""
         with self._sdk_errors("listing incomplete uploads under", prefix or "(all keys)"):
-            uploads = list(self._multipart_uploads(prefix))
-        discarded = 0
-        for object_key, upload_id in uploads:
-            key = object_key[len(self._key_root):]
+            uploads = list(self._multipart_uploads(prefix, older_than))
+        discarded = []
+        for upload_id, found in sorted(uploads, key=lambda item: item[1].key):
             try:
-                self._client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
-                discarded += 1
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.object_key(found.key),
+                                                    UploadId=upload_id)
+                discarded.append(found)
             except _SDK_ERRORS as exc:
                 if _error_code(exc) != "NoSuchUpload":  # someone else discarded it meanwhile
-                    raise self.error("discarding the incomplete upload of", key, exc) from exc
+                    raise self.error("discarding the incomplete upload of", found.key, exc) from exc
         return discarded
 
     def server_side_copy(self, source: ObjectStore, key: str) -> bool:
