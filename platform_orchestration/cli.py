@@ -206,7 +206,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
             for r in rows:
                 print(f"{r['id']:<28} {r['database']:<16} {r['store']:<16} "
                       f"{r['created_at'][:19] + 'Z':<26} {human_bytes(r['size']):>10}", file=out)
-        return 0
+        # What could be listed is shown; a store that could not be is a failure all the same.
+        return 1 if any(broken.unreachable for broken in listing.unreadable) else 0
 
     if args.command == "verify":
         choice = protection.verify(args.database, args.backup, args.store, progress)

@@ -29,6 +29,7 @@ from platform_orchestration.backups.catalog import (
     StoredBackup,
     describe_grouped,
     read_backups,
+    read_backups_or_report,
     select_backup,
 )
 from platform_orchestration.backups.compliance import (
@@ -267,7 +268,7 @@ class FleetProtection:
         if database is not None:
             self.fleet.database(database)
         stores = self._search_order(database) if database else self.all_stores()
-        return sum((read_backups(store, database) for store in stores), BackupListing())
+        return sum((read_backups_or_report(store, database) for store in stores), BackupListing())
 
     def verify(self, database: str, backup_id: str | None = None, store_name: str | None = None,
                progress: ProgressListener = no_progress) -> BackupChoice:

@@ -77,7 +77,7 @@ def test_a_source_server_that_is_down_fails_the_backup_in_one_line(tmp_path: Pat
 
     result = platform_dr(fleet, "backup", SOURCE_DB)
 
-    assert_one_line(result, EXIT_FAILED, f"backup {SOURCE_DB}", "cannot connect to", "Connection refused")
+    assert_one_line(result, EXIT_FAILED, f"backup {SOURCE_DB}", "unreachable at host=127.0.0.1", "Connection refused")
     assert not list((tmp_path / "stores").rglob("manifest.json"))
 
 
@@ -173,3 +173,29 @@ def test_an_unexpected_exception_is_one_line_with_a_hint_and_a_traceback_on_debu
 
     assert cli.main(["--fleet", str(fleet), "--debug", "list", SOURCE_DB]) == EXIT_BUG
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_with_one_cloud_down_list_and_restore_still_work_from_the_others_and_say_what_was_missed(
+        backed_up: Path, source_db, target_cluster: LocalCluster) -> None:  # noqa: ANN001
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    backed_up.write_text(backed_up.read_text().replace(
+        "  - {name: gcp, kind: local, cloud: gcp, path: stores/gcp}",
+        f"  - name: gcp\n    kind: s3\n    bucket: backups-eu\n    region: eu-west-1\n    endpoint_url: {endpoint}\n"
+        "    credentials: {access_key_id: {env: S3_KEY_ID}, secret_access_key: {env: S3_SECRET}}"))
+    env = {"S3_KEY_ID": "AKIAEXAMPLE", "S3_SECRET": "very-secret-key"}
+
+    listed = platform_dr(backed_up, "list", SOURCE_DB, "--json", env=env)
+    assert listed.returncode == EXIT_FAILED
+    assert {row["store"] for row in json.loads(listed.stdout)} == {"aws", "azure"}
+    assert "warning: not listed: backups (if any) in store gcp: the store could not be listed" in listed.stderr
+
+    target = target_cluster.connection(f"one_cloud_down_{free_port()}")
+    restored = platform_dr(backed_up, "restore", SOURCE_DB, "--target-dsn", target.dsn, env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert "from aws" in restored.stdout
+    assert ("warning: passed over newer backups (if any) in store gcp: the store could not be listed"
+            in restored.stderr)
+    assert "very-secret-key" not in restored.stderr
+    from pg import fingerprint
+
+    assert fingerprint(target) == fingerprint(source_db)

@@ -87,8 +87,16 @@ class UnreadableObject:
         return drill_id_of_key(self.key)
 
     @property
+    def unreachable(self) -> bool:
+        """The store itself could not be listed (down, refused): the key is the prefix asked for."""
+        return self.key.endswith("/")
+
+    @property
     def what(self) -> str:
-        """``backup <id>``, ``drill record <id>``, or the key of anything else."""
+        """``backup <id>``, ``drill record <id>``, ``backups (if any)`` of a store that could
+        not be listed, or the key of anything else."""
+        if self.unreachable:
+            return "backups (if any)"
         if self.backup_id is not None:
             return f"backup {self.backup_id}"
         if self.drill_id is not None:
@@ -174,6 +182,17 @@ def read_backups(store: ObjectStore, database: str | None = None) -> BackupListi
                          tuple(sorted(unreadable, key=lambda u: u.key)))
 
 
+def read_backups_or_report(store: ObjectStore, database: str | None = None) -> BackupListing:
+    """:func:`read_backups`, but a store that cannot be listed (a cloud that is down) is
+    reported as one unreadable entry for its prefix instead of raising: with one cloud down,
+    the others still answer, which is when a break-glass restore is needed most."""
+    try:
+        return read_backups(store, database)
+    except StoreError as exc:
+        return BackupListing(unreadable=(UnreadableObject(store.name, backups_prefix(database),
+                                                          f"the store could not be listed: {exc}"),))
+
+
 def list_backups(store: ObjectStore, database: str | None = None) -> list[StoredBackup]:
     """The readable backups of :func:`read_backups`, for callers that act only on what can be
     read (retention, tests); each manifest that could not be read is logged as a warning.
@@ -205,7 +224,9 @@ def select_backup(stores: Iterable[ObjectStore], database: str, backup_id: str |
     candidates: list[StoredBackup] = []
     unreadable: list[UnreadableObject] = []
     for store in stores:
-        listing = read_backups(store, database)
+        # A store named by the caller must answer; among several, one that is down is
+        # stepped over and named (it might hold a newer backup).
+        listing = read_backups(store, database) if store_name else read_backups_or_report(store, database)
         unreadable += listing.unreadable
         if backup_id is None:
             candidates += listing.backups[-1:]
@@ -221,7 +242,8 @@ def select_backup(stores: Iterable[ObjectStore], database: str, backup_id: str |
     # Latest id wins; among equal ids the earlier store in the given order.
     best_id = max(c.backup_id for c in candidates)
     chosen = next(c for c in candidates if c.backup_id == best_id)
-    passed_over = [u for u in unreadable if backup_id is None and (u.backup_id or "") > best_id]
+    passed_over = [u for u in unreadable
+                   if backup_id is None and (u.unreachable or (u.backup_id or "") > best_id)]
     return BackupChoice(chosen, tuple(passed_over), tuple(unreadable))
 
 
