@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from platform_orchestration.errors import (
     EXIT_BUG,
@@ -22,9 +22,9 @@ from platform_orchestration.errors import (
     PlatformError,
     one_line,
 )
-from platform_orchestration.fleet import FleetError, fleet_path_from_env, load_fleet
-from platform_orchestration.postgres.connection import PgConnection
-from platform_orchestration.protection import FleetProtection
+
+if TYPE_CHECKING:
+    from platform_orchestration.protection import FleetProtection
 
 
 def human_bytes(count: float) -> str:
@@ -126,8 +126,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
+    # The core is imported here, per command, not at the top of this module: --help needs none
+    # of it, validate only the fleet model, and FleetProtection brings psycopg, zstandard, Tink
+    # and every backup module (a few hundred ms that a break-glass command pays only if it uses them).
+    from platform_orchestration.fleet import fleet_path_from_env, load_fleet
+
     fleet_path = args.fleet or str(fleet_path_from_env())
     fleet = load_fleet(fleet_path)
+    if args.command == "validate":
+        print(f"{fleet_path}: ok ({len(fleet.clusters)} clusters, {len(fleet.stores)} stores, "
+              f"{len(fleet.databases)} databases, {len(fleet.policies)} policies)", file=out)
+        return 0
+
+    from platform_orchestration.protection import FleetProtection
+
     # Secrets and data keys as the environment says (Vault when VAULT_ADDR is set); dynamic
     # database logins taken by this command are revoked when it ends.
     with FleetProtection.from_environment(fleet) as protection:
@@ -137,11 +149,6 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
 def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: FleetProtection,  # noqa: ANN001
              out: TextIO) -> int:
     progress = TerminalProgress()
-
-    if args.command == "validate":
-        print(f"{fleet_path}: ok ({len(fleet.clusters)} clusters, {len(fleet.stores)} stores, "
-              f"{len(fleet.databases)} databases, {len(fleet.policies)} policies)", file=out)
-        return 0
 
     if args.command == "backup":
         outcome = protection.backup(args.database, progress)
@@ -184,6 +191,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         return 0
 
     if args.command == "restore":
+        from platform_orchestration.postgres.connection import PgConnection
+
         target = PgConnection.from_dsn(args.target_dsn, os.environ.get("PGPASSWORD"))
         result = protection.restore(args.database, target, backup_id=args.backup, store_name=args.store,
                                     replace=args.replace, jobs=args.jobs, progress=progress,
@@ -255,6 +264,8 @@ def _what(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = _parser().parse_args(argv)
+    from platform_orchestration.fleet import FleetError  # after --help, which needs no fleet (see _run)
+
     try:
         return _run(args, out)
     except FleetError as exc:
