@@ -714,6 +714,7 @@ class WholeRun:
     dataset: Dataset
     floor_seconds: list[float] = field(default_factory=list)
     floor_cores: list[float] = field(default_factory=list)
+    floor_cpu: list[float] = field(default_factory=list)  # pg_dump's user + sys
     samples: list[WholeSample] = field(default_factory=list)
 
 
@@ -761,8 +762,11 @@ def bench_whole(source: LocalCluster, kind: str, size_gib: float, *, repeat: int
     def floor() -> None:
         _settle([source])
         cpu = _cpu_jiffies()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         run.floor_seconds.append(_run(floor_argv, conn.tool_env()))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         run.floor_cores.append(_cores_busy(cpu))
+        run.floor_cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
 
     def ours() -> None:
         shutil.rmtree(store, ignore_errors=True)
@@ -808,6 +812,7 @@ def summarise_whole(run: WholeRun) -> dict[str, Any]:
     return {
         "kind": run.kind, "database": asdict(run.dataset),
         "floor_seconds": _stats(run.floor_seconds), "floor_cores_busy": _median(run.floor_cores),
+        "floor_cpu_seconds": _stats(run.floor_cpu),
         "seconds": _stats([s.seconds for s in run.samples]),
         "startup_seconds": _stats([s.startup_seconds for s in run.samples]),
         "dump_seconds": _stats([s.dump_seconds for s in run.samples]),
@@ -973,11 +978,12 @@ def render(report: dict[str, Any], markdown: bool) -> str:
                 f"zstd-1, one local store) vs the floor {code('pg_dump -Fc -Z0 > /dev/null')}")
         out.append(_table(
             ["data", "database", "dumped", "stored", "floor", "platform-dr backup", "ratio",
-             "start-up", "dump", "read-back, manifest, exit", "CPU ours", "cores busy ours/floor"],
+             "start-up", "dump", "read-back, manifest, exit", "CPU ours/floor", "cores busy ours/floor"],
             [[w["kind"], _gib(w["database"]["database_bytes"]), _mib(w["raw_bytes"]), _mib(w["stored_bytes"]),
               _s(w["floor_seconds"]["median"]), _s(w["seconds"]["median"]), _x(w["ratio_vs_floor"]),
               f"{w['startup_seconds']['median']:.2f} s", _s(w["dump_seconds"]["median"]),
-              f"{w['after_seconds']['median']:.2f} s", _s(w["cpu_seconds"]["median"]),
+              f"{w['after_seconds']['median']:.2f} s",
+              f"{w['cpu_seconds']['median']:.1f}/{w['floor_cpu_seconds']['median']:.1f} s",
               f"{w['cores_busy']:.1f}/{w['floor_cores_busy']:.1f}"]
              for w in report["whole_process"]], markdown))
         out.append("")
@@ -1040,7 +1046,8 @@ def markdown_block(report: dict[str, Any]) -> str:
         f"{m['server_version']} server and client tools, zstandard {m['zstandard']}. Medians of "
         f"{settings['repeat']} interleaved runs on one generated database per size and kind (mixed: "
         "`orders` with text and jsonb, `readings` numeric, five btree indexes; pgbench: `pgbench -i`; "
-        "random: incompressible bytea), warm page cache."
+        "random: incompressible bytea), warm page cache; 5-minute load average "
+        f"{report['load_average']['start']:.1f} at the start, {report['load_average']['end']:.1f} at the end."
     )
     if report["sizes"]:
         intro += (" Peak RSS is our Python process's (VmHWM of a fresh process per operation, "
@@ -1115,6 +1122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if codec != default]
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[1]
     runs: list[SizeRun] = []
     whole: list[WholeRun] = []
     startup: dict[str, list[ProcessSample]] = {}
@@ -1146,6 +1154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - started,
         "machine": machine,
+        # Other work on the machine (5-minute load average): the figures are only as quiet as it.
+        "load_average": {"start": load_at_start, "end": os.getloadavg()[1]},
         "settings": {"sizes_gib": [] if args.quick else args.sizes, "repeat": args.repeat,
                      "jobs": args.jobs, "default_compression": asdict(default),
                      "sweep": [] if args.quick else [asdict(codec) for codec in sweep],
