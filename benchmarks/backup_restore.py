@@ -582,21 +582,25 @@ _RANDOM_ROW_BYTES = 2 * 1996  # two TOAST chunks exactly: pages fill up
 _PGBENCH_MIB_PER_SCALE = 15.07  # pg_database_size per pgbench scale unit, PostgreSQL 16
 
 
-def _cli_env(**extra: str) -> dict[str, str]:
-    """The environment the CLI runs in: this checkout's code (whatever the virtualenv's
-    editable install points at), the embedded default for secrets and keys."""
+def _cli_env(root: Path = ROOT, **extra: str) -> dict[str, str]:
+    """The environment the CLI runs in: the code of the checkout at `root` (whatever the
+    virtualenv's editable install points at), the embedded default for secrets and keys."""
     env = {k: v for k, v in os.environ.items() if k not in ("PLATFORM_FLEET", "VAULT_ADDR")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 
 
-def _byte_compile_package() -> None:
+def _byte_compile_package(root: Path = ROOT) -> None:
     """Start-up is measured as a deployment sees it: with the package byte-compiled (pip does
     it on install, and Python itself on first import unless PYTHONDONTWRITEBYTECODE is set)."""
     import compileall
 
-    compileall.compile_dir(str(ROOT / "platform_orchestration"), quiet=1)
+    compileall.compile_dir(str(root / "platform_orchestration"), quiet=1)
+
+
+def _compared(label: str, compare: Path) -> str:
+    return f"{label} [{compare.name}]"
 
 
 @dataclass(frozen=True)
@@ -605,11 +609,12 @@ class ProcessSample:
     cpu_seconds: float  # user + sys of the process and the children it waited for
 
 
-def _timed_process(argv: Sequence[str], env: dict[str, str]) -> tuple[ProcessSample, str]:
-    """Run `argv` to completion from the repository root; its wall and CPU time, and stdout."""
+def _timed_process(argv: Sequence[str], env: dict[str, str],
+                   cwd: Path = ROOT) -> tuple[ProcessSample, str]:
+    """Run `argv` to completion in `cwd`; its wall and CPU time, and stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    result = subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=ROOT)
+    result = subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=cwd)
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -619,20 +624,22 @@ def _timed_process(argv: Sequence[str], env: dict[str, str]) -> tuple[ProcessSam
     return ProcessSample(seconds, cpu), result.stdout
 
 
-def bench_startup(runs: int) -> dict[str, list[ProcessSample]]:
+def bench_startup(runs: int, compare: Path | None = None) -> dict[str, list[ProcessSample]]:
     """`platform-dr --help` and `platform-dr validate` (the demo fleet) as whole processes,
-    with the bare interpreter for reference, `runs` interleaved rounds."""
-    env = _cli_env()
-    contenders = [("python -c pass", (sys.executable, "-c", "pass")),
-                  ("platform-dr --help", (*CLI, "--help")),
-                  ("platform-dr validate", (*CLI, "validate"))]
-    samples: dict[str, list[ProcessSample]] = {label: [] for label, _ in contenders}
-    for _label_, argv in contenders:  # untimed: the page cache holds the modules for everyone
-        _timed_process(argv, env)
+    with the bare interpreter for reference, `runs` interleaved rounds; the same commands of
+    the checkout `compare` too, in the same rounds."""
+    roots = [ROOT] if compare is None else [ROOT, compare]
+    contenders = [("python -c pass", (sys.executable, "-c", "pass"), _cli_env(), ROOT)] + [
+        (label if root == ROOT else _compared(label, root), (*CLI, *args), _cli_env(root), root)
+        for label, args in (("platform-dr --help", ("--help",)), ("platform-dr validate", ("validate",)))
+        for root in roots]
+    samples: dict[str, list[ProcessSample]] = {label: [] for label, *_ in contenders}
+    for _label, argv, env, cwd in contenders:  # untimed: the page cache holds the modules for all
+        _timed_process(argv, env, cwd)
     log(f"start-up: {runs} rounds of {', '.join(samples)}")
     for round_ in range(runs):
-        for label, argv in _rotated(contenders, round_):
-            samples[label].append(_timed_process(argv, env)[0])
+        for label, argv, env, cwd in _rotated(contenders, round_):
+            samples[label].append(_timed_process(argv, env, cwd)[0])
     return samples
 
 
@@ -716,6 +723,7 @@ class WholeRun:
     floor_cores: list[float] = field(default_factory=list)
     floor_cpu: list[float] = field(default_factory=list)  # pg_dump's user + sys
     samples: list[WholeSample] = field(default_factory=list)
+    compared: list[WholeSample] = field(default_factory=list)  # another checkout's CLI (--compare-with)
 
 
 def _write_bench_fleet(path: Path, cluster: LocalCluster, database: str, store: Path) -> None:
@@ -738,7 +746,7 @@ policies:
 
 
 def bench_whole(source: LocalCluster, kind: str, size_gib: float, *, repeat: int,
-                key_dir: Path) -> WholeRun:
+                key_dir: Path, compare: Path | None = None) -> WholeRun:
     """`platform-dr backup DB` with default settings (encrypted with the embedded default's
     local key file, zstd level 1, one local store) against `pg_dump -Fc -Z0 > /dev/null`."""
     name = f"whole_{kind}"
@@ -756,7 +764,6 @@ def bench_whole(source: LocalCluster, kind: str, size_gib: float, *, repeat: int
     store = work / "store"
     fleet = work / "fleet.yaml"
     _write_bench_fleet(fleet, source, name, store)
-    env = _cli_env(PLATFORM_LOCAL_KEK=str(key_dir / "kek"))
     backup_argv = (*CLI, "--fleet", str(fleet), "backup", name)
 
     def floor() -> None:
@@ -768,29 +775,35 @@ def bench_whole(source: LocalCluster, kind: str, size_gib: float, *, repeat: int
         run.floor_cores.append(_cores_busy(cpu))
         run.floor_cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
 
-    def ours() -> None:
+    def ours(root: Path, samples: list[WholeSample]) -> None:
         shutil.rmtree(store, ignore_errors=True)
         _settle([source])
         cpu = _cpu_jiffies()
         forked = time.time()
-        sample, stdout = _timed_process(backup_argv, env)
+        sample, stdout = _timed_process(backup_argv, _cli_env(root, PLATFORM_LOCAL_KEK=str(key_dir / "kek")),
+                                        root)
         exited = forked + sample.seconds
         cores = _cores_busy(cpu)
         backup_id = stdout.split()[0]
         manifest = json.loads((store / "backups" / name / backup_id / "manifest.json").read_text())
         began = datetime.fromisoformat(manifest["started_at"]).timestamp()
         ended = datetime.fromisoformat(manifest["finished_at"]).timestamp()
-        run.samples.append(WholeSample(
+        samples.append(WholeSample(
             seconds=sample.seconds, startup_seconds=began - forked, dump_seconds=ended - began,
             after_seconds=exited - ended, cpu_seconds=sample.cpu_seconds,
             raw_bytes=manifest["dump"]["raw_bytes"], stored_bytes=manifest["dump"]["stored_bytes"],
             cores_busy=cores))
 
-    # Untimed: warm the page cache (data and modules) and the server alike for both.
+    contenders = [("floor pg_dump -Fc -Z0 > /dev/null", floor),
+                  (f"platform-dr backup {name}", partial(ours, ROOT, run.samples))]
+    if compare is not None:
+        contenders.append((_compared(f"platform-dr backup {name}", compare), partial(ours, compare, run.compared)))
+    # Untimed: warm the page cache (data and modules) and the server alike for all.
     _run(floor_argv, conn.tool_env())
-    ours()
+    for _what, operation in contenders[1:]:
+        operation()
     run.samples.clear()
-    contenders = [("floor pg_dump -Fc -Z0 > /dev/null", floor), (f"platform-dr backup {name}", ours)]
+    run.compared.clear()
     for round_ in range(repeat):
         for what, operation in _rotated(contenders, round_):
             log(f"{name}: round {round_ + 1}/{repeat}: {what}")
@@ -808,20 +821,28 @@ def summarise_startup(samples: dict[str, list[ProcessSample]]) -> dict[str, Any]
 
 def summarise_whole(run: WholeRun) -> dict[str, Any]:
     floor = _median(run.floor_seconds)
-    ours = _median([s.seconds for s in run.samples])
-    return {
+
+    def figures(samples: list[WholeSample]) -> dict[str, Any]:
+        return {
+            "seconds": _stats([s.seconds for s in samples]),
+            "startup_seconds": _stats([s.startup_seconds for s in samples]),
+            "dump_seconds": _stats([s.dump_seconds for s in samples]),
+            "after_seconds": _stats([s.after_seconds for s in samples]),
+            "cpu_seconds": _stats([s.cpu_seconds for s in samples]),
+            "cores_busy": _median([s.cores_busy for s in samples]),
+            "raw_bytes": samples[-1].raw_bytes, "stored_bytes": samples[-1].stored_bytes,
+            "ratio_vs_floor": _median([s.seconds for s in samples]) / floor,
+        }
+
+    summary = {
         "kind": run.kind, "database": asdict(run.dataset),
         "floor_seconds": _stats(run.floor_seconds), "floor_cores_busy": _median(run.floor_cores),
         "floor_cpu_seconds": _stats(run.floor_cpu),
-        "seconds": _stats([s.seconds for s in run.samples]),
-        "startup_seconds": _stats([s.startup_seconds for s in run.samples]),
-        "dump_seconds": _stats([s.dump_seconds for s in run.samples]),
-        "after_seconds": _stats([s.after_seconds for s in run.samples]),
-        "cpu_seconds": _stats([s.cpu_seconds for s in run.samples]),
-        "cores_busy": _median([s.cores_busy for s in run.samples]),
-        "raw_bytes": run.samples[-1].raw_bytes, "stored_bytes": run.samples[-1].stored_bytes,
-        "ratio_vs_floor": ours / floor,
+        **figures(run.samples),
     }
+    if run.compared:
+        summary["compared"] = figures(run.compared)
+    return summary
 
 
 # --- Report -------------------------------------------------------------------------------------
@@ -979,13 +1000,16 @@ def render(report: dict[str, Any], markdown: bool) -> str:
         out.append(_table(
             ["data", "database", "dumped", "stored", "floor", "platform-dr backup", "ratio",
              "start-up", "dump", "read-back, manifest, exit", "CPU ours/floor", "cores busy ours/floor"],
-            [[w["kind"], _gib(w["database"]["database_bytes"]), _mib(w["raw_bytes"]), _mib(w["stored_bytes"]),
-              _s(w["floor_seconds"]["median"]), _s(w["seconds"]["median"]), _x(w["ratio_vs_floor"]),
-              f"{w['startup_seconds']['median']:.2f} s", _s(w["dump_seconds"]["median"]),
-              f"{w['after_seconds']['median']:.2f} s",
-              f"{w['cpu_seconds']['median']:.1f}/{w['floor_cpu_seconds']['median']:.1f} s",
-              f"{w['cores_busy']:.1f}/{w['floor_cores_busy']:.1f}"]
-             for w in report["whole_process"]], markdown))
+            [[kind, _gib(w["database"]["database_bytes"]), _mib(f["raw_bytes"]), _mib(f["stored_bytes"]),
+              _s(w["floor_seconds"]["median"]), _s(f["seconds"]["median"]), _x(f["ratio_vs_floor"]),
+              f"{f['startup_seconds']['median']:.2f} s", _s(f["dump_seconds"]["median"]),
+              f"{f['after_seconds']['median']:.2f} s",
+              f"{f['cpu_seconds']['median']:.1f}/{w['floor_cpu_seconds']['median']:.1f} s",
+              f"{f['cores_busy']:.1f}/{w['floor_cores_busy']:.1f}"]
+             for w in report["whole_process"]
+             for kind, f in ((w["kind"], w), *(((_compared(w["kind"], Path(report["settings"]["compare_with"])),
+                                                 w["compared"]),) if "compared" in w else ()))],
+            markdown))
         out.append("")
     if sizes:
         heading(f"Backup: take_backup (zstd-{default['level']}, {default['threads']} threads, one local "
@@ -1107,6 +1131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "0 skips that part (default 0.9)")
     parser.add_argument("--startup-runs", type=int, default=20,
                         help="rounds of the start-up measurement; 0 skips it (default 20)")
+    parser.add_argument("--compare-with", type=Path, metavar="CHECKOUT",
+                        help="also time the CLI of another checkout of this repository (e.g. a "
+                             "`git worktree` of main), in the same rounds")
     parser.add_argument("--quick", action="store_true",
                         help="start-up and whole-process backups only (a few minutes), no "
                              "take_backup/restore sizes and no sweep")
@@ -1126,9 +1153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[SizeRun] = []
     whole: list[WholeRun] = []
     startup: dict[str, list[ProcessSample]] = {}
-    _byte_compile_package()
+    compare = args.compare_with.resolve() if args.compare_with else None
+    if compare is not None and not (compare / "platform_orchestration" / "cli.py").is_file():
+        parser.error(f"--compare-with {args.compare_with}: no platform_orchestration/cli.py there")
+    for root in (ROOT, compare):
+        if root is not None:
+            _byte_compile_package(root)
     if args.startup_runs > 0:
-        startup = bench_startup(args.startup_runs)
+        startup = bench_startup(args.startup_runs, compare)
     # The embedded default's key file must live outside the repository.
     key_dir = Path(tempfile.mkdtemp(prefix="bench-kek-"))
     try:
@@ -1137,7 +1169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.whole_gib > 0:
                 for kind in WHOLE_KINDS:
                     whole.append(bench_whole(source, kind, args.whole_gib, repeat=args.repeat,
-                                             key_dir=key_dir))
+                                             key_dir=key_dir, compare=compare))
             for index, size in enumerate([] if args.quick else args.sizes):
                 codecs = [default, *sweep] if index == 0 else [default]
                 runs.append(bench_size(source, target, size, repeat=args.repeat, jobs=args.jobs,
@@ -1160,7 +1192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "jobs": args.jobs, "default_compression": asdict(default),
                      "sweep": [] if args.quick else [asdict(codec) for codec in sweep],
                      "quick": args.quick, "whole_gib": args.whole_gib,
-                     "startup_runs": args.startup_runs},
+                     "startup_runs": args.startup_runs,
+                     "compare_with": str(compare) if compare else None},
         "goals_definition": {
             "backup_vs_floor_max": BACKUP_VS_FLOOR_GOAL, "stored_vs_plain_size_max": SIZE_VS_PLAIN_GOAL,
             "restore_vs_pg_restore_max": RESTORE_VS_PG_RESTORE_GOAL,
