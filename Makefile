@@ -48,7 +48,7 @@ test: install browser node_modules/.installed
 
 ## Benchmarks against pg_dump/pg_restore baselines (by hand, a few minutes).
 bench: install
-	$(BIN)/python -m benchmarks.backup_restore
+	$(BIN)/python -m benchmarks.backup_restore $(if $(QUICK),--quick)
 
 ## Cross-cloud copy and fan-out against plain SDK transfers, on the emulators (a few minutes).
 bench-stores: install node_modules/.installed

@@ -1,8 +1,15 @@
 """Backup and restore, measured against pg_dump / pg_restore on the same database in one run.
 
     python -m benchmarks.backup_restore [--sizes 0.5,2] [--repeat 3] [--jobs 2] [--no-sweep]
+                                        [--whole-gib 0.9] [--startup-runs 20] [--quick]
 
-For each size (GiB) a mixed database is generated inside a throwaway PostgreSQL server, then,
+First, whole processes as an operator runs them: the start-up of `platform-dr --help` and
+`platform-dr validate`, then `platform-dr backup DB` (default settings: encrypted with the
+embedded default's local key file, one local store) against `pg_dump -Fc -Z0 > /dev/null` on
+three kinds of data of --whole-gib each: mixed (the generator below), pgbench (`pgbench -i`)
+and random bytea. --quick stops there.
+
+Then, for each size (GiB) a mixed database is generated inside a throwaway PostgreSQL server, then,
 in --repeat interleaved rounds (so drift hits every contender alike):
 
 * backup: `take_backup` (pg_dump -Fc -Z0 | zstd | SHA-256 | local store, fsync, read-back
@@ -35,6 +42,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -559,6 +567,284 @@ def bench_size(source: LocalCluster, target: LocalCluster, size_gib: float, *, r
     return run
 
 
+# --- Whole processes: platform-dr as an operator runs it ----------------------------------------
+#
+# Everything above times our code inside an already started interpreter. An operator (or a
+# CronJob) runs `platform-dr backup DB`: a process that starts Python, imports what the command
+# needs, reads the fleet file and the key file, takes the backup, checks the stored copy, writes
+# the manifest and exits. These measure that whole process, fork to exit, against the floor.
+
+CLI = (sys.executable, "-m", "platform_orchestration.cli")
+STARTUP_GOALS_SECONDS = {"platform-dr --help": 0.3, "platform-dr validate": 0.6}
+WHOLE_VS_FLOOR_GOAL = 1.10
+WHOLE_KINDS = ("mixed", "pgbench", "random")
+_RANDOM_ROW_BYTES = 2 * 1996  # two TOAST chunks exactly: pages fill up
+_PGBENCH_MIB_PER_SCALE = 15.07  # pg_database_size per pgbench scale unit, PostgreSQL 16
+
+
+def _cli_env(root: Path = ROOT, **extra: str) -> dict[str, str]:
+    """The environment the CLI runs in: the code of the checkout at `root` (whatever the
+    virtualenv's editable install points at), the embedded default for secrets and keys."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PLATFORM_FLEET", "VAULT_ADDR")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    env.update(extra)
+    return env
+
+
+def _byte_compile_package(root: Path = ROOT) -> None:
+    """Start-up is measured as a deployment sees it: with the package byte-compiled (pip does
+    it on install, and Python itself on first import unless PYTHONDONTWRITEBYTECODE is set)."""
+    import compileall
+
+    compileall.compile_dir(str(root / "platform_orchestration"), quiet=1)
+
+
+def _compared(label: str, compare: Path) -> str:
+    return f"{label} [{compare.name}]"
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    seconds: float  # wall, fork to exit
+    cpu_seconds: float  # user + sys of the process and the children it waited for
+
+
+def _timed_process(argv: Sequence[str], env: dict[str, str],
+                   cwd: Path = ROOT) -> tuple[ProcessSample, str]:
+    """Run `argv` to completion in `cwd`; its wall and CPU time, and stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=cwd)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[2:])} exited with {result.returncode}: "
+                           f"{result.stderr.strip()[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return ProcessSample(seconds, cpu), result.stdout
+
+
+def bench_startup(runs: int, compare: Path | None = None) -> dict[str, list[ProcessSample]]:
+    """`platform-dr --help` and `platform-dr validate` (the demo fleet) as whole processes,
+    with the bare interpreter for reference, `runs` interleaved rounds; the same commands of
+    the checkout `compare` too, in the same rounds."""
+    roots = [ROOT] if compare is None else [ROOT, compare]
+    contenders = [("python -c pass", (sys.executable, "-c", "pass"), _cli_env(), ROOT)] + [
+        (label if root == ROOT else _compared(label, root), (*CLI, *args), _cli_env(root), root)
+        for label, args in (("platform-dr --help", ("--help",)), ("platform-dr validate", ("validate",)))
+        for root in roots]
+    samples: dict[str, list[ProcessSample]] = {label: [] for label, *_ in contenders}
+    for _label, argv, env, cwd in contenders:  # untimed: the page cache holds the modules for all
+        _timed_process(argv, env, cwd)
+    log(f"start-up: {runs} rounds of {', '.join(samples)}")
+    for round_ in range(runs):
+        for label, argv, env, cwd in _rotated(contenders, round_):
+            samples[label].append(_timed_process(argv, env, cwd)[0])
+    return samples
+
+
+def generate_pgbench(cluster: LocalCluster, name: str, size_gib: float) -> Dataset:
+    """pgbench's tables at the scale that gives about `size_gib` GiB: mostly pgbench_accounts,
+    four integers and an 84-character blank filler per row, highly compressible. Uses the
+    pgbench of the client tools when there is one, else the same tables made in SQL."""
+    started = time.perf_counter()
+    scale = max(1, round(size_gib * 1024 / _PGBENCH_MIB_PER_SCALE))
+    _drop_database(cluster, name)
+    _create_database(cluster, name)
+    conn = cluster.connection(name)
+    tools = client_tools_for(cluster.install.major)
+    if tools.has("pgbench"):
+        _run([tools.tool("pgbench"), "-i", "-q", "-s", str(scale), "-h", "127.0.0.1",
+              "-p", str(cluster.port), "-U", "postgres", name], conn.tool_env())
+    else:
+        with _connect(conn) as c:
+            c.execute("""
+                CREATE TABLE pgbench_branches (bid int NOT NULL, bbalance int, filler char(88));
+                CREATE TABLE pgbench_tellers (tid int NOT NULL, bid int, tbalance int, filler char(84));
+                CREATE TABLE pgbench_accounts (aid int NOT NULL, bid int, abalance int, filler char(84));
+                CREATE TABLE pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp,
+                                              filler char(22));
+                INSERT INTO pgbench_branches SELECT b, 0 FROM generate_series(1, %(s)s) b;
+                INSERT INTO pgbench_tellers SELECT t, (t - 1) / 10 + 1, 0 FROM generate_series(1, 10 * %(s)s) t;
+                INSERT INTO pgbench_accounts SELECT a, (a - 1) / 100000 + 1, 0, ''
+                    FROM generate_series(1, 100000 * %(s)s) a;
+                ALTER TABLE pgbench_branches ADD PRIMARY KEY (bid);
+                ALTER TABLE pgbench_tellers ADD PRIMARY KEY (tid);
+                ALTER TABLE pgbench_accounts ADD PRIMARY KEY (aid);
+            """, {"s": scale})
+    _freeze(conn)
+    return Dataset(name=name, target_gib=size_gib, database_bytes=_database_bytes(conn),
+                   orders_rows=0, readings_rows=0, generate_seconds=time.perf_counter() - started)
+
+
+def generate_random(cluster: LocalCluster, name: str, size_gib: float) -> Dataset:
+    """About `size_gib` GiB of random bytea (about 4 KiB values, stored out of line, not
+    compressed): pg_dump writes them in hex, which zstd only halves back to the random bytes,
+    so the stream is about twice the stored size and nothing else is gained."""
+    started = time.perf_counter()
+    _drop_database(cluster, name)
+    _create_database(cluster, name)
+    conn = cluster.connection(name)
+    rows = max(1000, int(size_gib * GiB / (_RANDOM_ROW_BYTES * 1.04)))  # TOAST tuples' overhead
+    with _connect(conn) as c:
+        c.execute("CREATE TABLE blobs (id bigint NOT NULL, payload bytea NOT NULL)")
+        c.execute("ALTER TABLE blobs ALTER COLUMN payload SET STORAGE EXTERNAL")
+        with c.cursor() as cur, cur.copy("COPY blobs (id, payload) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "bytea"])
+            for i in range(rows):
+                copy.write_row((i, os.urandom(_RANDOM_ROW_BYTES)))
+        c.execute("ALTER TABLE blobs ADD PRIMARY KEY (id)")
+    _freeze(conn)
+    return Dataset(name=name, target_gib=size_gib, database_bytes=_database_bytes(conn),
+                   orders_rows=0, readings_rows=0, generate_seconds=time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class WholeSample:
+    seconds: float  # `platform-dr backup DB`, fork to exit
+    # Split by the manifest's own clock: process start to take_backup's start (imports, fleet
+    # and key files, opening the store); take_backup up to the end of the dump (snapshot, row
+    # counts, the stream, fsync); then reading the stored copy back for its SHA-256, writing
+    # the manifest and exiting.
+    startup_seconds: float
+    dump_seconds: float
+    after_seconds: float
+    cpu_seconds: float  # the CLI process and pg_dump, user + sys
+    raw_bytes: int
+    stored_bytes: int
+    cores_busy: float
+
+
+@dataclass
+class WholeRun:
+    kind: str
+    dataset: Dataset
+    floor_seconds: list[float] = field(default_factory=list)
+    floor_cores: list[float] = field(default_factory=list)
+    floor_cpu: list[float] = field(default_factory=list)  # pg_dump's user + sys
+    samples: list[WholeSample] = field(default_factory=list)
+    compared: list[WholeSample] = field(default_factory=list)  # another checkout's CLI (--compare-with)
+
+
+def _write_bench_fleet(path: Path, cluster: LocalCluster, database: str, store: Path) -> None:
+    path.write_text(f"""\
+# Written by benchmarks/backup_restore.py: one database of a throwaway server, one local store.
+clusters:
+  - {{name: bench-pg, cloud: local, region: loopback, role: primary}}
+stores:
+  - {{name: bench, kind: local, cloud: local, path: {store}}}
+databases:
+  - {{name: {database}, cluster: bench-pg, dsn: "postgresql://postgres@127.0.0.1:{cluster.port}/{database}",
+     policy: bench}}
+policies:
+  - name: bench
+    rpo: 1h
+    stores: [bench]
+    drill: {{every: 1d, rto: 1h}}
+    retention: {{keep_last: 1}}
+""")
+
+
+def bench_whole(source: LocalCluster, kind: str, size_gib: float, *, repeat: int,
+                key_dir: Path, compare: Path | None = None) -> WholeRun:
+    """`platform-dr backup DB` with default settings (encrypted with the embedded default's
+    local key file, zstd level 1, one local store) against `pg_dump -Fc -Z0 > /dev/null`."""
+    name = f"whole_{kind}"
+    work = WORK_DIR / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log(f"{name}: generating about {size_gib:g} GiB")
+    generate = {"mixed": generate_database, "pgbench": generate_pgbench, "random": generate_random}[kind]
+    dataset = generate(source, name, size_gib)
+    log(f"{name}: {dataset.database_bytes / GiB:.2f} GiB in {dataset.generate_seconds:.0f} s")
+    run = WholeRun(kind, dataset)
+    conn = source.connection(name)
+    tools = client_tools_for(source.install.major)
+    floor_argv = [tools.tool("pg_dump"), "--format=custom", "--compress=0", f"--dbname={conn.dsn}"]
+    store = work / "store"
+    fleet = work / "fleet.yaml"
+    _write_bench_fleet(fleet, source, name, store)
+    backup_argv = (*CLI, "--fleet", str(fleet), "backup", name)
+
+    def floor() -> None:
+        _settle([source])
+        cpu = _cpu_jiffies()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run.floor_seconds.append(_run(floor_argv, conn.tool_env()))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run.floor_cores.append(_cores_busy(cpu))
+        run.floor_cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+
+    def ours(root: Path, samples: list[WholeSample]) -> None:
+        shutil.rmtree(store, ignore_errors=True)
+        _settle([source])
+        cpu = _cpu_jiffies()
+        forked = time.time()
+        sample, stdout = _timed_process(backup_argv, _cli_env(root, PLATFORM_LOCAL_KEK=str(key_dir / "kek")),
+                                        root)
+        exited = forked + sample.seconds
+        cores = _cores_busy(cpu)
+        backup_id = stdout.split()[0]
+        manifest = json.loads((store / "backups" / name / backup_id / "manifest.json").read_text())
+        began = datetime.fromisoformat(manifest["started_at"]).timestamp()
+        ended = datetime.fromisoformat(manifest["finished_at"]).timestamp()
+        samples.append(WholeSample(
+            seconds=sample.seconds, startup_seconds=began - forked, dump_seconds=ended - began,
+            after_seconds=exited - ended, cpu_seconds=sample.cpu_seconds,
+            raw_bytes=manifest["dump"]["raw_bytes"], stored_bytes=manifest["dump"]["stored_bytes"],
+            cores_busy=cores))
+
+    contenders = [("floor pg_dump -Fc -Z0 > /dev/null", floor),
+                  (f"platform-dr backup {name}", partial(ours, ROOT, run.samples))]
+    if compare is not None:
+        contenders.append((_compared(f"platform-dr backup {name}", compare), partial(ours, compare, run.compared)))
+    # Untimed: warm the page cache (data and modules) and the server alike for all.
+    _run(floor_argv, conn.tool_env())
+    for _what, operation in contenders[1:]:
+        operation()
+    run.samples.clear()
+    run.compared.clear()
+    for round_ in range(repeat):
+        for what, operation in _rotated(contenders, round_):
+            log(f"{name}: round {round_ + 1}/{repeat}: {what}")
+            operation()
+    _drop_database(source, name)
+    shutil.rmtree(work, ignore_errors=True)
+    return run
+
+
+def summarise_startup(samples: dict[str, list[ProcessSample]]) -> dict[str, Any]:
+    return {label: {"seconds": _stats([s.seconds for s in runs]),
+                    "cpu_seconds": _stats([s.cpu_seconds for s in runs])}
+            for label, runs in samples.items()}
+
+
+def summarise_whole(run: WholeRun) -> dict[str, Any]:
+    floor = _median(run.floor_seconds)
+
+    def figures(samples: list[WholeSample]) -> dict[str, Any]:
+        return {
+            "seconds": _stats([s.seconds for s in samples]),
+            "startup_seconds": _stats([s.startup_seconds for s in samples]),
+            "dump_seconds": _stats([s.dump_seconds for s in samples]),
+            "after_seconds": _stats([s.after_seconds for s in samples]),
+            "cpu_seconds": _stats([s.cpu_seconds for s in samples]),
+            "cores_busy": _median([s.cores_busy for s in samples]),
+            "raw_bytes": samples[-1].raw_bytes, "stored_bytes": samples[-1].stored_bytes,
+            "ratio_vs_floor": _median([s.seconds for s in samples]) / floor,
+        }
+
+    summary = {
+        "kind": run.kind, "database": asdict(run.dataset),
+        "floor_seconds": _stats(run.floor_seconds), "floor_cores_busy": _median(run.floor_cores),
+        "floor_cpu_seconds": _stats(run.floor_cpu),
+        **figures(run.samples),
+    }
+    if run.compared:
+        summary["compared"] = figures(run.compared)
+    return summary
+
+
 # --- Report -------------------------------------------------------------------------------------
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
@@ -643,14 +929,23 @@ def _x(ratio: float) -> str:
     return f"{ratio:.2f}x"
 
 
-def goals(sizes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def goals(sizes: Sequence[dict[str, Any]], startup: dict[str, Any] | None = None,
+          whole: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
-    def check(goal: str, size: dict[str, Any], value: float, limit: float, shown: str,
+    def check(goal: str, size: dict[str, Any] | None, value: float, limit: float, shown: str,
               strict: bool = False) -> None:
         met = value < limit if strict else value <= limit
-        checks.append({"goal": goal, "database": _gib(size["database"]["database_bytes"]),
+        checks.append({"goal": goal, "database": _gib(size["database"]["database_bytes"]) if size else None,
                        "value": value, "limit": limit, "shown": shown, "met": met})
+
+    for label, limit in STARTUP_GOALS_SECONDS.items():
+        if startup and label in startup:
+            value = startup[label]["seconds"]["median"]
+            check(f"{label} start to exit < {limit:g} s", None, value, limit, f"{value:.2f} s", strict=True)
+    for run in whole:
+        check(f"whole `platform-dr backup` <= {WHOLE_VS_FLOOR_GOAL:.2f}x floor, {run['kind']} data",
+              run, run["ratio_vs_floor"], WHOLE_VS_FLOOR_GOAL, _x(run["ratio_vs_floor"]))
 
     for size in sizes:
         backup, restore = size["backup"], size["restore"]
@@ -690,52 +985,79 @@ def render(report: dict[str, Any], markdown: bool) -> str:
     def heading(text: str) -> None:
         out.append(f"**{text}**\n" if markdown else f"{text}\n{'=' * len(text)}")
 
-    heading(f"Backup: take_backup (zstd-{default['level']}, {default['threads']} threads, one local "
-            "store; fsync, read-back checksum and manifest included)")
-    out.append(_table(
-        ["Database", "ours", "floor " + code("pg_dump -Fc -Z0 >/dev/null"), "ours/floor",
-         "plain " + code("pg_dump -Fc >file"), "ours/plain", "stored", "-Fc file", "stored/-Fc",
-         "peak RSS", "cores busy ours/floor"],
-        [[_gib(s["database"]["database_bytes"]), _s(s["backup"]["ours"]["seconds"]["median"]),
-          _s(s["backup"]["floor_seconds"]["median"]), _x(s["backup"]["ours"]["ratio_vs_floor"]),
-          _s(s["backup"]["plain_seconds"]["median"]), _x(s["backup"]["ours"]["ratio_vs_plain"]),
-          _mib(s["backup"]["ours"]["stored_bytes"]), _mib(s["backup"]["plain_bytes"]),
-          f"{s['backup']['ours']['size_ratio_vs_plain']:.0%}", _mib(s["backup"]["ours"]["peak_rss_bytes"]),
-          f"{s['backup']['ours']['cores_busy']:.1f}/{s['backup']['floor_cores_busy']:.1f}"]
-         for s in sizes], markdown))
-    out.append("")
-    heading(f"Restore: restore_backup -j{jobs} vs createdb + pg_restore -j{jobs} --no-owner "
-            "--no-privileges of the plain -Fc file, each into a fresh database")
-    out.append(_table(
-        ["Database", "fetch", "restore", "ours fetch+restore", code(f"pg_restore -j{jobs}"), "ratio",
-         "verify", "ours incl. verify", "ratio", "peak RSS"],
-        [[_gib(s["database"]["database_bytes"]),
-          _s(s["restore"]["ours"]["fetch_seconds"]["median"]),
-          _s(s["restore"]["ours"]["restore_seconds"]["median"]),
-          _s(s["restore"]["ours"]["recovery_seconds"]["median"]),
-          _s(s["restore"]["pg_restore_seconds"]["median"]),
-          _x(s["restore"]["ratio_recovery_vs_pg_restore"]),
-          _s(s["restore"]["ours"]["verify_seconds"]["median"]),
-          _s(s["restore"]["ours"]["total_seconds"]["median"]),
-          _x(s["restore"]["ratio_total_vs_pg_restore"]),
-          _mib(s["restore"]["ours"]["peak_rss_bytes"])]
-         for s in sizes], markdown))
-    swept = [s for s in sizes if "compression" in s]
-    for s in swept:
-        out.append("")
-        heading(f"Compression settings, {_gib(s['database']['database_bytes'])} database (backup only)")
+    if report.get("startup"):
+        heading(f"Start-up: whole processes, fork to exit, medians of "
+                f"{report['settings']['startup_runs']} interleaved runs")
         out.append(_table(
-            ["zstd level", "threads", "backup", "/floor", "stored", "/-Fc size", "peak RSS",
-             "cores busy"],
-            [[str(c["level"]), str(c["threads"]), _s(c["seconds"]["median"]), _x(c["ratio_vs_floor"]),
-              _mib(c["stored_bytes"]), f"{c['size_ratio_vs_plain']:.0%}", _mib(c["peak_rss_bytes"]),
-              f"{c['cores_busy']:.1f}"]
-             for c in s["compression"]], markdown))
-    out.append("")
+            ["command", "median", "min", "max", "CPU (user+sys)"],
+            [[code(label), f"{f['seconds']['median']:.3f} s", f"{f['seconds']['min']:.3f} s",
+              f"{f['seconds']['max']:.3f} s", f"{f['cpu_seconds']['median']:.3f} s"]
+             for label, f in report["startup"].items()], markdown))
+        out.append("")
+    if report.get("whole_process"):
+        heading(f"Whole process: {code('platform-dr backup DB')} (encrypted with a local key file, "
+                f"zstd-1, one local store) vs the floor {code('pg_dump -Fc -Z0 > /dev/null')}")
+        out.append(_table(
+            ["data", "database", "dumped", "stored", "floor", "platform-dr backup", "ratio",
+             "start-up", "dump", "read-back, manifest, exit", "CPU ours/floor", "cores busy ours/floor"],
+            [[kind, _gib(w["database"]["database_bytes"]), _mib(f["raw_bytes"]), _mib(f["stored_bytes"]),
+              _s(w["floor_seconds"]["median"]), _s(f["seconds"]["median"]), _x(f["ratio_vs_floor"]),
+              f"{f['startup_seconds']['median']:.2f} s", _s(f["dump_seconds"]["median"]),
+              f"{f['after_seconds']['median']:.2f} s",
+              f"{f['cpu_seconds']['median']:.1f}/{w['floor_cpu_seconds']['median']:.1f} s",
+              f"{f['cores_busy']:.1f}/{w['floor_cores_busy']:.1f}"]
+             for w in report["whole_process"]
+             for kind, f in ((w["kind"], w), *(((_compared(w["kind"], Path(report["settings"]["compare_with"])),
+                                                 w["compared"]),) if "compared" in w else ()))],
+            markdown))
+        out.append("")
+    if sizes:
+        heading(f"Backup: take_backup (zstd-{default['level']}, {default['threads']} threads, one local "
+                "store; fsync, read-back checksum and manifest included)")
+        out.append(_table(
+            ["Database", "ours", "floor " + code("pg_dump -Fc -Z0 >/dev/null"), "ours/floor",
+             "plain " + code("pg_dump -Fc >file"), "ours/plain", "stored", "-Fc file", "stored/-Fc",
+             "peak RSS", "cores busy ours/floor"],
+            [[_gib(s["database"]["database_bytes"]), _s(s["backup"]["ours"]["seconds"]["median"]),
+              _s(s["backup"]["floor_seconds"]["median"]), _x(s["backup"]["ours"]["ratio_vs_floor"]),
+              _s(s["backup"]["plain_seconds"]["median"]), _x(s["backup"]["ours"]["ratio_vs_plain"]),
+              _mib(s["backup"]["ours"]["stored_bytes"]), _mib(s["backup"]["plain_bytes"]),
+              f"{s['backup']['ours']['size_ratio_vs_plain']:.0%}", _mib(s["backup"]["ours"]["peak_rss_bytes"]),
+              f"{s['backup']['ours']['cores_busy']:.1f}/{s['backup']['floor_cores_busy']:.1f}"]
+             for s in sizes], markdown))
+        out.append("")
+        heading(f"Restore: restore_backup -j{jobs} vs createdb + pg_restore -j{jobs} --no-owner "
+                "--no-privileges of the plain -Fc file, each into a fresh database")
+        out.append(_table(
+            ["Database", "fetch", "restore", "ours fetch+restore", code(f"pg_restore -j{jobs}"), "ratio",
+             "verify", "ours incl. verify", "ratio", "peak RSS"],
+            [[_gib(s["database"]["database_bytes"]),
+              _s(s["restore"]["ours"]["fetch_seconds"]["median"]),
+              _s(s["restore"]["ours"]["restore_seconds"]["median"]),
+              _s(s["restore"]["ours"]["recovery_seconds"]["median"]),
+              _s(s["restore"]["pg_restore_seconds"]["median"]),
+              _x(s["restore"]["ratio_recovery_vs_pg_restore"]),
+              _s(s["restore"]["ours"]["verify_seconds"]["median"]),
+              _s(s["restore"]["ours"]["total_seconds"]["median"]),
+              _x(s["restore"]["ratio_total_vs_pg_restore"]),
+              _mib(s["restore"]["ours"]["peak_rss_bytes"])]
+             for s in sizes], markdown))
+        for s in (s for s in sizes if "compression" in s):
+            out.append("")
+            heading(f"Compression settings, {_gib(s['database']['database_bytes'])} database (backup only)")
+            out.append(_table(
+                ["zstd level", "threads", "backup", "/floor", "stored", "/-Fc size", "peak RSS",
+                 "cores busy"],
+                [[str(c["level"]), str(c["threads"]), _s(c["seconds"]["median"]), _x(c["ratio_vs_floor"]),
+                  _mib(c["stored_bytes"]), f"{c['size_ratio_vs_plain']:.0%}", _mib(c["peak_rss_bytes"]),
+                  f"{c['cores_busy']:.1f}"]
+                 for c in s["compression"]], markdown))
+        out.append("")
     heading("Goals")
     for g in report["goals"]:
         mark = "met" if g["met"] else "NOT met"
-        out.append(f"{'- ' if markdown else '  '}{g['goal']}, {g['database']}: {g['shown']} ({mark})")
+        where = f", {g['database']}" if g["database"] else ""
+        out.append(f"{'- ' if markdown else '  '}{g['goal']}{where}: {g['shown']} ({mark})")
     return "\n".join(out)
 
 
@@ -743,14 +1065,17 @@ def markdown_block(report: dict[str, Any]) -> str:
     m = report["machine"]
     settings = report["settings"]
     intro = (
-        f"Measured {report['finished_at'][:10]} with `make bench` on {m['cpus']} cores "
-        f"({m['cpu_model']}), {m['memory_gib']:.0f} GiB RAM: PostgreSQL {m['server_version']} server "
-        f"and client tools, zstandard {m['zstandard']}. Medians of {settings['repeat']} interleaved runs "
-        "on one generated database per size (`orders`: text and jsonb, `readings`: numeric, five "
-        "btree indexes), warm page cache. Peak RSS is our Python process's (VmHWM of a fresh "
-        "process per operation, interpreter included); pg_dump and pg_restore are separate "
-        "processes and not counted."
+        f"Measured {report['finished_at'][:10]} with `make bench{' QUICK=1' if settings['quick'] else ''}` "
+        f"on {m['cpus']} cores ({m['cpu_model']}), {m['memory_gib']:.0f} GiB RAM: PostgreSQL "
+        f"{m['server_version']} server and client tools, zstandard {m['zstandard']}. Medians of "
+        f"{settings['repeat']} interleaved runs on one generated database per size and kind (mixed: "
+        "`orders` with text and jsonb, `readings` numeric, five btree indexes; pgbench: `pgbench -i`; "
+        "random: incompressible bytea), warm page cache; 5-minute load average "
+        f"{report['load_average']['start']:.1f} at the start, {report['load_average']['end']:.1f} at the end."
     )
+    if report["sizes"]:
+        intro += (" Peak RSS is our Python process's (VmHWM of a fresh process per operation, "
+                  "interpreter included); pg_dump and pg_restore are separate processes and not counted.")
     return intro + "\n\n" + render(report, markdown=True)
 
 
@@ -801,6 +1126,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="zstd thread counts the sweep tries (default 0,2)")
     parser.add_argument("--no-sweep", action="store_true",
                         help="measure only the core's default compression")
+    parser.add_argument("--whole-gib", type=float, default=0.9,
+                        help="size of each whole-process database (mixed, pgbench, random), GiB; "
+                             "0 skips that part (default 0.9)")
+    parser.add_argument("--startup-runs", type=int, default=20,
+                        help="rounds of the start-up measurement; 0 skips it (default 20)")
+    parser.add_argument("--compare-with", type=Path, metavar="CHECKOUT",
+                        help="also time the CLI of another checkout of this repository (e.g. a "
+                             "`git worktree` of main), in the same rounds")
+    parser.add_argument("--quick", action="store_true",
+                        help="start-up and whole-process backups only (a few minutes), no "
+                             "take_backup/restore sizes and no sweep")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -813,31 +1149,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         if codec != default]
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[1]
     runs: list[SizeRun] = []
-    with ephemeral_cluster(SERVER_MAJOR) as source, ephemeral_cluster(SERVER_MAJOR) as target:
-        machine = machine_info(source)
-        for index, size in enumerate(args.sizes):
-            codecs = [default, *sweep] if index == 0 else [default]
-            runs.append(bench_size(source, target, size, repeat=args.repeat, jobs=args.jobs,
-                                   codecs=codecs, default=default))
+    whole: list[WholeRun] = []
+    startup: dict[str, list[ProcessSample]] = {}
+    compare = args.compare_with.resolve() if args.compare_with else None
+    if compare is not None and not (compare / "platform_orchestration" / "cli.py").is_file():
+        parser.error(f"--compare-with {args.compare_with}: no platform_orchestration/cli.py there")
+    for root in (ROOT, compare):
+        if root is not None:
+            _byte_compile_package(root)
+    if args.startup_runs > 0:
+        startup = bench_startup(args.startup_runs, compare)
+    # The embedded default's key file must live outside the repository.
+    key_dir = Path(tempfile.mkdtemp(prefix="bench-kek-"))
+    try:
+        with ephemeral_cluster(SERVER_MAJOR) as source, ephemeral_cluster(SERVER_MAJOR) as target:
+            machine = machine_info(source)
+            if args.whole_gib > 0:
+                for kind in WHOLE_KINDS:
+                    whole.append(bench_whole(source, kind, args.whole_gib, repeat=args.repeat,
+                                             key_dir=key_dir, compare=compare))
+            for index, size in enumerate([] if args.quick else args.sizes):
+                codecs = [default, *sweep] if index == 0 else [default]
+                runs.append(bench_size(source, target, size, repeat=args.repeat, jobs=args.jobs,
+                                       codecs=codecs, default=default))
+    finally:
+        shutil.rmtree(key_dir, ignore_errors=True)
     shutil.rmtree(WORK_DIR, ignore_errors=True)
 
     sizes = [summarise(run, default) for run in runs]
+    startup_summary = summarise_startup(startup) if startup else None
+    whole_summary = [summarise_whole(run) for run in whole]
     report: dict[str, Any] = {
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - started,
         "machine": machine,
-        "settings": {"sizes_gib": args.sizes, "repeat": args.repeat, "jobs": args.jobs,
-                     "default_compression": asdict(default),
-                     "sweep": [asdict(codec) for codec in sweep]},
+        # Other work on the machine (5-minute load average): the figures are only as quiet as it.
+        "load_average": {"start": load_at_start, "end": os.getloadavg()[1]},
+        "settings": {"sizes_gib": [] if args.quick else args.sizes, "repeat": args.repeat,
+                     "jobs": args.jobs, "default_compression": asdict(default),
+                     "sweep": [] if args.quick else [asdict(codec) for codec in sweep],
+                     "quick": args.quick, "whole_gib": args.whole_gib,
+                     "startup_runs": args.startup_runs,
+                     "compare_with": str(compare) if compare else None},
         "goals_definition": {
             "backup_vs_floor_max": BACKUP_VS_FLOOR_GOAL, "stored_vs_plain_size_max": SIZE_VS_PLAIN_GOAL,
             "restore_vs_pg_restore_max": RESTORE_VS_PG_RESTORE_GOAL,
             "peak_rss_bytes_below": PEAK_RSS_GOAL_BYTES,
+            "startup_seconds_below": STARTUP_GOALS_SECONDS, "whole_vs_floor_max": WHOLE_VS_FLOOR_GOAL,
         },
+        "startup": startup_summary,
+        "whole_process": whole_summary,
         "sizes": sizes,
-        "goals": goals(sizes),
+        "goals": goals(sizes, startup_summary, whole_summary),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

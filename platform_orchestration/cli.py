@@ -8,6 +8,7 @@ and to the stores, and shares every line of backup/restore logic with the Dagste
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -15,17 +16,12 @@ import time
 import traceback
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from platform_orchestration.backups.catalog import describe_grouped
-from platform_orchestration.errors import (
-    EXIT_BUG,
-    EXIT_INVALID,
-    PlatformError,
-    one_line,
-)
-from platform_orchestration.fleet import FleetError, fleet_path_from_env, load_fleet
-from platform_orchestration.protection import FleetProtection, restore_target
+from platform_orchestration.errors import EXIT_BUG, EXIT_INVALID, PlatformError, one_line
+
+if TYPE_CHECKING:
+    from platform_orchestration.protection import FleetProtection
 
 
 def human_bytes(count: float) -> str:
@@ -155,9 +151,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _imported() -> None:
+    """What a command imported lives as long as the process: frozen, the garbage collector
+    never walks it again, nor does the interpreter at exit (tens of ms with psycopg loaded)."""
+    gc.freeze()
+
+
 def _run(args: argparse.Namespace, out: TextIO) -> int:
+    # The core is imported here, per command, not at the top of this module: --help needs none
+    # of it, validate only the fleet model, and FleetProtection brings psycopg, zstandard, Tink
+    # and every backup module (a few hundred ms that a break-glass command pays only if it uses them).
+    from platform_orchestration.fleet import fleet_path_from_env, load_fleet
+
+    _imported()
     fleet_path = args.fleet or str(fleet_path_from_env())
     fleet = load_fleet(fleet_path)
+    if args.command == "validate":
+        print(f"{fleet_path}: ok ({len(fleet.clusters)} clusters, {len(fleet.stores)} stores, "
+              f"{len(fleet.databases)} databases, {len(fleet.policies)} policies)", file=out)
+        return 0
+
+    from platform_orchestration.protection import FleetProtection
+
+    _imported()
     # Secrets and data keys as the environment says (Vault when VAULT_ADDR is set); dynamic
     # database logins taken by this command are revoked when it ends.
     with FleetProtection.from_environment(fleet) as protection:
@@ -166,12 +182,9 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
 
 def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: FleetProtection,  # noqa: ANN001
              out: TextIO) -> int:
-    progress = TerminalProgress()
+    from platform_orchestration.backups.catalog import describe_grouped  # imported with protection
 
-    if args.command == "validate":
-        print(f"{fleet_path}: ok ({len(fleet.clusters)} clusters, {len(fleet.stores)} stores, "
-              f"{len(fleet.databases)} databases, {len(fleet.policies)} policies)", file=out)
-        return 0
+    progress = TerminalProgress()
 
     if args.command == "backup":
         outcome = protection.backup(args.database, progress, lock_wait=args.wait)
@@ -221,6 +234,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         return 0
 
     if args.command == "restore":
+        from platform_orchestration.protection import restore_target
+
         target = restore_target(args.target_dsn, os.environ.get("PGPASSWORD"))
         result = protection.restore(args.database, target, backup_id=args.backup, store_name=args.store,
                                     replace=args.replace, jobs=args.jobs, progress=progress,
@@ -304,6 +319,8 @@ def _what(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = _parser().parse_args(argv)
+    from platform_orchestration.fleet import FleetError  # after --help, which needs no fleet (see _run)
+
     try:
         return _run(args, out)
     except FleetError as exc:

@@ -1,0 +1,76 @@
+"""A quiet, quick start: no preview-warning noise, and each CLI command imports only what it uses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import dagster as dg
+from conftest import SOURCE_DB
+from fleetfiles import write_fleet
+
+from platform_orchestration.definitions import REPOSITORY_ROOT, build_definitions
+
+DEMO_FLEET = REPOSITORY_ROOT / "deploy" / "fleet" / "demo.yaml"
+
+# Top-level modules a command may import only when it uses them (google.protobuf comes with
+# Tink, so the Google SDK is named by its own packages).
+CLOUD_AND_VAULT = {"boto3", "botocore", "azure", "google.cloud", "google.auth", "hvac"}
+BACKUP_LIBRARIES = {"psycopg", "zstandard", "tink", "cryptography"}
+
+
+def _imported_by(*argv: str) -> set[str]:
+    """Run `platform-dr ARGV` in a fresh interpreter; the modules it had imported when it ended."""
+    probe = (
+        "import json, sys\n"
+        "from platform_orchestration import cli\n"
+        "try:\n"
+        f"    code = cli.main({list(argv)!r})\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "print(json.dumps([code, sorted(sys.modules)]), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    code, modules = json.loads(result.stderr.strip().splitlines()[-1])
+    assert code == 0, result.stderr
+    return {".".join(name.split(".")[:depth]) for name in modules for depth in (1, 2)}
+
+
+def test_building_the_definitions_emits_no_preview_warning_and_silences_nothing_else():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_definitions(DEMO_FLEET)
+        warnings.warn("a preview feature used elsewhere", dg.PreviewWarning, stacklevel=1)
+    previews = [str(w.message) for w in caught if issubclass(w.category, dg.PreviewWarning)]
+    assert previews == ["a preview feature used elsewhere"]
+    assert not [w for w in caught if issubclass(w.category, dg.BetaWarning)]
+
+
+def test_validate_prints_nothing_on_stderr():
+    result = subprocess.run([sys.executable, "-m", "platform_orchestration.cli", "--fleet", str(DEMO_FLEET),
+                             "validate"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"{DEMO_FLEET}: ok")
+    assert result.stderr == ""
+
+
+def test_help_imports_none_of_the_core():
+    imported = _imported_by("--help")
+    assert not imported & {"dagster", "pydantic", "yaml", *BACKUP_LIBRARIES, *CLOUD_AND_VAULT}
+    assert "platform_orchestration.fleet" not in imported
+
+
+def test_validate_imports_the_fleet_model_alone():
+    imported = _imported_by("--fleet", str(DEMO_FLEET), "validate")
+    assert {"pydantic", "yaml", "platform_orchestration.fleet"} <= imported
+    assert not imported & {"dagster", *BACKUP_LIBRARIES, *CLOUD_AND_VAULT}
+    assert "platform_orchestration.protection" not in imported
+
+
+def test_a_backup_to_local_stores_imports_no_cloud_sdk_vault_or_dagster(tmp_path, source_cluster, source_db):
+    fleet = write_fleet(tmp_path, source_cluster, SOURCE_DB)
+    imported = _imported_by("--fleet", str(fleet), "backup", SOURCE_DB)
+    assert BACKUP_LIBRARIES <= imported
+    assert not imported & {"dagster", *CLOUD_AND_VAULT}
