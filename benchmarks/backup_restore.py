@@ -1070,7 +1070,7 @@ def markdown_block(report: dict[str, Any]) -> str:
         f"{m['server_version']} server and client tools, zstandard {m['zstandard']}. Medians of "
         f"{settings['repeat']} interleaved runs on one generated database per size and kind (mixed: "
         "`orders` with text and jsonb, `readings` numeric, five btree indexes; pgbench: `pgbench -i`; "
-        "random: incompressible bytea), warm page cache; 5-minute load average "
+        "random: random bytea, hex in the dump), warm page cache; 5-minute load average "
         f"{report['load_average']['start']:.1f} at the start, {report['load_average']['end']:.1f} at the end."
     )
     if report["sizes"]:

@@ -19,7 +19,6 @@ store that committed the dump and checked there like it, before the manifest.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import subprocess
 import threading
@@ -59,9 +58,6 @@ from platform_orchestration.storage import ObjectStore, StoreError, write_bytes
 from platform_orchestration.storage.fanout import FanOutWriter
 
 PIPE_READ_BYTES = 1024 * 1024
-# pg_dump keeps writing while we compress a chunk, instead of stalling on a 64 KiB pipe
-# (Linux's pipe-max-size for unprivileged users is 1 MiB).
-PIPE_BUFFER_BYTES = 1024 * 1024
 
 
 class BackupFailed(PlatformError):
@@ -84,15 +80,6 @@ class CompressionSettings:
     # for the same cores, for 1-2% smaller output (benchmarks/, README).
     level: int = 1
     threads: int = 0
-
-
-def _widen_pipe(pipe) -> None:  # noqa: ANN001
-    """Best effort (Linux): where the pipe cannot grow, only the overlap is lost."""
-    if hasattr(fcntl, "F_SETPIPE_SZ"):
-        try:
-            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BUFFER_BYTES)
-        except OSError:
-            pass
 
 
 class _CountingReader:
@@ -185,7 +172,6 @@ def take_backup(
                      f"--snapshot={facts.snapshot_id}", "--no-sync", f"--dbname={connection.dsn}"],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=connection.tool_env(),
                 )
-                _widen_pipe(dump.stdout)
                 stderr_reader = threading.Thread(target=lambda: stderr_chunks.append(dump.stderr.read()))
                 stderr_reader.start()
                 source = _CountingReader(dump.stdout, lambda n: progress("dump", n))

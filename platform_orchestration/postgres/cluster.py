@@ -218,3 +218,6 @@ def ephemeral_cluster(min_major: int = 0, parent_dir: Path | None = None) -> Ite
         with contextlib.suppress(ClusterError, subprocess.SubprocessError):
             cluster.stop()
         shutil.rmtree(base_dir, ignore_errors=True)
+        # As root the data lives in a stand-in under /var/tmp (mkdtemp's directory is private):
+        # it goes too, or every throwaway cluster would stay on disk.
+        shutil.rmtree(cluster.base_dir, ignore_errors=True)
