@@ -14,7 +14,9 @@ core: every id, timestamp and age it makes comes from it. What cannot be read in
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -73,6 +75,22 @@ from platform_orchestration.stores import open_store
 
 class TargetRefused(InvalidDeclaration):
     """A restore target given on the command line or in run config breaks a rule."""
+
+
+STORE_CONCURRENCY_ENV = "PLATFORM_STORE_CONCURRENCY"
+DEFAULT_STORE_CONCURRENCY = 8
+
+
+def store_concurrency_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """How many databases a fleet-wide assessment reads from the stores at once:
+    ``$PLATFORM_STORE_CONCURRENCY`` (a whole number of at least 1), else 8. The work is waiting
+    on store round trips (a LIST, a GET), so threads overlap it even on two cores."""
+    text = (os.environ if environ is None else environ).get(STORE_CONCURRENCY_ENV, "").strip()
+    if not text:
+        return DEFAULT_STORE_CONCURRENCY
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidDeclaration(f"{STORE_CONCURRENCY_ENV}: expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 # One rule for the CLI and the Launchpad: a password never travels in a target DSN, since
@@ -398,9 +416,22 @@ class FleetProtection:
             requires_dynamic_credentials=self.fleet.database(database).uses_dynamic_credentials,
         )
 
-    def assess_fleet(self, now: datetime | None = None) -> list[DatabaseCompliance]:
+    def assess_fleet(self, now: datetime | None = None, *, concurrency: int | None = None) -> list[DatabaseCompliance]:
+        """Every database's assessment at one `now`, in fleet order. Up to `concurrency`
+        databases (default: :func:`store_concurrency_from_env`) are read at once; each one
+        lists each of its stores once for backups and once for drill records."""
         now = now or self.clock()
-        return [self.assess(db.name, now) for db in self.fleet.databases]
+        workers = concurrency if concurrency is not None else store_concurrency_from_env()
+        if workers < 1:
+            raise InvalidDeclaration(f"store concurrency must be at least 1, got {workers}")
+        names = [db.name for db in self.fleet.databases]
+        # Opened here, one thread, once: the workers then share them (stores are thread-safe).
+        for store_name in dict.fromkeys(name for db in names for name in self.fleet.policy_for(db).stores):
+            self.store(store_name)
+        if workers == 1 or len(names) < 2:
+            return [self.assess(name, now) for name in names]
+        with ThreadPoolExecutor(max_workers=min(workers, len(names)), thread_name_prefix="assess") as pool:
+            return list(pool.map(lambda name: self.assess(name, now), names))
 
     def record_compliance(self, assessments: Sequence[DatabaseCompliance] | None = None) -> ComplianceEvidence:
         """Assess the fleet now (or take `assessments` made by the caller), build the compliance

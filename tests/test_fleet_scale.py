@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.synthetic import database_names, write_fleet_file
+from benchmarks.synthetic import database_names, seed_stores, write_fleet_file
 from platform_orchestration import declarations
 from platform_orchestration.declarations import read_yaml_mapping
+from platform_orchestration.errors import PlatformError
 from platform_orchestration.fleet import FleetError, load_fleet
 from platform_orchestration.fleet.model import UnknownNameError
+from platform_orchestration.protection import FleetProtection, store_concurrency_from_env
 from platform_orchestration.resources import load_fleet_once
+from platform_orchestration.storage import CountingStore, LocalObjectStore
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,3 +140,58 @@ def test_an_edited_fleet_file_or_another_environment_is_read_again(tmp_path: Pat
 def test_a_missing_fleet_file_is_reported_not_cached(tmp_path: Path) -> None:
     with pytest.raises(FleetError, match="fleet file not found"):
         load_fleet_once(tmp_path / "absent.yaml")
+
+
+# --- what an assessment costs in store calls ------------------------------------------------------
+
+
+def _protection(tmp_path: Path, databases: int) -> tuple[FleetProtection, dict[str, CountingStore]]:
+    """A protection of a synthetic fleet whose stores are seeded and wrapped in counters."""
+    fleet = load_fleet(write_fleet_file(tmp_path, databases))
+    protection = FleetProtection(fleet)
+    counted = {spec.name: CountingStore(LocalObjectStore(spec.name, spec.path)) for spec in fleet.stores}
+    seed_stores(list(counted.values()), database_names(databases))
+    for store in counted.values():
+        store.reset()
+    protection._open_stores.update(counted)
+    return protection, counted
+
+
+@pytest.mark.parametrize("databases", [2, 6])
+def test_a_fleet_assessment_lists_each_store_once_for_backups_and_once_for_drills_per_database(
+        tmp_path: Path, databases: int) -> None:
+    protection, counted = _protection(tmp_path, databases)
+    assessments = protection.assess_fleet(concurrency=3)
+    assert all(assessment.passed for assessment in assessments), [a.findings for a in assessments if not a.passed]
+    for store in counted.values():
+        # Three manifests and one drill record per database: each read once.
+        assert dict(store.calls) == {"list": 2 * databases, "read": 4 * databases}
+        assert sorted(store.prefixes) == sorted(
+            [f"backups/{name}/" for name in database_names(databases)]
+            + [f"drills/{name}/" for name in database_names(databases)])
+
+
+def test_a_parallel_fleet_assessment_answers_in_fleet_order_as_a_sequential_one_does(tmp_path: Path) -> None:
+    protection, _counted = _protection(tmp_path, 12)
+    now = protection.clock()
+    parallel = protection.assess_fleet(now, concurrency=5)
+    assert [a.database for a in parallel] == database_names(12)
+    assert parallel == protection.assess_fleet(now, concurrency=1)
+
+
+def test_store_concurrency_comes_from_the_environment_and_a_bad_value_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert store_concurrency_from_env({}) == 8
+    assert store_concurrency_from_env({"PLATFORM_STORE_CONCURRENCY": "3"}) == 3
+    protection, _counted = _protection(tmp_path, 2)
+    monkeypatch.setenv("PLATFORM_STORE_CONCURRENCY", "zero")
+    with pytest.raises(PlatformError, match="^PLATFORM_STORE_CONCURRENCY: expected a whole number of at least 1, "
+                                            "got 'zero'$"):
+        protection.assess_fleet()
+
+
+def test_ensure_copies_lists_each_store_once(tmp_path: Path) -> None:
+    protection, counted = _protection(tmp_path, 1)
+    report = protection.ensure_copies(database_names(1)[0])
+    assert report.already_present == ("aws", "azure", "gcp") and not report.failed
+    assert all(store.calls["list"] == 1 for store in counted.values())

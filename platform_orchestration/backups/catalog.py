@@ -221,18 +221,26 @@ def select_backup(stores: Iterable[ObjectStore], database: str, backup_id: str |
         stores = [s for s in stores if s.name == store_name]
         if not stores:
             raise BackupNotFound(f"store {store_name!r} is not one of the stores for {database}")
+    # A store named by the caller must answer; among several, one that is down is
+    # stepped over and named (it might hold a newer backup).
+    listings = [(store, read_backups(store, database) if store_name else read_backups_or_report(store, database))
+                for store in stores]
+    return choose_backup(listings, database, backup_id)
+
+
+def choose_backup(listings: Sequence[tuple[ObjectStore, BackupListing]], database: str,
+                  backup_id: str | None = None) -> BackupChoice:
+    """:func:`select_backup` over listings already read (one per store, in search order), for
+    callers that go on to use the same listings: each store is listed once."""
     candidates: list[StoredBackup] = []
     unreadable: list[UnreadableObject] = []
-    for store in stores:
-        # A store named by the caller must answer; among several, one that is down is
-        # stepped over and named (it might hold a newer backup).
-        listing = read_backups(store, database) if store_name else read_backups_or_report(store, database)
+    for _store, listing in listings:
         unreadable += listing.unreadable
         if backup_id is None:
             candidates += listing.backups[-1:]
         else:
             candidates += [b for b in listing.backups if b.backup_id == backup_id]
-    where = ", ".join(s.name for s in stores)
+    where = ", ".join(store.name for store, _listing in listings)
     if not candidates:
         if backup_id is not None and (broken := [u for u in unreadable if u.backup_id == backup_id]):
             raise BackupUnreadable(f"backup {backup_id} of {database} cannot be read: {describe_all(broken)}")
