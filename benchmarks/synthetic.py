@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from platform_orchestration.backups.manifest import backup_prefix, drill_key
-from platform_orchestration.storage import ObjectStore, write_bytes
+from platform_orchestration.storage import CountingStore, LocalObjectStore, ObjectStore, write_bytes
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 STORE_NAMES = ("aws", "azure", "gcp")
@@ -27,7 +27,7 @@ def database_names(count: int) -> list[str]:
 
 def write_fleet_file(directory: Path, databases: int, *, store_names: Sequence[str] = STORE_NAMES) -> Path:
     """One cluster, `store_names` local stores under `directory`/stores, `databases` databases
-    under one policy that requires every store."""
+    under one policy (`critical`) that requires every store."""
     directory.mkdir(parents=True, exist_ok=True)
     lines = ["clusters:", "  - {name: pg-bench, cloud: local, region: loopback, role: primary}", "stores:"]
     lines += [f"  - {{name: {name}, kind: local, cloud: local, path: stores/{name}}}" for name in store_names]
@@ -36,10 +36,25 @@ def write_fleet_file(directory: Path, databases: int, *, store_names: Sequence[s
         lines += [f"  - name: {name}", "    cluster: pg-bench",
                   f"    dsn: postgresql://postgres@127.0.0.1:5999/{name}", "    policy: critical"]
     lines += ["policies:", "  - name: critical", "    rpo: 1d", f"    stores: [{', '.join(store_names)}]",
-              "    drill: {every: 7d, rto: 10m}", "    retention: {keep_last: 3}", ""]
+              "    drill: {every: 7d, rto: 10m}", "    retention: {keep_last: 3}",
+              # Unused, but the repository's schedules select databases by these policy names.
+              "  - name: standard", "    rpo: 1d", f"    stores: [{', '.join(store_names)}]",
+              "    drill: {every: 7d, rto: 30m}", "    retention: {keep_last: 3}", ""]
     path = directory / "fleet.yaml"
     path.write_text("\n".join(lines))
     return path
+
+
+def _put(store: ObjectStore, key: str, data: bytes) -> None:
+    """A seed object: on a local store written as a plain file (no fsync: a benchmark's seed
+    need not survive a crash, and 20,000 fsyncs would take minutes), else through the store."""
+    local = store.inner if isinstance(store, CountingStore) else store
+    if isinstance(local, LocalObjectStore):
+        path = local.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    else:
+        write_bytes(store, key, data)
 
 
 def _stamp(moment: datetime) -> str:
@@ -68,12 +83,12 @@ def seed_stores(stores: Sequence[ObjectStore], databases: Sequence[str], *, back
                             "copy": {"store": store.name, "verified_at": _stamp(taken + timedelta(seconds=1)),
                                      "copied_from": None}}
                 prefix = backup_prefix(database, backup_id)
-                write_bytes(store, prefix + manifest["dump"]["object"], b"dump")
-                write_bytes(store, prefix + "manifest.json", json.dumps(document).encode())
+                _put(store, prefix + manifest["dump"]["object"], b"dump")
+                _put(store, prefix + "manifest.json", json.dumps(document).encode())
             latest_id, latest_at = ids[-1]
             drill_at = latest_at + timedelta(minutes=10)
             drill_id = drill_at.strftime("%Y%m%dT%H%M%S") + f"{drill_at.microsecond // 1000:03d}Z-{suffix}"
             record = {**drill, "drill_id": drill_id, "database": database, "backup_id": latest_id,
                       "source_store": stores[0].name, "started_at": _stamp(drill_at),
                       "finished_at": _stamp(drill_at + timedelta(seconds=5))}
-            write_bytes(store, drill_key(database, drill_id), json.dumps(record).encode())
+            _put(store, drill_key(database, drill_id), json.dumps(record).encode())
