@@ -151,7 +151,7 @@ def _s3_stores(databases: int, workdir: Path) -> dict:
             stores.append(open_store(spec))
         seed_stores(stores, database_names(databases))
         result = {"sequential": measure_assessment(fleet_file, 1, concurrency=1, open_store=open_store),
-                  "parallel": measure_assessment(fleet_file, 1, open_store=open_store)}
+                  "parallel": measure_assessment(fleet_file, 1, concurrency=8, open_store=open_store)}
         return result
     finally:
         server.stop()
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["status"][size]["before_seconds"] = time_status(fleet_file, 1, args.before_src)
             _log(f"assess_fleet at {size}")
             results["assess_fleet"][size] = {
-                "parallel": measure_assessment(fleet_file, args.repeat),
+                "parallel": measure_assessment(fleet_file, args.repeat, concurrency=8),
                 "sequential": measure_assessment(fleet_file, args.repeat, concurrency=1)}
         for size in [int(text) for text in args.load_sizes.split(",") if text]:
             fleet_file = write_fleet_file(work / f"load-{size}", size)
@@ -221,11 +221,11 @@ def summary(results: dict) -> str:
         lines.append(f"| `platform-dr status` (whole process) | {size} | {entry['seconds']:.2f}{before} | |")
     for size, entry in results["assess_fleet"].items():
         for mode in ("parallel", "sequential"):
-            lines.append(f"| `assess_fleet` {mode}, local stores | {size} | {entry[mode]['seconds']:.2f} | "
+            lines.append(f"| `assess_fleet` {mode} ({8 if mode == "parallel" else 1} threads), local stores | {size} | {entry[mode]['seconds']:.2f} | "
                          f"{calls(entry[mode])} |")
     for size, entry in results.get("s3", {}).items():
         for mode in ("parallel", "sequential"):
-            lines.append(f"| `assess_fleet` {mode}, moto S3 | {size} | {entry[mode]['seconds']:.2f} | "
+            lines.append(f"| `assess_fleet` {mode} ({8 if mode == "parallel" else 1} threads), moto S3 | {size} | {entry[mode]['seconds']:.2f} | "
                          f"{calls(entry[mode])} |")
     for size, entry in results["fleet_load"].items():
         lines.append(f"| fleet load, libyaml (pure Python) | {size} | {entry['libyaml_seconds']:.2f} "

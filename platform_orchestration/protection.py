@@ -81,39 +81,15 @@ STORE_CONCURRENCY_ENV = "PLATFORM_STORE_CONCURRENCY"
 DEFAULT_STORE_CONCURRENCY = 8
 
 
-def store_concurrency_from_env(environ: Mapping[str, str] | None = None) -> int:
-    """How many databases a fleet-wide assessment reads from the stores at once:
-    ``$PLATFORM_STORE_CONCURRENCY`` (a whole number of at least 1), else 8. The work is waiting
-    on store round trips (a LIST, a GET), so threads overlap it even on two cores."""
+def store_concurrency_from_env(environ: Mapping[str, str] | None = None) -> int | None:
+    """How many databases a fleet-wide assessment reads from the stores at once, as
+    ``$PLATFORM_STORE_CONCURRENCY`` says (a whole number of at least 1); None when it is unset."""
     text = (os.environ if environ is None else environ).get(STORE_CONCURRENCY_ENV, "").strip()
     if not text:
-        return DEFAULT_STORE_CONCURRENCY
+        return None
     if not text.isdigit() or int(text) < 1:
         raise InvalidDeclaration(f"{STORE_CONCURRENCY_ENV}: expected a whole number of at least 1, got {text!r}")
     return int(text)
-
-
-# One rule for the CLI and the Launchpad: a password never travels in a target DSN, since
-# command lines end up in shell history and `ps`, and run config is stored and displayed.
-TARGET_PASSWORD_RULE = ("the target DSN must not contain a password (command lines and run config are "
-                        "kept and shown); give it in the PGPASSWORD environment variable of the CLI, or "
-                        "name an environment variable of the run worker in target_password_env")
-
-
-def restore_target(dsn: str, password: str | None = None) -> PgConnection:
-    """The restore target a DSN names, refusing one that carries a password or does not parse.
-    `password` comes from the environment (PGPASSWORD, or the variable the run config names)."""
-    if not dsn.strip():
-        raise TargetRefused("a target DSN is required: the libpq DSN of the database to restore into")
-    try:
-        parts = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise TargetRefused(f"the target DSN is not a valid libpq DSN: {one_line(exc)}") from None
-    if "password" in parts:
-        raise TargetRefused(TARGET_PASSWORD_RULE)
-    if not parts.get("dbname"):
-        raise TargetRefused("the target DSN names no database (dbname=...): say which database to restore into")
-    return PgConnection(dsn, password)
 
 
 @dataclass(frozen=True)
@@ -417,16 +393,24 @@ class FleetProtection:
         )
 
     def assess_fleet(self, now: datetime | None = None, *, concurrency: int | None = None) -> list[DatabaseCompliance]:
-        """Every database's assessment at one `now`, in fleet order. Up to `concurrency`
-        databases (default: :func:`store_concurrency_from_env`) are read at once; each one
-        lists each of its stores once for backups and once for drill records."""
+        """Every database's assessment at one `now`, in fleet order; each database lists each
+        of its stores once for backups and once for drill records, and reads each manifest once.
+
+        Up to `concurrency` databases are read at once (else ``$PLATFORM_STORE_CONCURRENCY``,
+        else 8 when a cloud store is involved). The work on a cloud store is waiting on round
+        trips, which threads overlap; on local stores it is parsing under the GIL, which threads
+        only slow down (measured: benchmarks/README.md), so local-only fleets default to one."""
         now = now or self.clock()
+        names = [db.name for db in self.fleet.databases]
+        used = list(dict.fromkeys(name for db in names for name in self.fleet.policy_for(db).stores))
         workers = concurrency if concurrency is not None else store_concurrency_from_env()
+        if workers is None:
+            all_local = all(self.fleet.store(name).kind == "local" for name in used)
+            workers = 1 if all_local else DEFAULT_STORE_CONCURRENCY
         if workers < 1:
             raise InvalidDeclaration(f"store concurrency must be at least 1, got {workers}")
-        names = [db.name for db in self.fleet.databases]
         # Opened here, one thread, once: the workers then share them (stores are thread-safe).
-        for store_name in dict.fromkeys(name for db in names for name in self.fleet.policy_for(db).stores):
+        for store_name in used:
             self.store(store_name)
         if workers == 1 or len(names) < 2:
             return [self.assess(name, now) for name in names]

@@ -181,7 +181,7 @@ def test_a_parallel_fleet_assessment_answers_in_fleet_order_as_a_sequential_one_
 
 def test_store_concurrency_comes_from_the_environment_and_a_bad_value_is_named(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert store_concurrency_from_env({}) == 8
+    assert store_concurrency_from_env({}) is None  # assess_fleet decides by the kinds of stores
     assert store_concurrency_from_env({"PLATFORM_STORE_CONCURRENCY": "3"}) == 3
     protection, _counted = _protection(tmp_path, 2)
     monkeypatch.setenv("PLATFORM_STORE_CONCURRENCY", "zero")
