@@ -92,6 +92,29 @@ def store_concurrency_from_env(environ: Mapping[str, str] | None = None) -> int 
     return int(text)
 
 
+# One rule for the CLI and the Launchpad: a password never travels in a target DSN, since
+# command lines end up in shell history and `ps`, and run config is stored and displayed.
+TARGET_PASSWORD_RULE = ("the target DSN must not contain a password (command lines and run config are "
+                        "kept and shown); give it in the PGPASSWORD environment variable of the CLI, or "
+                        "name an environment variable of the run worker in target_password_env")
+
+
+def restore_target(dsn: str, password: str | None = None) -> PgConnection:
+    """The restore target a DSN names, refusing one that carries a password or does not parse.
+    `password` comes from the environment (PGPASSWORD, or the variable the run config names)."""
+    if not dsn.strip():
+        raise TargetRefused("a target DSN is required: the libpq DSN of the database to restore into")
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise TargetRefused(f"the target DSN is not a valid libpq DSN: {one_line(exc)}") from None
+    if "password" in parts:
+        raise TargetRefused(TARGET_PASSWORD_RULE)
+    if not parts.get("dbname"):
+        raise TargetRefused("the target DSN names no database (dbname=...): say which database to restore into")
+    return PgConnection(dsn, password)
+
+
 @dataclass(frozen=True)
 class ClusterObservation:
     """One fleet cluster as declared and as seen through one of its databases' logins."""
