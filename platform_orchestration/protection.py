@@ -46,7 +46,7 @@ from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.manifest import DrillRecord
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.backups.restore import RestoreResult, restore_backup
-from platform_orchestration.backups.retention import PruneReport, prune_database
+from platform_orchestration.backups.retention import DrillRetention, PruneReport, prune_database
 from platform_orchestration.backups.rewrap import (
     RewrapEntry,
     RewrapFailed,
@@ -403,7 +403,8 @@ class FleetProtection:
                 f"{format_duration(MIN_SWEEP_AGE)}: it could remove a backup or copy still being written")
         with self._locked(database, "prune", lock and not dry_run, lock_wait):
             return prune_database(database, self.stores_for(database), policy.retention,
-                                  now=self.clock(), dry_run=dry_run, orphan_grace=age, sweep_older_than=age)
+                                  now=self.clock(), dry_run=dry_run, orphan_grace=age, sweep_older_than=age,
+                                  drills=DrillRetention.of(policy.drill))
 
     def assess(self, database: str, now: datetime | None = None) -> DatabaseCompliance:
         """The database's five findings at `now` (default: this object's clock); ages are

@@ -476,10 +476,14 @@ class Database(_FrozenSpec):
 
 
 class DrillPolicy(_FrozenSpec):
-    """How often a restore drill runs and how long the restore may take."""
+    """How often a restore drill runs, how long the restore may take, and which drill records
+    prune keeps: in each store the newest ``keep_last`` and every one younger than
+    ``keep_cadences`` times ``every``; the newest passed drill is never deleted."""
 
     every: Duration
     rto: Duration
+    keep_last: int = Field(default=10, ge=1)
+    keep_cadences: int = Field(default=4, ge=1)
 
 
 MIN_SWEEP_AGE = timedelta(hours=1)
