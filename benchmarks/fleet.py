@@ -221,11 +221,11 @@ def summary(results: dict) -> str:
         lines.append(f"| `platform-dr status` (whole process) | {size} | {entry['seconds']:.2f}{before} | |")
     for size, entry in results["assess_fleet"].items():
         for mode in ("parallel", "sequential"):
-            lines.append(f"| `assess_fleet` {mode} ({8 if mode == "parallel" else 1} threads), local stores | {size} | {entry[mode]['seconds']:.2f} | "
+            lines.append(f"| `assess_fleet` {mode} ({8 if mode == 'parallel' else 1} threads), local stores | {size} | {entry[mode]['seconds']:.2f} | "
                          f"{calls(entry[mode])} |")
     for size, entry in results.get("s3", {}).items():
         for mode in ("parallel", "sequential"):
-            lines.append(f"| `assess_fleet` {mode} ({8 if mode == "parallel" else 1} threads), moto S3 | {size} | {entry[mode]['seconds']:.2f} | "
+            lines.append(f"| `assess_fleet` {mode} ({8 if mode == 'parallel' else 1} threads), moto S3 | {size} | {entry[mode]['seconds']:.2f} | "
                          f"{calls(entry[mode])} |")
     for size, entry in results["fleet_load"].items():
         lines.append(f"| fleet load, libyaml (pure Python) | {size} | {entry['libyaml_seconds']:.2f} "
