@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install browser demo demo-clouds ui demo-stop test bench bench-stores clean
+.PHONY: install browser demo demo-clouds ui demo-stop test bench bench-stores bench-fleet clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench: install
 ## Cross-cloud copy and fan-out against plain SDK transfers, on the emulators (a few minutes).
 bench-stores: install node_modules/.installed
 	$(BIN)/python -m benchmarks.stores
+
+## Fleet scale: status, assessment, fleet load and Definitions at 100-10,000 synthetic databases,
+## with store calls per database (a few minutes; S3=100 adds a moto-server run).
+bench-fleet: install
+	$(BIN)/python -m benchmarks.fleet $(if $(S3),--s3 $(S3))
 
 clean: demo-stop
 	rm -rf var

@@ -287,6 +287,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         print(f"leftovers of killed writes {'to remove' if report.dry_run else 'removed'}: "
               f"{report.uploads_discarded_count} incomplete upload(s) ({human_bytes(report.discarded_bytes)}), "
               f"{report.directories_removed_count} empty directory(ies)", file=out)
+        print(f"drill records {'to delete' if report.dry_run else 'deleted'}: {report.drills_deleted_count}, "
+              f"kept {report.drills_kept_count} (copies, across stores)", file=out)
         for failure in report.failures:
             print(f"error: {failure}", file=sys.stderr)
         return 1 if report.failures else 0

@@ -256,7 +256,17 @@ def _yaml_error(exc: yaml.YAMLError, display_name: str) -> DeclarationError:
     return DeclarationError([f"{display_name}: YAML syntax error: {exc}"])
 
 
+# libyaml's parser (when PyYAML was built with it) composes the same node tree with the same
+# line marks about 3x faster than the pure-Python one: most of a large fleet file's load time.
+_FAST_LOADER: type[yaml.SafeLoader] | None = getattr(yaml, "CSafeLoader", None) if yaml.__with_libyaml__ else None
+
+
 def _compose(text: str, display_name: str) -> yaml.Node | None:
+    if _FAST_LOADER is not None:
+        try:
+            return yaml.compose(text, Loader=_FAST_LOADER)
+        except yaml.YAMLError:
+            pass  # reported below in the pure-Python parser's words, the same on every machine
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:

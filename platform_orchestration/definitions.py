@@ -15,12 +15,13 @@ import dagster as dg
 
 from platform_orchestration.assets import build_assets, database_partitions
 from platform_orchestration.checks import build_checks
-from platform_orchestration.fleet import fleet_path_from_env, load_fleet
+from platform_orchestration.fleet import fleet_path_from_env
 from platform_orchestration.ops import build_disaster_restore_job
 from platform_orchestration.resources import (
     AlertsResource,
     FleetResource,
     SecretsResource,
+    load_fleet_once,
 )
 from platform_orchestration.sensors import report_failed_runs
 from platform_orchestration.specs import (
@@ -52,7 +53,7 @@ def select_executor(name: str) -> dg.ExecutorDefinition:
 
 def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
     fleet_file = fleet_file or fleet_path_from_env()
-    fleet = load_fleet(fleet_file)
+    fleet = load_fleet_once(fleet_file)
     partitions = database_partitions([db.name for db in fleet.databases])
     assets = build_assets(partitions)
     assets_by_name = {a.key.to_user_string(): a for a in assets}

@@ -14,7 +14,9 @@ core: every id, timestamp and age it makes comes from it. What cannot be read in
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,7 +46,7 @@ from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.manifest import DrillRecord
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.backups.restore import RestoreResult, restore_backup
-from platform_orchestration.backups.retention import PruneReport, prune_database
+from platform_orchestration.backups.retention import DrillRetention, PruneReport, prune_database
 from platform_orchestration.backups.rewrap import (
     RewrapEntry,
     RewrapFailed,
@@ -73,6 +75,21 @@ from platform_orchestration.stores import open_store
 
 class TargetRefused(InvalidDeclaration):
     """A restore target given on the command line or in run config breaks a rule."""
+
+
+STORE_CONCURRENCY_ENV = "PLATFORM_STORE_CONCURRENCY"
+DEFAULT_STORE_CONCURRENCY = 8
+
+
+def store_concurrency_from_env(environ: Mapping[str, str] | None = None) -> int | None:
+    """How many databases a fleet-wide assessment reads from the stores at once, as
+    ``$PLATFORM_STORE_CONCURRENCY`` says (a whole number of at least 1); None when it is unset."""
+    text = (os.environ if environ is None else environ).get(STORE_CONCURRENCY_ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidDeclaration(f"{STORE_CONCURRENCY_ENV}: expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 # One rule for the CLI and the Launchpad: a password never travels in a target DSN, since
@@ -386,7 +403,8 @@ class FleetProtection:
                 f"{format_duration(MIN_SWEEP_AGE)}: it could remove a backup or copy still being written")
         with self._locked(database, "prune", lock and not dry_run, lock_wait):
             return prune_database(database, self.stores_for(database), policy.retention,
-                                  now=self.clock(), dry_run=dry_run, orphan_grace=age, sweep_older_than=age)
+                                  now=self.clock(), dry_run=dry_run, orphan_grace=age, sweep_older_than=age,
+                                  drills=DrillRetention.of(policy.drill))
 
     def assess(self, database: str, now: datetime | None = None) -> DatabaseCompliance:
         """The database's five findings at `now` (default: this object's clock); ages are
@@ -398,9 +416,30 @@ class FleetProtection:
             requires_dynamic_credentials=self.fleet.database(database).uses_dynamic_credentials,
         )
 
-    def assess_fleet(self, now: datetime | None = None) -> list[DatabaseCompliance]:
+    def assess_fleet(self, now: datetime | None = None, *, concurrency: int | None = None) -> list[DatabaseCompliance]:
+        """Every database's assessment at one `now`, in fleet order; each database lists each
+        of its stores once for backups and once for drill records, and reads each manifest once.
+
+        Up to `concurrency` databases are read at once (else ``$PLATFORM_STORE_CONCURRENCY``,
+        else 8 when a cloud store is involved). The work on a cloud store is waiting on round
+        trips, which threads overlap; on local stores it is parsing under the GIL, which threads
+        only slow down (measured: benchmarks/README.md), so local-only fleets default to one."""
         now = now or self.clock()
-        return [self.assess(db.name, now) for db in self.fleet.databases]
+        names = [db.name for db in self.fleet.databases]
+        used = list(dict.fromkeys(name for db in names for name in self.fleet.policy_for(db).stores))
+        workers = concurrency if concurrency is not None else store_concurrency_from_env()
+        if workers is None:
+            all_local = all(self.fleet.store(name).kind == "local" for name in used)
+            workers = 1 if all_local else DEFAULT_STORE_CONCURRENCY
+        if workers < 1:
+            raise InvalidDeclaration(f"store concurrency must be at least 1, got {workers}")
+        # Opened here, one thread, once: the workers then share them (stores are thread-safe).
+        for store_name in used:
+            self.store(store_name)
+        if workers == 1 or len(names) < 2:
+            return [self.assess(name, now) for name in names]
+        with ThreadPoolExecutor(max_workers=min(workers, len(names)), thread_name_prefix="assess") as pool:
+            return list(pool.map(lambda name: self.assess(name, now), names))
 
     def record_compliance(self, assessments: Sequence[DatabaseCompliance] | None = None) -> ComplianceEvidence:
         """Assess the fleet now (or take `assessments` made by the caller), build the compliance

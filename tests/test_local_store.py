@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,21 @@ def test_a_directory_holding_a_young_partial_file_is_never_removed(store):
 
     writer.commit()
     assert read_bytes(store, "backups/db/1/dump") == b"still being written"
+
+
+def test_listing_a_prefix_reads_only_the_directories_under_it(store, monkeypatch):
+    for database in ("orders", "ordinal", "billing", "users"):
+        for backup in ("1", "2"):
+            write_bytes(store, f"backups/{database}/{backup}/manifest.json", b"{}")
+    read: list[str] = []
+    real_scandir = os.scandir
+
+    def recording_scandir(path):
+        read.append(Path(path).relative_to(store.root).as_posix())
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", recording_scandir)
+    assert _keys(store, "backups/ord") == ["backups/orders/1/manifest.json", "backups/orders/2/manifest.json",
+                                           "backups/ordinal/1/manifest.json", "backups/ordinal/2/manifest.json"]
+    assert sorted(read) == sorted(["backups", "backups/ordinal", "backups/ordinal/1", "backups/ordinal/2",
+                                   "backups/orders", "backups/orders/1", "backups/orders/2"])

@@ -92,6 +92,33 @@ def test_listing_more_objects_than_a_page_returns_them_all_in_order(backend):
     assert _keys(store, "many/") == keys
 
 
+def test_listing_a_prefix_returns_exactly_the_keys_under_it_in_key_order(backend):
+    store = backend.new_store()
+    keys = ["backups/orders/1/dump", "backups/orders/1/manifest.json", "backups/orders/2/manifest.json",
+            "backups/ordersx/1/manifest.json", "backups/other/1/manifest.json", "backups/z",
+            "backupsx/a", "drills/orders/1.json"]
+    for key in reversed(keys):
+        write_bytes(store, key, b"{}")
+    assert _keys(store, "backups/orders/") == keys[:3]
+    assert _keys(store, "backups/orders/1/") == keys[:2]
+    assert _keys(store, "backups/orders/1/manifest.json") == [keys[1]]
+    assert _keys(store, "backups/") == keys[:6]
+    assert _keys(store, "backups") == keys[:7]
+    assert _keys(store, "") == keys
+    assert _keys(store, "backups/nothing/") == []
+    assert _keys(store, "nowhere/at/all/") == []
+
+
+def test_listing_a_prefix_that_is_not_a_whole_directory_name_matches_names_starting_with_it(backend):
+    store = backend.new_store()
+    for key in ["backups/orders/1/manifest.json", "backups/ordinal/2/manifest.json",
+                "backups/other/3/manifest.json", "backups/ord"]:
+        write_bytes(store, key, b"{}")
+    assert _keys(store, "backups/ord") == ["backups/ord", "backups/orders/1/manifest.json",
+                                          "backups/ordinal/2/manifest.json"]
+    assert _keys(store, "backups/orders/1/man") == ["backups/orders/1/manifest.json"]
+
+
 def test_delete_removes_and_deleting_a_missing_object_is_fine(backend):
     store = backend.new_store()
     write_bytes(store, "d/x", b"1")

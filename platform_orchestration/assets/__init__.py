@@ -150,7 +150,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               description="The retention policy applied in every store of the policy: backups it no "
                           "longer keeps deleted (manifest first), the newest always kept, locked "
                           "(immutable) objects reported and kept, orphan dumps and leftovers of killed "
-                          "writes swept.")
+                          "writes swept, drill records past the policy's drill retention deleted.")
     def retention(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
         with fleet.protection() as protection:
             report = protection.prune(context.partition_key)
@@ -168,6 +168,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
             "leftovers_removed": dg.MetadataValue.int(report.uploads_discarded_count
                                                       + report.directories_removed_count),
             "leftover_bytes_removed": dg.MetadataValue.int(report.discarded_bytes),
+            "drill_records_deleted": dg.MetadataValue.int(report.drills_deleted_count),
             "kept_backups": ", ".join(report.plan.kept_ids) or "none",
             "stores": _markdown_table(["store", "deleted", "kept", "locked", "orphans removed", "errors"], rows),
         }

@@ -34,6 +34,7 @@ from platform_orchestration.backups.manifest import (
 )
 from platform_orchestration.errors import PlatformError
 from platform_orchestration.storage import (
+    ObjectInfo,
     ObjectNotFound,
     ObjectStore,
     StoreError,
@@ -157,13 +158,16 @@ class BackupChoice:
     unreadable: tuple[UnreadableObject, ...] = ()
 
 
-def read_backups(store: ObjectStore, database: str | None = None) -> BackupListing:
+def read_backups(store: ObjectStore, database: str | None = None, *,
+                 listed: Iterable[ObjectInfo] | None = None) -> BackupListing:
     """Backups with a readable manifest in `store` (of `database`, else of every database),
     oldest first, and the manifests that could not be read or describe another key: those
-    cannot be restored from, so they are not backups, and they are reported, not dropped."""
+    cannot be restored from, so they are not backups, and they are reported, not dropped.
+    `listed`: the store's listing of the database's backups prefix when the caller already
+    took it (it is not listed again)."""
     found: list[StoredBackup] = []
     unreadable: list[UnreadableObject] = []
-    for info in store.list(backups_prefix(database)):
+    for info in (store.list(backups_prefix(database)) if listed is None else listed):
         if not is_manifest_key(info.key):
             continue
         try:
@@ -193,11 +197,12 @@ def read_backups_or_report(store: ObjectStore, database: str | None = None) -> B
                                                           f"the store could not be listed: {exc}"),))
 
 
-def list_backups(store: ObjectStore, database: str | None = None) -> list[StoredBackup]:
+def list_backups(store: ObjectStore, database: str | None = None, *,
+                 listed: Iterable[ObjectInfo] | None = None) -> list[StoredBackup]:
     """The readable backups of :func:`read_backups`, for callers that act only on what can be
     read (retention, tests); each manifest that could not be read is logged as a warning.
     Whatever reports to an operator uses :func:`read_backups` and names them."""
-    listing = read_backups(store, database)
+    listing = read_backups(store, database, listed=listed)
     for broken in listing.unreadable:
         log.warning("skipping unreadable manifest: %s", broken.describe())
     return list(listing.backups)
@@ -221,18 +226,26 @@ def select_backup(stores: Iterable[ObjectStore], database: str, backup_id: str |
         stores = [s for s in stores if s.name == store_name]
         if not stores:
             raise BackupNotFound(f"store {store_name!r} is not one of the stores for {database}")
+    # A store named by the caller must answer; among several, one that is down is
+    # stepped over and named (it might hold a newer backup).
+    listings = [(store, read_backups(store, database) if store_name else read_backups_or_report(store, database))
+                for store in stores]
+    return choose_backup(listings, database, backup_id)
+
+
+def choose_backup(listings: Sequence[tuple[ObjectStore, BackupListing]], database: str,
+                  backup_id: str | None = None) -> BackupChoice:
+    """:func:`select_backup` over listings already read (one per store, in search order), for
+    callers that go on to use the same listings: each store is listed once."""
     candidates: list[StoredBackup] = []
     unreadable: list[UnreadableObject] = []
-    for store in stores:
-        # A store named by the caller must answer; among several, one that is down is
-        # stepped over and named (it might hold a newer backup).
-        listing = read_backups(store, database) if store_name else read_backups_or_report(store, database)
+    for _store, listing in listings:
         unreadable += listing.unreadable
         if backup_id is None:
             candidates += listing.backups[-1:]
         else:
             candidates += [b for b in listing.backups if b.backup_id == backup_id]
-    where = ", ".join(s.name for s in stores)
+    where = ", ".join(store.name for store, _listing in listings)
     if not candidates:
         if backup_id is not None and (broken := [u for u in unreadable if u.backup_id == backup_id]):
             raise BackupUnreadable(f"backup {backup_id} of {database} cannot be read: {describe_all(broken)}")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from platform_orchestration.backups.catalog import (
     StoredBackup,
-    find_backup,
-    read_backups,
+    choose_backup,
+    read_backups_or_report,
 )
 from platform_orchestration.backups.integrity import (
     BackupCorrupt,
@@ -79,20 +79,25 @@ def ensure_copies(database: str, stores: Sequence[ObjectStore], *,
                   progress: ProgressListener = no_progress, clock: Clock = utc_now) -> CopyReport:
     """Make sure the latest backup of `database` has a verified copy in every store,
     copying it from a store that holds it where it is missing (a store whose manifest of it
-    cannot be read counts as missing it, and gets a fresh copy)."""
-    latest = find_backup(stores, database)
+    cannot be read counts as missing it, and gets a fresh copy). Each store is listed once:
+    the listing that finds the latest backup also says who holds it; a store that cannot be
+    listed is reported as failed, the others still get their copies."""
+    listings = [(store, read_backups_or_report(store, database)) for store in stores]
+    latest = choose_backup(listings, database).stored
     present: list[str] = []
     missing: list[ObjectStore] = []
     sources: list[StoredBackup] = []
-    for store in stores:
-        held = [b for b in read_backups(store, database).backups if b.backup_id == latest.backup_id]
+    failed: dict[str, str] = {}
+    for store, listing in listings:
+        held = [b for b in listing.backups if b.backup_id == latest.backup_id]
         if held:
             present.append(store.name)
             sources.append(held[0])
+        elif down := [u for u in listing.unreadable if u.unreachable]:
+            failed[store.name] = down[0].reason
         else:
             missing.append(store)
     copied: list[str] = []
-    failed: dict[str, str] = {}
     for target in missing:
         errors = []
         for source in sources:  # a corrupt source copy is skipped for the next one

@@ -51,6 +51,12 @@ The rules it enforces, whatever the plan says:
    prefix the product writes for the database (``backups/<db>/``, ``drills/<db>/``,
    ``evidence/``), are removed once idle for longer than ``sweep_older_than`` (default 1 day);
    see :mod:`platform_orchestration.backups.leftovers`. Committed objects are never touched.
+10. **Drill records have retention** (with a :class:`DrillRetention`): each store keeps its
+   newest ``keep_last`` records and every record younger than ``keep_younger_than`` (the
+   policy's drill cadence times ``keep_cadences``); the newest passed drill of the database,
+   and each store's own newest passed drill, are never deleted, however old. A record that
+   cannot be read is left for a person. Without retention, every record would be listed and
+   read by each compliance assessment forever.
 
 Only the policy's stores are pruned. A store the policy no longer names keeps what it holds.
 """
@@ -62,7 +68,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from platform_orchestration.backups.catalog import StoredBackup, list_backups
+from platform_orchestration.backups.catalog import DrillListing, StoredBackup, list_backups, read_drills
 from platform_orchestration.backups.leftovers import (
     LEFTOVER_GRACE,
     LeftoverSweep,
@@ -73,13 +79,15 @@ from platform_orchestration.backups.manifest import (
     DUMP_OBJECT,
     GLOBALS_OBJECT,
     MANIFEST_OBJECT,
+    DrillRecord,
     backup_prefix,
+    drill_key,
     dump_key,
     globals_key,
     manifest_key,
 )
 from platform_orchestration.errors import PlatformError
-from platform_orchestration.fleet.model import RetentionPolicy
+from platform_orchestration.fleet.model import DrillPolicy, RetentionPolicy
 from platform_orchestration.fleet.durations import format_duration
 from platform_orchestration.storage import IncompleteUpload, ObjectInfo, ObjectStore, StoreError
 from platform_orchestration.storage.base import ObjectLocked
@@ -224,6 +232,51 @@ def plan_retention(backups: Iterable[BackupPoint], policy: RetentionPolicy, now:
     return RetentionPlan(policy=policy, planned_at=now, kept=tuple(kept), dropped=tuple(dropped))
 
 
+@dataclass(frozen=True)
+class DrillRetention:
+    """Which drill records a store keeps: its newest `keep_last`, and every record that
+    finished less than `keep_younger_than` ago (rule 10)."""
+
+    keep_last: int
+    keep_younger_than: timedelta
+
+    @classmethod
+    def of(cls, drill: DrillPolicy) -> DrillRetention:
+        return cls(drill.keep_last, drill.every * drill.keep_cadences)
+
+
+@dataclass(frozen=True)
+class KeptDrill:
+    drill_id: str
+    reasons: tuple[str, ...]
+
+
+def plan_drill_retention(records: Sequence[DrillRecord], rule: DrillRetention, now: datetime,
+                         never_delete: Iterable[str] = ()) -> tuple[tuple[KeptDrill, ...], tuple[str, ...]]:
+    """(kept, dropped) of one store's readable drill records, both newest first: the newest
+    ``keep_last``, those younger than ``keep_younger_than`` at `now`, the newest passed one,
+    and the ids in `never_delete` (the database's newest passed drill) are kept."""
+    newest_first = sorted(records, key=lambda record: record.drill_id, reverse=True)
+    protected = set(never_delete)
+    newest_passed = next((record.drill_id for record in newest_first if record.passed), None)
+    cutoff = now - rule.keep_younger_than
+    kept: list[KeptDrill] = []
+    dropped: list[str] = []
+    for index, record in enumerate(newest_first):
+        reasons = []
+        if index < rule.keep_last:
+            reasons.append(f"last {rule.keep_last}")
+        if record.finished_at > cutoff:
+            reasons.append(f"younger than {format_duration(rule.keep_younger_than)}")
+        if record.drill_id == newest_passed or record.drill_id in protected:
+            reasons.append("newest passed drill")
+        if reasons:
+            kept.append(KeptDrill(record.drill_id, tuple(reasons)))
+        else:
+            dropped.append(record.drill_id)
+    return tuple(kept), tuple(dropped)
+
+
 # --- pruning ------------------------------------------------------------------------------------
 
 
@@ -279,6 +332,8 @@ class StorePrune:
     failures: tuple[str, ...] = ()
     uploads_discarded: tuple[IncompleteUpload, ...] = ()
     directories_removed: tuple[str, ...] = ()
+    drills_deleted: tuple[str, ...] = ()
+    drills_kept: tuple[KeptDrill, ...] = ()
 
     @property
     def discarded_bytes(self) -> int:
@@ -330,6 +385,14 @@ class PruneReport:
         return sum(len(s.directories_removed) for s in self.stores)
 
     @property
+    def drills_deleted_count(self) -> int:
+        return sum(len(s.drills_deleted) for s in self.stores)
+
+    @property
+    def drills_kept_count(self) -> int:
+        return sum(len(s.drills_kept) for s in self.stores)
+
+    @property
     def failures(self) -> tuple[str, ...]:
         return tuple(f"store {s.store}: {f}" for s in self.stores for f in s.failures)
 
@@ -346,6 +409,7 @@ class PruneReport:
             lines += [f"{s.store}: {removed} incomplete upload {upload.key} ({_describe_upload(upload)})"
                       for upload in s.uploads_discarded]
             lines += [f"{s.store}: {removed} empty directory {key}" for key in s.directories_removed]
+            lines += [f"{s.store}: {deleted} drill record {drill_id}" for drill_id in s.drills_deleted]
             if s.uploads_discarded or s.directories_removed:
                 lines.append(f"{s.store}: leftovers idle for over {format_duration(self.sweep_older_than)}: "
                              f"{removed} {len(s.uploads_discarded)} incomplete upload(s) "
@@ -383,7 +447,7 @@ def _look(store: ObjectStore, database: str) -> _StoreView:
     view = _StoreView(store)
     try:
         view.objects = list(store.list(f"backups/{database}/"))
-        view.verified = list_backups(store, database)
+        view.verified = list_backups(store, database, listed=view.objects)  # one listing, not two
     except StoreError as exc:
         view.error = f"cannot list backups of {database}, nothing pruned here: {exc}"
     return view
@@ -392,10 +456,13 @@ def _look(store: ObjectStore, database: str) -> _StoreView:
 def prune_database(database: str, stores: Sequence[ObjectStore], policy: RetentionPolicy, *,
                    now: datetime, dry_run: bool = False,
                    orphan_grace: timedelta = ORPHAN_GRACE,
-                   sweep_older_than: timedelta = LEFTOVER_GRACE) -> PruneReport:
+                   sweep_older_than: timedelta = LEFTOVER_GRACE,
+                   drills: DrillRetention | None = None) -> PruneReport:
     """Apply `policy` to `database` in `stores` (the policy's stores), under the rules of this
     module's docstring. `now` anchors the orphan grace period and the leftover sweep's age
     (`sweep_older_than`), and is recorded in the plan.
+
+    With `drills`, drill records are pruned too (rule 10); without, they are left alone.
 
     Store errors never stop the run half-way: each is reported in its store's ``failures`` and
     the rest goes on. Raises :class:`RetentionError`, before deleting anything, if the stores
@@ -410,8 +477,51 @@ def prune_database(database: str, stores: Sequence[ObjectStore], policy: Retenti
             view, database, older_than=now - sweep_older_than, dry_run=dry_run)
         for view in views
     ]
+    if drills is not None:
+        results = _with_drills_pruned(results, views, database, drills, now=now, dry_run=dry_run)
     return PruneReport(database=database, dry_run=dry_run, plan=plan, stores=tuple(results),
                        sweep_older_than=sweep_older_than)
+
+
+def _with_drills_pruned(results: list[StorePrune], views: list[_StoreView], database: str,
+                        rule: DrillRetention, *, now: datetime, dry_run: bool) -> list[StorePrune]:
+    """Rule 10 in every store that could be listed."""
+    listings: dict[str, DrillListing | str] = {}
+    for view in views:
+        if view.error is None:
+            try:
+                listings[view.store.name] = read_drills(view.store, database)
+            except StoreError as exc:
+                listings[view.store.name] = f"cannot list drill records of {database}, none pruned here: {exc}"
+    passed = [record.drill_id for listing in listings.values() if not isinstance(listing, str)
+              for record in listing.records if record.passed]
+    newest_passed = [max(passed)] if passed else []
+    pruned = []
+    for result, view in zip(results, views):
+        listing = listings.get(view.store.name)
+        if listing is None:
+            pruned.append(result)
+            continue
+        if isinstance(listing, str):
+            pruned.append(replace(result, failures=result.failures + (listing,)))
+            continue
+        kept, dropped = plan_drill_retention(listing.records, rule, now, newest_passed)
+        deleted: list[str] = []
+        failures: list[str] = []
+        for drill_id in dropped:
+            if not dry_run:
+                try:
+                    view.store.delete(drill_key(database, drill_id))
+                except ObjectLocked as exc:
+                    failures.append(f"drill record {drill_id} is {_when(exc.retain_until)}; kept")
+                    continue
+                except StoreError as exc:
+                    failures.append(f"deleting drill record {drill_id} failed: {exc}")
+                    continue
+            deleted.append(drill_id)
+        pruned.append(replace(result, drills_deleted=tuple(deleted), drills_kept=kept,
+                              failures=result.failures + tuple(failures)))
+    return pruned
 
 
 def _with_leftovers_swept(result: StorePrune, view: _StoreView, database: str, *, older_than: datetime,

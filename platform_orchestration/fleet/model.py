@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -475,10 +476,14 @@ class Database(_FrozenSpec):
 
 
 class DrillPolicy(_FrozenSpec):
-    """How often a restore drill runs and how long the restore may take."""
+    """How often a restore drill runs, how long the restore may take, and which drill records
+    prune keeps: in each store the newest ``keep_last`` and every one younger than
+    ``keep_cadences`` times ``every``; the newest passed drill is never deleted."""
 
     every: Duration
     rto: Duration
+    keep_last: int = Field(default=10, ge=1)
+    keep_cadences: int = Field(default=4, ge=1)
 
 
 MIN_SWEEP_AGE = timedelta(hours=1)
@@ -530,11 +535,13 @@ def _known_names(names: Sequence[str] | Mapping[str, Any]) -> str:
     return f"known: {', '.join(sorted(names))}" if names else "none defined"
 
 
-def _lookup(items: Sequence[_NamedItem], name: str, noun: str) -> _NamedItem:
+def _by_name(items: Sequence[_NamedItem]) -> dict[str, _NamedItem]:
+    """``{name: item}``; with a duplicate name (which validation reports) the first one wins,
+    as a scan in order would find it."""
+    index: dict[str, _NamedItem] = {}
     for item in items:
-        if item.name == name:
-            return item
-    raise UnknownNameError(f"unknown {noun} {name!r} ({_known_names([item.name for item in items])})")
+        index.setdefault(item.name, item)
+    return index
 
 
 class Fleet(_FrozenSpec):
@@ -546,6 +553,17 @@ class Fleet(_FrozenSpec):
     policies: tuple[Policy, ...]
     source: Path
     """The fleet file this was loaded from (absolute)."""
+    # Lookups by name are dictionary lookups: {section: (the tuple indexed, {name: item})}. An
+    # index is rebuilt when its section is no longer the tuple it was built from (model_copy
+    # with an update), so it can never answer for another fleet.
+    _indexes: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Built once, here, so that two equal fleets also have equal private state (pydantic
+        # compares it in ==).
+        for section in ("clusters", "stores", "databases", "policies"):
+            items = getattr(self, section)
+            self._indexes[section] = (items, _by_name(items))
 
     @model_validator(mode="after")
     def _references_resolve(self, info: ValidationInfo) -> Fleet:
@@ -557,21 +575,33 @@ class Fleet(_FrozenSpec):
             raise ValueError("; ".join(problem.describe() for problem in problems))
         return self
 
+    def _lookup(self, section: str, name: str, noun: str) -> Any:
+        items = getattr(self, section)
+        indexed = self._indexes.get(section)
+        if indexed is None or indexed[0] is not items:
+            # A new mapping, not an update: model_copy shares the old one with the original.
+            indexed = (items, _by_name(items))
+            self._indexes = {**self._indexes, section: indexed}
+        try:
+            return indexed[1][name]
+        except KeyError:
+            raise UnknownNameError(f"unknown {noun} {name!r} ({_known_names(indexed[1])})") from None
+
     def cluster(self, name: str) -> Cluster:
         """The cluster called ``name``; :class:`UnknownNameError` (a KeyError) if there is none."""
-        return _lookup(self.clusters, name, "cluster")
+        return self._lookup("clusters", name, "cluster")
 
     def store(self, name: str) -> Store:
         """The store called ``name``; :class:`UnknownNameError` (a KeyError) if there is none."""
-        return _lookup(self.stores, name, "store")
+        return self._lookup("stores", name, "store")
 
     def database(self, name: str) -> Database:
         """The database called ``name``; :class:`UnknownNameError` (a KeyError) if there is none."""
-        return _lookup(self.databases, name, "database")
+        return self._lookup("databases", name, "database")
 
     def policy(self, name: str) -> Policy:
         """The policy called ``name``; :class:`UnknownNameError` (a KeyError) if there is none."""
-        return _lookup(self.policies, name, "policy")
+        return self._lookup("policies", name, "policy")
 
     def policy_for(self, database_name: str) -> Policy:
         """The policy governing ``database_name``."""

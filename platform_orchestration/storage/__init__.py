@@ -16,9 +16,11 @@ from platform_orchestration.storage.base import (
     read_bytes,
     write_bytes,
 )
+from platform_orchestration.storage.counting import CountingStore
 from platform_orchestration.storage.local import LocalObjectStore
 
 __all__ = [
+    "CountingStore",
     "HasDirectories",
     "IncompleteUpload",
     "LocalObjectStore",

@@ -101,24 +101,38 @@ class LocalObjectStore:
                 yield chunk
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        if not self.root.is_dir():
-            return
+        """Committed objects whose key starts with `prefix`, in key order. Only the directory
+        the prefix names is read (``backups/orders/``), or of it only the entries whose name
+        starts with the rest (``backups/ord``): a listing costs what it returns, not the store."""
+        head, _, name_start = prefix.rpartition("/")
+        if head and any(part in ("", ".", "..") for part in head.split("/")):
+            return  # no valid key lies under such a prefix, and it must not leave the root
+        top = self.root / head if head else self.root
         found: list[ObjectInfo] = []
-        for dirpath, _dirnames, filenames in os.walk(self.root):
-            for filename in filenames:
-                if filename.startswith(_PARTIAL_MARK):
-                    continue
-                path = Path(dirpath) / filename
-                key = path.relative_to(self.root).as_posix()
-                if not key.startswith(prefix):
-                    continue
-                try:
-                    stat = path.stat()
-                except FileNotFoundError:  # deleted while we walked
-                    continue
-                found.append(ObjectInfo(key, stat.st_size,
-                                        datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc)))
+        self._collect(top, head + "/" if head else "", name_start, found)
         yield from sorted(found, key=lambda info: info.key)
+
+    def _collect(self, directory: Path, key_prefix: str, name_start: str, found: list[ObjectInfo]) -> None:
+        """Every committed object under `directory` (whose key starts with `key_prefix`), of
+        its entries only those whose name starts with `name_start`."""
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):  # never written, or removed meanwhile
+            return
+        for entry in entries:
+            name = entry.name
+            if not name.startswith(name_start) or name.startswith(_PARTIAL_MARK):
+                continue
+            try:
+                if entry.is_dir():
+                    if not entry.is_symlink():  # as os.walk: a linked directory is not descended
+                        self._collect(Path(entry.path), f"{key_prefix}{name}/", "", found)
+                    continue
+                stat = entry.stat()
+            except FileNotFoundError:  # deleted while we looked
+                continue
+            found.append(ObjectInfo(f"{key_prefix}{name}", stat.st_size,
+                                    datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc)))
 
     def _top(self, prefix: str) -> Path:
         """The deepest directory holding every key that starts with `prefix`."""

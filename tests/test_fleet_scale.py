@@ -1,0 +1,197 @@
+"""The fleet at scale: lookups by name are dictionary lookups, the fleet file is composed by
+libyaml with the same line marks as the pure-Python parser (which still reads it where libyaml
+is absent), and a process reads an unchanged fleet file once."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks.synthetic import database_names, seed_stores, write_fleet_file
+from platform_orchestration import declarations
+from platform_orchestration.declarations import read_yaml_mapping
+from platform_orchestration.errors import PlatformError
+from platform_orchestration.fleet import FleetError, load_fleet
+from platform_orchestration.fleet.model import UnknownNameError
+from platform_orchestration.protection import FleetProtection, store_concurrency_from_env
+from platform_orchestration.resources import load_fleet_once
+from platform_orchestration.storage import CountingStore, LocalObjectStore
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+
+# Flow and block styles, anchors, merge keys, duplicate keys, multi-line scalars, comments.
+TRICKY = textwrap.dedent("""\
+    # a comment
+    clusters: &clusters
+      - {name: pg, cloud: aws,
+         region: eu-west-1}
+    defaults: &defaults
+      cluster: pg
+      policy: gold
+    stores:
+      - name: s3
+        kind: s3
+        bucket: "bk"   # quoted
+        bucket: other
+      - kind: nope
+    databases:
+      - <<: *defaults
+        name: orders
+        dsn: >-
+          postgresql://backup@127.0.0.1/orders
+      -
+        name: BAD NAME
+        cluster: pg-missing
+        dsn: "postgresql://u:secret@h/db"
+        policy: gold
+    policies: [{name: gold, rpo: 1h, stores: [s3, s9], drill: {every: 1d, rto: 10m},
+                retention: {keep_last: 0}}]
+    """)
+
+
+def _errors(path: Path) -> list[str]:
+    with pytest.raises(FleetError) as raised:
+        load_fleet(path)
+    return raised.value.errors
+
+
+def _without_libyaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(declarations, "_FAST_LOADER", None)
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML built without libyaml")
+def test_libyaml_composes_the_fleet_file_with_the_pure_python_parsers_line_of_every_field(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert declarations._FAST_LOADER is yaml.CSafeLoader
+    tricky = tmp_path / "fleet.yaml"
+    tricky.write_text(TRICKY)
+    for path in (REPOSITORY_ROOT / "deploy" / "fleet" / "demo.yaml", tricky):
+        fast = read_yaml_mapping(path, what="fleet file", expected="a mapping", environ={})
+        with monkeypatch.context() as patched:
+            _without_libyaml(patched)
+            slow = read_yaml_mapping(path, what="fleet file", expected="a mapping", environ={})
+        assert fast.data == slow.data
+        assert fast._scan._lines == slow._scan._lines
+        assert fast.findings == slow.findings
+
+
+def test_every_error_of_a_fleet_file_is_the_same_with_and_without_libyaml(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(TRICKY)
+    with_libyaml = _errors(path)
+    _without_libyaml(monkeypatch)
+    assert _errors(path) == with_libyaml
+    assert len(with_libyaml) >= 6 and all(error.startswith(f"{path}:") for error in with_libyaml)
+
+
+def test_a_yaml_syntax_error_reads_the_same_with_and_without_libyaml(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text("clusters:\n  - name: pg\nstores: [a, b\ndatabases: []\n")
+    with_libyaml = _errors(path)
+    _without_libyaml(monkeypatch)
+    assert _errors(path) == with_libyaml == [f"{path}:4: YAML syntax error: expected ',' or ']', but got ':' "
+                                             "(while parsing a flow sequence) at column 10"]
+
+
+def test_lookups_by_name_find_every_database_store_policy_and_cluster(tmp_path: Path) -> None:
+    fleet = load_fleet(write_fleet_file(tmp_path, 50))
+    for name in database_names(50):
+        assert fleet.database(name).name == name
+        assert [store.name for store in fleet.stores_for(name)] == ["aws", "azure", "gcp"]
+        assert fleet.cluster_for(name).name == "pg-bench"
+    with pytest.raises(UnknownNameError, match="unknown store 'nowhere' \\(known: aws, azure, gcp\\)"):
+        fleet.store("nowhere")
+
+
+def test_lookups_of_a_copied_fleet_answer_for_the_copy_not_the_original(tmp_path: Path) -> None:
+    fleet = load_fleet(write_fleet_file(tmp_path, 3))
+    first, *others = fleet.databases
+    smaller = fleet.model_copy(update={"databases": (first,)})
+    assert smaller.database(first.name) is first
+    with pytest.raises(UnknownNameError, match=f"unknown database '{others[0].name}'"):
+        smaller.database(others[0].name)
+    assert fleet.database(others[0].name) is others[0]
+    assert fleet == load_fleet(fleet.source)
+
+
+def test_an_unchanged_fleet_file_is_read_once_per_process(tmp_path: Path) -> None:
+    path = write_fleet_file(tmp_path, 5)
+    first = load_fleet_once(path, environ={})
+    assert load_fleet_once(str(path), environ={}) is first
+    assert load_fleet_once(tmp_path / "." / "fleet.yaml", environ={}) is first
+
+
+def test_an_edited_fleet_file_or_another_environment_is_read_again(tmp_path: Path) -> None:
+    path = write_fleet_file(tmp_path, 5)
+    first = load_fleet_once(path, environ={})
+    assert load_fleet_once(path, environ={"PLATFORM_X": "1"}) is not first
+    write_fleet_file(tmp_path, 6)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert len(load_fleet_once(path, environ={}).databases) == 6
+
+
+def test_a_missing_fleet_file_is_reported_not_cached(tmp_path: Path) -> None:
+    with pytest.raises(FleetError, match="fleet file not found"):
+        load_fleet_once(tmp_path / "absent.yaml")
+
+
+# --- what an assessment costs in store calls ------------------------------------------------------
+
+
+def _protection(tmp_path: Path, databases: int) -> tuple[FleetProtection, dict[str, CountingStore]]:
+    """A protection of a synthetic fleet whose stores are seeded and wrapped in counters."""
+    fleet = load_fleet(write_fleet_file(tmp_path, databases))
+    protection = FleetProtection(fleet)
+    counted = {spec.name: CountingStore(LocalObjectStore(spec.name, spec.path)) for spec in fleet.stores}
+    seed_stores(list(counted.values()), database_names(databases))
+    for store in counted.values():
+        store.reset()
+    protection._open_stores.update(counted)
+    return protection, counted
+
+
+@pytest.mark.parametrize("databases", [2, 6])
+def test_a_fleet_assessment_lists_each_store_once_for_backups_and_once_for_drills_per_database(
+        tmp_path: Path, databases: int) -> None:
+    protection, counted = _protection(tmp_path, databases)
+    assessments = protection.assess_fleet(concurrency=3)
+    assert all(assessment.passed for assessment in assessments), [a.findings for a in assessments if not a.passed]
+    for store in counted.values():
+        # Three manifests and one drill record per database: each read once.
+        assert dict(store.calls) == {"list": 2 * databases, "read": 4 * databases}
+        assert sorted(store.prefixes) == sorted(
+            [f"backups/{name}/" for name in database_names(databases)]
+            + [f"drills/{name}/" for name in database_names(databases)])
+
+
+def test_a_parallel_fleet_assessment_answers_in_fleet_order_as_a_sequential_one_does(tmp_path: Path) -> None:
+    protection, _counted = _protection(tmp_path, 12)
+    now = protection.clock()
+    parallel = protection.assess_fleet(now, concurrency=5)
+    assert [a.database for a in parallel] == database_names(12)
+    assert parallel == protection.assess_fleet(now, concurrency=1)
+
+
+def test_store_concurrency_comes_from_the_environment_and_a_bad_value_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert store_concurrency_from_env({}) is None  # assess_fleet decides by the kinds of stores
+    assert store_concurrency_from_env({"PLATFORM_STORE_CONCURRENCY": "3"}) == 3
+    protection, _counted = _protection(tmp_path, 2)
+    monkeypatch.setenv("PLATFORM_STORE_CONCURRENCY", "zero")
+    with pytest.raises(PlatformError, match="^PLATFORM_STORE_CONCURRENCY: expected a whole number of at least 1, "
+                                            "got 'zero'$"):
+        protection.assess_fleet()
+
+
+def test_ensure_copies_lists_each_store_once(tmp_path: Path) -> None:
+    protection, counted = _protection(tmp_path, 1)
+    report = protection.ensure_copies(database_names(1)[0])
+    assert report.already_present == ("aws", "azure", "gcp") and not report.failed
+    assert all(store.calls["list"] == 1 for store in counted.values())
