@@ -77,21 +77,6 @@ class TargetRefused(InvalidDeclaration):
     """A restore target given on the command line or in run config breaks a rule."""
 
 
-STORE_CONCURRENCY_ENV = "PLATFORM_STORE_CONCURRENCY"
-DEFAULT_STORE_CONCURRENCY = 8
-
-
-def store_concurrency_from_env(environ: Mapping[str, str] | None = None) -> int | None:
-    """How many databases a fleet-wide assessment reads from the stores at once, as
-    ``$PLATFORM_STORE_CONCURRENCY`` says (a whole number of at least 1); None when it is unset."""
-    text = (os.environ if environ is None else environ).get(STORE_CONCURRENCY_ENV, "").strip()
-    if not text:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidDeclaration(f"{STORE_CONCURRENCY_ENV}: expected a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
 # One rule for the CLI and the Launchpad: a password never travels in a target DSN, since
 # command lines end up in shell history and `ps`, and run config is stored and displayed.
 TARGET_PASSWORD_RULE = ("the target DSN must not contain a password (command lines and run config are "
@@ -113,6 +98,21 @@ def restore_target(dsn: str, password: str | None = None) -> PgConnection:
     if not parts.get("dbname"):
         raise TargetRefused("the target DSN names no database (dbname=...): say which database to restore into")
     return PgConnection(dsn, password)
+
+
+STORE_CONCURRENCY_ENV = "PLATFORM_STORE_CONCURRENCY"
+DEFAULT_STORE_CONCURRENCY = 8
+
+
+def store_concurrency_from_env(environ: Mapping[str, str] | None = None) -> int | None:
+    """How many databases a fleet-wide assessment reads from the stores at once, as
+    ``$PLATFORM_STORE_CONCURRENCY`` says (a whole number of at least 1); None when it is unset."""
+    text = (os.environ if environ is None else environ).get(STORE_CONCURRENCY_ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidDeclaration(f"{STORE_CONCURRENCY_ENV}: expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)
