@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
+import threading
 from collections.abc import Iterator
 
 import zstandard
@@ -177,6 +179,64 @@ class _CompressedSource(io.RawIOBase):
         return len(out)
 
 
+# Stored chunks (about 1 MiB each) read, hashed and decrypted ahead of decompression.
+READ_AHEAD_CHUNKS = 4
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def read_ahead(chunks: Iterator[bytes], depth: int = READ_AHEAD_CHUNKS) -> Iterator[bytes]:
+    """`chunks`, produced by a thread of their own at most `depth` chunks ahead of the consumer,
+    so that reading the store, hashing and decrypting overlap with decompressing and writing
+    (hashlib, zstd and file writes release the GIL). An exception `chunks` raises is raised
+    here, in order, after the chunks before it. When the consumer stops early, the producer
+    stops too and `chunks` is closed."""
+    handoff: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(_Failed(exc))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name="backup-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        producer.join()
+
+
 def decompressed(store: ObjectStore, manifest: BackupManifest, chunks: Iterator[bytes],
                  keys: DataKeyProvider | None = None) -> Iterator[bytes]:
     """Decrypt (when the manifest says the backup is encrypted, with its data key unwrapped
@@ -190,6 +250,7 @@ def decompressed(store: ObjectStore, manifest: BackupManifest, chunks: Iterator[
     or bytes after it, are BackupCorrupt."""
     if manifest.encryption is not None:
         chunks = decrypted_backup_chunks(store, manifest, chunks, keys)
+    chunks = read_ahead(chunks)
     source = _CompressedSource(chunks)
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=_COMPRESSED_STEP_BYTES,
                                                         read_across_frames=False, closefd=False)
