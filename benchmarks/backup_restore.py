@@ -821,19 +821,44 @@ WHOLE_RESTORE_VS_PG_RESTORE_GOAL = 1.10
 WHOLE_VERIFY_VS_READ_GOAL = 1.20
 
 # Runs the CLI in this very process (as `python -m platform_orchestration.cli` would) and, at
-# exit, writes its own peak RSS (VmHWM) and the largest peak of the processes it waited for
-# (pg_restore, whose figure covers its -j workers) to $BENCH_PEAK_FILE.
+# exit, writes its own peak RSS (VmHWM) to $BENCH_PEAK_FILE.
 _PEAK_WRAPPER = """
-import os, resource, runpy, sys
+import os, runpy, sys
 sys.argv = ["platform-dr", *sys.argv[1:]]
 try:
     runpy.run_module("platform_orchestration.cli", run_name="__main__", alter_sys=True)
 finally:
     own = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     with open(os.environ["BENCH_PEAK_FILE"], "w") as out:
-        out.write(f"{own} {child}")
+        out.write(str(own))
 """
+_TREE_SAMPLE_SECONDS = 0.05
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """The summed RSS of `root` and all its descendants now (pg_restore and its -j workers)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        rss[int(entry.name)] = int(fields[21]) * page
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
 _READ_LOOP = "import sys\nwith open(sys.argv[1], 'rb', buffering=0) as f:\n    while f.read(1 << 20): pass\n"
 
 
@@ -841,7 +866,7 @@ _READ_LOOP = "import sys\nwith open(sys.argv[1], 'rb', buffering=0) as f:\n    w
 class CliSample:
     seconds: float  # fork to exit
     peak_rss_bytes: int  # the CLI process's own VmHWM
-    tree_peak_rss_bytes: int  # ours plus the largest child's peak (pg_restore with its workers)
+    tree_peak_rss_bytes: int  # the process tree's summed RSS (ours, pg_restore, its workers), sampled
 
 
 @dataclass
@@ -858,10 +883,22 @@ class WholeRestoreRun:
 
 
 def _cli_with_peaks(args: Sequence[str], env: dict[str, str], peak_file: Path) -> CliSample:
-    sample, _stdout = _timed_process((sys.executable, "-c", _PEAK_WRAPPER, *args),
-                                     {**env, "BENCH_PEAK_FILE": str(peak_file)})
-    own, child = (int(v) for v in peak_file.read_text().split())
-    return CliSample(sample.seconds, own, own + child)
+    """Run the CLI to completion; its wall time, its own peak RSS (VmHWM, exact) and the
+    peak of its whole process tree's summed RSS (sampled every 50 ms)."""
+    started = time.perf_counter()
+    process = subprocess.Popen((sys.executable, "-c", _PEAK_WRAPPER, *args), cwd=ROOT,
+                               env={**env, "BENCH_PEAK_FILE": str(peak_file)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tree = 0
+    while process.poll() is None:
+        tree = max(tree, _tree_rss_bytes(process.pid))
+        time.sleep(_TREE_SAMPLE_SECONDS)
+    seconds = time.perf_counter() - started
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    if process.returncode != 0:
+        raise RuntimeError(f"platform-dr {' '.join(args[2:])} exited with {process.returncode}: {stderr[-2000:]}")
+    own = int(peak_file.read_text())
+    return CliSample(seconds, own, max(tree, own))
 
 
 def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *, repeat: int,
