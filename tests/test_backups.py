@@ -304,3 +304,23 @@ def test_read_ahead_stops_and_closes_the_producer_when_the_consumer_stops():
     assert next(ahead) == b"\x00"
     ahead.close()
     assert closed == [True]
+
+
+def test_read_ahead_of_depth_zero_is_the_chunks_themselves_in_this_thread():
+    chunks = iter([b"a", b"b"])
+    assert read_ahead(chunks, depth=0) is chunks
+
+
+def test_read_ahead_runs_at_most_depth_chunks_ahead_of_the_consumer():
+    produced = []
+
+    def produce():
+        for i in range(100):
+            produced.append(i)
+            yield bytes([i])
+
+    ahead = read_ahead(produce(), depth=3)
+    next(ahead)
+    time.sleep(0.3)  # ample time for the producer to run ahead if it could
+    assert len(produced) <= 1 + 3 + 1  # the one consumed, the queue, the one waiting to be put
+    ahead.close()

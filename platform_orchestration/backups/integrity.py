@@ -201,7 +201,14 @@ def read_ahead(chunks: Iterator[bytes], depth: int = READ_AHEAD_CHUNKS) -> Itera
     so that reading the store, hashing and decrypting overlap with decompressing and writing
     (hashlib, zstd and file writes release the GIL). An exception `chunks` raises is raised
     here, in order, after the chunks before it. When the consumer stops early, the producer
-    stops too and `chunks` is closed."""
+    stops too and `chunks` is closed. With `depth` 0, `chunks` itself, in the consumer's thread
+    (a queue of size 0 would be unbounded)."""
+    if depth <= 0:
+        return chunks
+    return _produced_ahead(chunks, depth)
+
+
+def _produced_ahead(chunks: Iterator[bytes], depth: int) -> Iterator[bytes]:
     handoff: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
