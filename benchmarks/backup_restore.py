@@ -32,6 +32,7 @@ block ready for the README.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import multiprocessing
@@ -746,7 +747,7 @@ policies:
 
 
 def bench_whole(source: LocalCluster, kind: str, size_gib: float, *, repeat: int,
-                key_dir: Path, compare: Path | None = None) -> WholeRun:
+                key_dir: Path, compare: Path | None = None, keep: bool = False) -> WholeRun:
     """`platform-dr backup DB` with default settings (encrypted with the embedded default's
     local key file, zstd level 1, one local store) against `pg_dump -Fc -Z0 > /dev/null`."""
     name = f"whole_{kind}"
@@ -808,9 +809,187 @@ def bench_whole(source: LocalCluster, kind: str, size_gib: float, *, repeat: int
         for what, operation in _rotated(contenders, round_):
             log(f"{name}: round {round_ + 1}/{repeat}: {what}")
             operation()
-    _drop_database(source, name)
+    if not keep:  # kept for bench_whole_restore
+        _drop_database(source, name)
     shutil.rmtree(work, ignore_errors=True)
     return run
+
+
+# --- Whole restore and verify processes ------------------------------------------------------
+
+WHOLE_RESTORE_VS_PG_RESTORE_GOAL = 1.10
+WHOLE_VERIFY_VS_READ_GOAL = 1.20
+
+# Runs the CLI in this very process (as `python -m platform_orchestration.cli` would) and, at
+# exit, writes its own peak RSS (VmHWM) to $BENCH_PEAK_FILE.
+_PEAK_WRAPPER = """
+import os, runpy, sys
+sys.argv = ["platform-dr", *sys.argv[1:]]
+try:
+    runpy.run_module("platform_orchestration.cli", run_name="__main__", alter_sys=True)
+finally:
+    own = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    with open(os.environ["BENCH_PEAK_FILE"], "w") as out:
+        out.write(str(own))
+"""
+_TREE_SAMPLE_SECONDS = 0.05
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """The summed RSS of `root` and all its descendants now (pg_restore and its -j workers)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        rss[int(entry.name)] = int(fields[21]) * page
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
+_READ_LOOP = "import sys\nwith open(sys.argv[1], 'rb', buffering=0) as f:\n    while f.read(1 << 20): pass\n"
+
+
+@dataclass(frozen=True)
+class CliSample:
+    seconds: float  # fork to exit
+    peak_rss_bytes: int  # the CLI process's own VmHWM
+    tree_peak_rss_bytes: int  # the process tree's summed RSS (ours, pg_restore, its workers), sampled
+
+
+@dataclass
+class WholeRestoreRun:
+    kind: str
+    dataset: Dataset
+    stored_bytes: int = 0
+    raw_bytes: int = 0
+    plain_bytes: int = 0
+    restores: list[CliSample] = field(default_factory=list)
+    pg_restore_seconds: list[float] = field(default_factory=list)
+    verifies: list[CliSample] = field(default_factory=list)
+    read_seconds: list[float] = field(default_factory=list)
+
+
+def _cli_with_peaks(args: Sequence[str], env: dict[str, str], peak_file: Path) -> CliSample:
+    """Run the CLI to completion; its wall time, its own peak RSS (VmHWM, exact) and the
+    peak of its whole process tree's summed RSS (sampled every 50 ms)."""
+    started = time.perf_counter()
+    process = subprocess.Popen((sys.executable, "-c", _PEAK_WRAPPER, *args), cwd=ROOT,
+                               env={**env, "BENCH_PEAK_FILE": str(peak_file)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tree = 0
+    while process.poll() is None:
+        tree = max(tree, _tree_rss_bytes(process.pid))
+        time.sleep(_TREE_SAMPLE_SECONDS)
+    seconds = time.perf_counter() - started
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    if process.returncode != 0:
+        raise RuntimeError(f"platform-dr {' '.join(args[2:])} exited with {process.returncode}: {stderr[-2000:]}")
+    own = int(peak_file.read_text())
+    return CliSample(seconds, own, max(tree, own))
+
+
+def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *, repeat: int,
+                        jobs: int, key_dir: Path) -> WholeRestoreRun:
+    """On the whole-process database `whole_<kind>` (still in `source`): `platform-dr restore DB
+    --target-dsn fresh --jobs N` (default settings: encrypted, one local store) against
+    CREATE DATABASE + `pg_restore -jN --no-owner --no-privileges` of a plain -Fc file of the
+    same database into a fresh database of the same target server; and `platform-dr verify DB`
+    against reading the stored object once (a Python read loop, interpreter start included)."""
+    name = f"whole_{kind}"
+    work = WORK_DIR / f"{name}_restore"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    conn = source.connection(name)
+    tools = client_tools_for(source.install.major)
+    store = work / "store"
+    fleet = work / "fleet.yaml"
+    _write_bench_fleet(fleet, source, name, store)
+    env = _cli_env(PLATFORM_LOCAL_KEK=str(key_dir / "kek"))
+    backup_id = _timed_process((*CLI, "--fleet", str(fleet), "backup", name), env)[1].split()[0]
+    manifest = json.loads((store / "backups" / name / backup_id / "manifest.json").read_text())
+    stored_path = store / "backups" / name / backup_id / "dump.pgdump.zst"
+    plain = work / "plain.dump"
+    _run([tools.tool("pg_dump"), "--format=custom", f"--dbname={conn.dsn}"], conn.tool_env(), stdout=plain)
+    run = WholeRestoreRun(kind, Dataset(name=name, target_gib=0, database_bytes=_database_bytes(conn),
+                                        orders_rows=0, readings_rows=0, generate_seconds=0),
+                          stored_bytes=manifest["dump"]["stored_bytes"], raw_bytes=manifest["dump"]["raw_bytes"],
+                          plain_bytes=plain.stat().st_size)
+    target_tools = client_tools_for(target.install.major)
+    peak_file = work / "peak"
+    counter = itertools.count(1)
+
+    def fresh() -> str:
+        return f"{name}_r{next(counter)}"
+
+    def ours(timed: bool = True) -> None:
+        database = fresh()
+        _settle([source, target])
+        sample = _cli_with_peaks(["--fleet", str(fleet), "restore", name, "--target-dsn",
+                                  target.connection(database).dsn, "--jobs", str(jobs)], env, peak_file)
+        if timed:
+            run.restores.append(sample)
+        _drop_database(target, database)
+
+    def baseline(timed: bool = True) -> None:
+        database = fresh()
+        _settle([source, target])
+        started = time.perf_counter()
+        _create_database(target, database)
+        _run([target_tools.tool("pg_restore"), f"--jobs={jobs}", "--no-owner", "--no-privileges",
+              f"--dbname={target.connection(database).dsn}", str(plain)], target.connection(database).tool_env())
+        if timed:
+            run.pg_restore_seconds.append(time.perf_counter() - started)
+        _drop_database(target, database)
+
+    def verify() -> None:
+        _settle([source, target])
+        run.verifies.append(_cli_with_peaks(["--fleet", str(fleet), "verify", name], env, peak_file))
+
+    def read_once() -> None:
+        _settle([source, target])
+        run.read_seconds.append(_timed_process((sys.executable, "-c", _READ_LOOP, str(stored_path)), env)[0].seconds)
+
+    baseline(timed=False)  # untimed: the target creates its WAL segments, the cache warms
+    ours(timed=False)
+    contenders = [(f"pg_restore -j{jobs}", baseline), (f"platform-dr restore {name}", ours),
+                  (f"platform-dr verify {name}", verify), ("read the stored object once", read_once)]
+    for round_ in range(repeat):
+        for what, operation in _rotated(contenders, round_):
+            log(f"{name}: round {round_ + 1}/{repeat}: {what}")
+            operation()
+    shutil.rmtree(work, ignore_errors=True)
+    return run
+
+
+def summarise_whole_restore(run: WholeRestoreRun) -> dict[str, Any]:
+    restore = _median([s.seconds for s in run.restores])
+    verify = _median([s.seconds for s in run.verifies])
+    return {
+        "kind": run.kind, "database": asdict(run.dataset), "stored_bytes": run.stored_bytes,
+        "raw_bytes": run.raw_bytes, "plain_bytes": run.plain_bytes,
+        "restore_seconds": _stats([s.seconds for s in run.restores]),
+        "pg_restore_seconds": _stats(run.pg_restore_seconds),
+        "ratio_restore_vs_pg_restore": restore / _median(run.pg_restore_seconds),
+        "restore_peak_rss_bytes": max(s.peak_rss_bytes for s in run.restores),
+        "restore_tree_peak_rss_bytes": max(s.tree_peak_rss_bytes for s in run.restores),
+        "verify_seconds": _stats([s.seconds for s in run.verifies]),
+        "read_seconds": _stats(run.read_seconds),
+        "ratio_verify_vs_read": verify / _median(run.read_seconds),
+        "verify_peak_rss_bytes": max(s.peak_rss_bytes for s in run.verifies),
+    }
 
 
 def summarise_startup(samples: dict[str, list[ProcessSample]]) -> dict[str, Any]:
@@ -930,7 +1109,8 @@ def _x(ratio: float) -> str:
 
 
 def goals(sizes: Sequence[dict[str, Any]], startup: dict[str, Any] | None = None,
-          whole: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+          whole: Sequence[dict[str, Any]] = (),
+          whole_restore: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
     def check(goal: str, size: dict[str, Any] | None, value: float, limit: float, shown: str,
@@ -946,6 +1126,16 @@ def goals(sizes: Sequence[dict[str, Any]], startup: dict[str, Any] | None = None
     for run in whole:
         check(f"whole `platform-dr backup` <= {WHOLE_VS_FLOOR_GOAL:.2f}x floor, {run['kind']} data",
               run, run["ratio_vs_floor"], WHOLE_VS_FLOOR_GOAL, _x(run["ratio_vs_floor"]))
+    for run in whole_restore:
+        check(f"whole `platform-dr restore` <= {WHOLE_RESTORE_VS_PG_RESTORE_GOAL:.2f}x pg_restore -j2, "
+              f"{run['kind']} data", run, run["ratio_restore_vs_pg_restore"], WHOLE_RESTORE_VS_PG_RESTORE_GOAL,
+              _x(run["ratio_restore_vs_pg_restore"]))
+        check(f"whole `platform-dr verify` <= {WHOLE_VERIFY_VS_READ_GOAL:.2f}x reading the stored bytes once, "
+              f"{run['kind']} data", run, run["ratio_verify_vs_read"], WHOLE_VERIFY_VS_READ_GOAL,
+              _x(run["ratio_verify_vs_read"]))
+        peak = max(run["restore_peak_rss_bytes"], run["verify_peak_rss_bytes"])
+        check(f"peak RSS of platform-dr restore/verify < {_mib(PEAK_RSS_GOAL_BYTES)}, {run['kind']} data",
+              run, peak, PEAK_RSS_GOAL_BYTES, _mib(peak), strict=True)
 
     for size in sizes:
         backup, restore = size["backup"], size["restore"]
@@ -1010,6 +1200,21 @@ def render(report: dict[str, Any], markdown: bool) -> str:
              for kind, f in ((w["kind"], w), *(((_compared(w["kind"], Path(report["settings"]["compare_with"])),
                                                  w["compared"]),) if "compared" in w else ()))],
             markdown))
+        out.append("")
+    if report.get("whole_restore"):
+        heading(f"Whole process: {code('platform-dr restore DB --jobs ' + str(jobs))} (encrypted, one local "
+                f"store) vs createdb + {code(f'pg_restore -j{jobs}')} of a plain -Fc file; "
+                f"{code('platform-dr verify DB')} vs reading the stored object once")
+        out.append(_table(
+            ["data", "database", "dumped", "stored", "-Fc file", "pg_restore", "platform-dr restore", "ratio",
+             "peak RSS ours/tree", "read once", "platform-dr verify", "ratio", "verify peak RSS"],
+            [[w["kind"], _gib(w["database"]["database_bytes"]), _mib(w["raw_bytes"]), _mib(w["stored_bytes"]),
+              _mib(w["plain_bytes"]), _s(w["pg_restore_seconds"]["median"]), _s(w["restore_seconds"]["median"]),
+              _x(w["ratio_restore_vs_pg_restore"]),
+              f"{_mib(w['restore_peak_rss_bytes'])}/{_mib(w['restore_tree_peak_rss_bytes'])}",
+              _s(w["read_seconds"]["median"]), _s(w["verify_seconds"]["median"]), _x(w["ratio_verify_vs_read"]),
+              _mib(w["verify_peak_rss_bytes"])]
+             for w in report["whole_restore"]], markdown))
         out.append("")
     if sizes:
         heading(f"Backup: take_backup (zstd-{default['level']}, {default['threads']} threads, one local "
@@ -1129,6 +1334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--whole-gib", type=float, default=0.9,
                         help="size of each whole-process database (mixed, pgbench, random), GiB; "
                              "0 skips that part (default 0.9)")
+    parser.add_argument("--no-whole-restore", action="store_true",
+                        help="skip the whole `platform-dr restore`/`verify` processes on the "
+                             "whole-process databases (run by default, --quick too)")
     parser.add_argument("--startup-runs", type=int, default=20,
                         help="rounds of the start-up measurement; 0 skips it (default 20)")
     parser.add_argument("--compare-with", type=Path, metavar="CHECKOUT",
@@ -1152,6 +1360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_at_start = os.getloadavg()[1]
     runs: list[SizeRun] = []
     whole: list[WholeRun] = []
+    whole_restore: list[WholeRestoreRun] = []
     startup: dict[str, list[ProcessSample]] = {}
     compare = args.compare_with.resolve() if args.compare_with else None
     if compare is not None and not (compare / "platform_orchestration" / "cli.py").is_file():
@@ -1169,7 +1378,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.whole_gib > 0:
                 for kind in WHOLE_KINDS:
                     whole.append(bench_whole(source, kind, args.whole_gib, repeat=args.repeat,
-                                             key_dir=key_dir, compare=compare))
+                                             key_dir=key_dir, compare=compare, keep=True))
+                    if not args.no_whole_restore:
+                        whole_restore.append(bench_whole_restore(source, target, kind, repeat=args.repeat,
+                                                                 jobs=args.jobs, key_dir=key_dir))
+                    _drop_database(source, f"whole_{kind}")
             for index, size in enumerate([] if args.quick else args.sizes):
                 codecs = [default, *sweep] if index == 0 else [default]
                 runs.append(bench_size(source, target, size, repeat=args.repeat, jobs=args.jobs,
@@ -1181,6 +1394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [summarise(run, default) for run in runs]
     startup_summary = summarise_startup(startup) if startup else None
     whole_summary = [summarise_whole(run) for run in whole]
+    whole_restore_summary = [summarise_whole_restore(run) for run in whole_restore]
     report: dict[str, Any] = {
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -1199,11 +1413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "restore_vs_pg_restore_max": RESTORE_VS_PG_RESTORE_GOAL,
             "peak_rss_bytes_below": PEAK_RSS_GOAL_BYTES,
             "startup_seconds_below": STARTUP_GOALS_SECONDS, "whole_vs_floor_max": WHOLE_VS_FLOOR_GOAL,
+            "whole_restore_vs_pg_restore_max": WHOLE_RESTORE_VS_PG_RESTORE_GOAL,
+            "whole_verify_vs_read_max": WHOLE_VERIFY_VS_READ_GOAL,
         },
         "startup": startup_summary,
         "whole_process": whole_summary,
+        "whole_restore": whole_restore_summary,
         "sizes": sizes,
-        "goals": goals(sizes, startup_summary, whole_summary),
+        "goals": goals(sizes, startup_summary, whole_summary, whole_restore_summary),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
+import zstandard
 from broken import garble
 from conftest import SOURCE_DB
 from pg import both_majors, flip_byte, kill_children_named, row_counts, table_fingerprints
@@ -23,7 +25,13 @@ from platform_orchestration.backups.catalog import (
     read_backups,
 )
 from platform_orchestration.backups.copy import CopyFailed, copy_backup, ensure_copies
-from platform_orchestration.backups.integrity import verify_stored_backup
+from platform_orchestration.backups.integrity import (
+    DECOMPRESSED_STEP_BYTES,
+    BackupCorrupt,
+    decompressed,
+    read_ahead,
+    verify_stored_backup,
+)
 from platform_orchestration.backups.restore import restore_backup
 from platform_orchestration.backups.take import BackupFailed
 from platform_orchestration.postgres import client_tools_for
@@ -228,3 +236,91 @@ def test_copy_from_the_only_corrupt_source_fails_cleanly(backup, stores):
     report = ensure_copies(SOURCE_DB, [aws, azure])
     assert report.copied == () and "checksum mismatch" in report.failed["azure"]
     assert _objects(azure) == []
+
+
+# --- Decompression, unit by unit: a plain zstd stream standing for an unencrypted stored dump ---
+
+_STORE = SimpleNamespace(name="aws")
+_MANIFEST = SimpleNamespace(backup_id="b1", database="shop", encryption=None)
+
+
+def _stream(raw: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(raw)
+
+
+def _chunks(data: bytes, size: int = 1 << 20) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def test_one_stored_chunk_standing_for_hundreds_of_mib_comes_out_in_fixed_steps():
+    raw = b"PGDMP" + b"x" * (200 << 20)
+    stored = _stream(raw)
+    assert len(stored) < 1 << 20  # the whole dump is one stored chunk
+
+    steps = [len(out) for out in decompressed(_STORE, _MANIFEST, iter([stored]))]
+
+    assert sum(steps) == len(raw) and max(steps) <= DECOMPRESSED_STEP_BYTES
+
+
+@pytest.mark.parametrize("cut", [1, 4, 5, 200])
+def test_a_stream_cut_short_is_truncated_even_when_every_byte_of_content_came_out(cut):
+    """Cut 1 or 4 bytes: the content is whole, only the frame's checksum is missing."""
+    stored = _stream(b"PGDMP" + os.urandom(300_000))[:-cut]
+    with pytest.raises(BackupCorrupt, match="backup b1 of shop in store aws: compressed stream is truncated"):
+        for _ in decompressed(_STORE, _MANIFEST, iter(_chunks(stored, 4096))):
+            pass
+
+
+def test_bytes_after_the_frame_are_damage():
+    stored = _stream(b"PGDMP" + b"rows" * 1000) + b"trailing"
+    with pytest.raises(BackupCorrupt, match="compressed stream is damaged: data after the end"):
+        for _ in decompressed(_STORE, _MANIFEST, iter([stored])):
+            pass
+
+
+def test_read_ahead_keeps_order_and_raises_the_producers_error_after_its_chunks():
+    def produce():
+        yield from (b"a", b"b", b"c")
+        raise BackupCorrupt("checksum mismatch at the end")
+
+    seen = []
+    with pytest.raises(BackupCorrupt, match="checksum mismatch at the end"):
+        for chunk in read_ahead(produce(), depth=2):
+            seen.append(chunk)
+    assert seen == [b"a", b"b", b"c"]
+
+
+def test_read_ahead_stops_and_closes_the_producer_when_the_consumer_stops():
+    closed = []
+
+    def produce():
+        try:
+            for i in range(1000):
+                yield bytes([i % 256])
+        finally:
+            closed.append(True)
+
+    ahead = read_ahead(produce(), depth=2)
+    assert next(ahead) == b"\x00"
+    ahead.close()
+    assert closed == [True]
+
+
+def test_read_ahead_of_depth_zero_is_the_chunks_themselves_in_this_thread():
+    chunks = iter([b"a", b"b"])
+    assert read_ahead(chunks, depth=0) is chunks
+
+
+def test_read_ahead_runs_at_most_depth_chunks_ahead_of_the_consumer():
+    produced = []
+
+    def produce():
+        for i in range(100):
+            produced.append(i)
+            yield bytes([i])
+
+    ahead = read_ahead(produce(), depth=3)
+    next(ahead)
+    time.sleep(0.3)  # ample time for the producer to run ahead if it could
+    assert len(produced) <= 1 + 3 + 1  # the one consumed, the queue, the one waiting to be put
+    ahead.close()

@@ -3,11 +3,15 @@ gives, and refusing to restore what is unsafe before anything is fetched or touc
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import psycopg
 import pytest
 from broken import newest_manifest_garbled
 from conftest import SOURCE_DB, make_stores
 from fleetfiles import write_fleet
+from peak_rss import run_measuring_peak_rss
 from pg import both_majors, create_database, fingerprint, flip_byte, row_counts
 
 from platform_orchestration.backups.catalog import find_backup
@@ -320,3 +324,33 @@ def test_restore_of_a_backup_asked_for_by_id_passes_nothing_over(tmp_path, backu
     result = protection.restore(SOURCE_DB, target_db, backup_id=older.backup_id)
 
     assert result.backup_id == older.backup_id and result.passed_over == ()
+
+
+PEAK_RSS_BOUND = 200 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_verify_and_restore_of_a_highly_compressible_backup_stay_in_bounded_memory(
+        tmp_path, source_cluster, target_cluster, fresh_name):
+    """Hundreds of MiB of repeated rows compress about a thousandfold: one stored chunk then
+    stands for hundreds of MiB. The CLI's verify and restore, each a process of its own,
+    must still peak under a fixed bound (pg_restore, a child of the restore, included)."""
+    name = fresh_name("compressible")
+    source = create_database(source_cluster, name)
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE repeated (id int, body text)")
+        conn.execute("INSERT INTO repeated SELECT i, repeat('x', 1000) FROM generate_series(1, 300000) i")
+    fleet = write_fleet(tmp_path, source_cluster, name)
+    cli = [sys.executable, "-m", "platform_orchestration.cli", "--fleet", str(fleet)]
+    backup = subprocess.run([*cli, "backup", name], capture_output=True, text=True, timeout=300)
+    assert backup.returncode == 0, backup.stderr
+    target = target_cluster.connection(fresh_name("decompressed"))
+
+    verified, verify_peak = run_measuring_peak_rss([*cli, "verify", name, "--store", "aws"])
+    restored, restore_peak = run_measuring_peak_rss([*cli, "restore", name, "--target-dsn", target.dsn])
+
+    assert verified.returncode == 0, verified.stderr
+    assert restored.returncode == 0, restored.stderr
+    assert row_counts(target) == {"public.repeated": 300000}
+    peaks = f"verify peaked at {verify_peak / 2**20:.0f} MiB, restore at {restore_peak / 2**20:.0f} MiB"
+    assert max(verify_peak, restore_peak) < PEAK_RSS_BOUND, peaks

@@ -10,6 +10,9 @@ its frame and content checksums. The globals object beside it (when the manifest
 from __future__ import annotations
 
 import hashlib
+import io
+import queue
+import threading
 from collections.abc import Iterator
 
 import zstandard
@@ -68,30 +71,220 @@ def _checked_chunks(store: ObjectStore, key: str, size: int, sha256: str, where:
                             f"sha256 {digest.hexdigest()}")
 
 
+# Decompressed bytes handed out per step: a fixed size, whatever the compression ratio (a
+# stored MiB of repeated rows stands for hundreds of MiB), so memory never grows with it.
+# One buffer, reused: no allocation (and page faults) per step; 256 KiB stays in cache.
+DECOMPRESSED_STEP_BYTES = 256 * 1024
+# Compressed bytes zstd is given per step.
+_COMPRESSED_STEP_BYTES = 256 * 1024
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class _FrameShapeError(Exception):
+    """The compressed bytes are not one well-formed zstd frame (said in the message)."""
+
+
+class _ZstdFrameEnd:
+    """Follows one zstd frame's structure (frame header, block headers, checksum) in the
+    compressed bytes without decoding them, to tell whether the stream ended exactly where the
+    frame does. zstd's streaming readers stop quietly when their input runs out mid-frame, so
+    a truncated stream would otherwise pass unnoticed when its last block was lost with its
+    checksum. Costs one step per block (at most 128 KiB of output each)."""
+
+    def __init__(self) -> None:
+        self._gathered = bytearray()
+        self._want = 5          # magic and frame header descriptor first
+        self._skip = 0          # bytes to pass over (header fields, block contents)
+        self._state = "frame"
+        self._checksum = False
+        self.complete = False
+
+    def feed(self, data: bytes | memoryview) -> None:
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._skip:
+                step = min(self._skip, size - pos)
+                self._skip -= step
+                pos += step
+                if not self._skip and self._state == "end":
+                    self.complete = True
+                continue
+            if self.complete:
+                raise _FrameShapeError("data after the end of the compressed stream")
+            take = min(self._want - len(self._gathered), size - pos)
+            self._gathered += data[pos:pos + take]
+            pos += take
+            if len(self._gathered) == self._want:
+                self._step(bytes(self._gathered))
+                self._gathered.clear()
+
+    def _step(self, header: bytes) -> None:
+        if self._state == "frame":
+            if header[:4] != _ZSTD_MAGIC:
+                raise _FrameShapeError("not a zstd frame")
+            descriptor = header[4]
+            if descriptor & 0x08:
+                raise _FrameShapeError("reserved bit set in the frame header")
+            single_segment = bool(descriptor & 0x20)
+            self._checksum = bool(descriptor & 0x04)
+            window = 0 if single_segment else 1
+            dictionary = (0, 1, 2, 4)[descriptor & 0x03]
+            content_size = ((1 if single_segment else 0), 2, 4, 8)[descriptor >> 6]
+            self._skip = window + dictionary + content_size
+            self._state, self._want = "block", 3
+        elif self._state == "block":
+            value = int.from_bytes(header, "little")
+            last, kind, size = value & 1, (value >> 1) & 3, value >> 3
+            if kind == 3:
+                raise _FrameShapeError("reserved block type")
+            self._skip = 1 if kind == 1 else size  # an RLE block stores its byte once
+            if last:
+                self._state, self._want = ("checksum", 4) if self._checksum else ("end", 0)
+        else:  # the checksum
+            self._state = "end"
+        if self._state == "end" and not self._skip:
+            self.complete = True
+
+
+class _CompressedSource(io.RawIOBase):
+    """The (decrypted) compressed chunks as the readable file zstd's stream reader wants,
+    following the frame's structure as they pass. An exception the chunks raise (a store
+    error, a checksum mismatch found at their end, failed authentication) propagates as it is."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+        self.frame = _ZstdFrameEnd()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b""
+            self._pending = memoryview(chunk)
+        if size is None or size < 0:
+            size = len(self._pending)
+        out = self._pending[:size]
+        self._pending = self._pending[len(out):]
+        self.frame.feed(out)
+        return bytes(out)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        out = self.read(len(buffer))
+        buffer[:len(out)] = out
+        return len(out)
+
+
+# Stored chunks (about 1 MiB each) read, hashed and decrypted ahead of decompression, in a
+# thread of their own; 0 keeps it all in the consumer's thread. Off: measured on this project's
+# 2-core machines under the load of other work (load average 4-6), the thread made the fetch
+# slower (median 1.78 s against 1.09 s for 168 MiB dumped, 7 rounds each; verify 0.78 against
+# 0.65 s): Tink holds the GIL while it decrypts, and the two threads then take turns.
+READ_AHEAD_CHUNKS = 0
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def read_ahead(chunks: Iterator[bytes], depth: int = READ_AHEAD_CHUNKS) -> Iterator[bytes]:
+    """`chunks`, produced by a thread of their own at most `depth` chunks ahead of the consumer,
+    so that reading the store, hashing and decrypting overlap with decompressing and writing
+    (hashlib, zstd and file writes release the GIL). An exception `chunks` raises is raised
+    here, in order, after the chunks before it. When the consumer stops early, the producer
+    stops too and `chunks` is closed. With `depth` 0, `chunks` itself, in the consumer's thread
+    (a queue of size 0 would be unbounded)."""
+    if depth <= 0:
+        return chunks
+    return _produced_ahead(chunks, depth)
+
+
+def _produced_ahead(chunks: Iterator[bytes], depth: int) -> Iterator[bytes]:
+    handoff: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(_Failed(exc))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name="backup-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        producer.join()
+
+
 def decompressed(store: ObjectStore, manifest: BackupManifest, chunks: Iterator[bytes],
-                 keys: DataKeyProvider | None = None) -> Iterator[bytes]:
+                 keys: DataKeyProvider | None = None) -> Iterator[memoryview]:
     """Decrypt (when the manifest says the backup is encrypted, with its data key unwrapped
     by `keys`) and decompress the stored chunks, turning a failed authentication or a broken
     frame (its content checksum included) into BackupCorrupt, and checking the result is a
     pg_dump archive. An encrypted backup without `keys`, or whose key the key service
-    refuses, raises BackupKeyUnavailable (a BackupCorrupt) before any chunk is read."""
+    refuses, raises BackupKeyUnavailable (a BackupCorrupt) before any chunk is read.
+
+    Yields at most DECOMPRESSED_STEP_BYTES at a time, whatever the compression ratio, so
+    memory does not grow with it: views of one reused buffer, each valid only until the next
+    one is asked for (write or count it, do not keep it). The stream must be exactly one zstd frame: a truncated one,
+    or bytes after it, are BackupCorrupt."""
     if manifest.encryption is not None:
         chunks = decrypted_backup_chunks(store, manifest, chunks, keys)
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    chunks = read_ahead(chunks, READ_AHEAD_CHUNKS)
+    source = _CompressedSource(chunks)
+    reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=_COMPRESSED_STEP_BYTES,
+                                                        read_across_frames=False, closefd=False)
+    buffer = bytearray(DECOMPRESSED_STEP_BYTES)
+    view = memoryview(buffer)
     first = True
     try:
-        for chunk in chunks:
-            out = decompressor.decompress(chunk)
-            if first and out:
-                if not out.startswith(PG_DUMP_MAGIC):
+        while filled := reader.readinto(buffer):
+            out = view[:filled]
+            if first:
+                if bytes(out[:len(PG_DUMP_MAGIC)]) != PG_DUMP_MAGIC:
                     _drain(chunks)
                     raise BackupCorrupt(f"{_where(store, manifest)}: not a pg_dump custom archive")
                 first = False
-            if out:
-                yield out
-        if not decompressor.eof:
+            yield out
+        # Anything left (bytes after the frame) is read, so that it is noticed.
+        while source.read(_COMPRESSED_STEP_BYTES):
+            pass
+        if not source.frame.complete:
             raise BackupCorrupt(f"{_where(store, manifest)}: compressed stream is truncated")
-    except zstandard.ZstdError as exc:
+    except (zstandard.ZstdError, _FrameShapeError) as exc:
         _drain(chunks)
         raise BackupCorrupt(f"{_where(store, manifest)}: compressed stream is damaged: {exc}") from None
 
