@@ -331,16 +331,10 @@ class FleetProtection:
         entries: list[RewrapEntry] = []
         by_database: dict[str, list[tuple[ObjectStore, StoredBackup]]] = {}
         for store in self.all_stores():
-            try:
-                listing = read_backups(store, None)
-            except StoreError as exc:
-                entries.append(RewrapEntry(None, None, store.name, "failed", error=str(exc)))
-                continue
-            for stored in listing.backups:
+            backups, failed = self._rewrap_listing(store, None)
+            entries += failed
+            for stored in backups:
                 by_database.setdefault(stored.manifest.database, []).append((store, stored))
-            for broken in listing.unreadable:  # its key cannot be rewrapped: say so
-                entries.append(RewrapEntry(broken.database, broken.backup_id, store.name, "failed",
-                                           error=broken.reason))
         for name, copies in by_database.items():
             try:
                 with self._locked(name, "rewrap", lock and name in in_fleet, lock_wait):
@@ -353,17 +347,21 @@ class FleetProtection:
     def _rewrap_backups(self, stores: list[ObjectStore], database: str) -> list[RewrapEntry]:
         entries: list[RewrapEntry] = []
         for store in stores:
-            try:
-                listing = read_backups(store, database)
-            except StoreError as exc:
-                entries.append(RewrapEntry(database, None, store.name, "failed", error=str(exc)))
-                continue
-            for stored in listing.backups:
-                entries.append(self._rewrap_one(store, stored))
-            for broken in listing.unreadable:  # its key cannot be rewrapped: say so
-                entries.append(RewrapEntry(broken.database, broken.backup_id, store.name, "failed",
-                                           error=broken.reason))
+            backups, failed = self._rewrap_listing(store, database)
+            entries += failed + [self._rewrap_one(store, stored) for stored in backups]
         return entries
+
+    @staticmethod
+    def _rewrap_listing(store: ObjectStore, database: str | None
+                        ) -> tuple[tuple[StoredBackup, ...], list[RewrapEntry]]:
+        """The readable backups of `store` to rewrap, and a failed entry for what cannot be:
+        the whole store when it cannot be listed, each manifest that cannot be read."""
+        try:
+            listing = read_backups(store, database)
+        except StoreError as exc:
+            return (), [RewrapEntry(database, None, store.name, "failed", error=str(exc))]
+        return listing.backups, [RewrapEntry(broken.database, broken.backup_id, store.name, "failed",
+                                             error=broken.reason) for broken in listing.unreadable]
 
     def _rewrap_one(self, store: ObjectStore, stored: StoredBackup) -> RewrapEntry:
         manifest = stored.manifest
