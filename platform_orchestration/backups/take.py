@@ -125,8 +125,9 @@ def take_backup(
 
     With `keys`, the backup is encrypted after compression with a fresh data key from
     `keys`, bound to this backup (database and id) as associated data; the manifest keeps
-    only the wrapped key. A key service that fails fails the backup before pg_dump starts,
-    and so does a pg_dumpall that cannot dump the globals.
+    only the wrapped key. A key service that fails fails the backup before pg_dump starts; the
+    globals are dumped while pg_dump runs, and a pg_dumpall that cannot dump them fails the
+    backup before anything is committed.
 
     Times and the id come from `clock` (the worker's); the manifest keeps the server's
     snapshot time (`snapshot_at`) and the worker's just before it (`snapshot_worker_at`)."""
@@ -143,22 +144,28 @@ def take_backup(
         with ExportedSnapshot(connection) as snapshot:
             facts = snapshot.facts
             tools = client_tools_for(facts.server_version_num // 10000)
-            step = "globals"
-            globals_stored, globals_info = _stored_globals(
-                dump_globals(connection, tools), f"pg_dumpall {tools.version}", compression, data_key,
-                associated_data(database, globals_binding(backup_id)))
             counts: dict[str, int] = {}
             count_errors: list[BaseException] = []
+            stored_globals: list[tuple[bytes, GlobalsInfo]] = []
+            globals_errors: list[BaseException] = []
 
-            def count_in_snapshot() -> None:
+            def beside_the_dump() -> None:
+                """What runs while pg_dump streams, off its critical path: the globals (a
+                pg_dumpall of its own) and the row counts in the dump's snapshot."""
+                try:
+                    stored_globals.append(_stored_globals(
+                        dump_globals(connection, tools), f"pg_dumpall {tools.version}", compression,
+                        data_key, associated_data(database, globals_binding(backup_id))))
+                except BaseException as exc:  # reported after the dump, not lost in a thread
+                    globals_errors.append(exc)
                 try:
                     counts.update(snapshot.count_rows())
-                except BaseException as exc:  # reported after the dump, not lost in a thread
+                except BaseException as exc:
                     count_errors.append(exc)
 
             step = "open stores"
             fan_out = FanOutWriter(stores, key)  # before anything starts: nothing to undo if it fails
-            counter = threading.Thread(target=count_in_snapshot, name=f"count-rows-{database}")
+            counter = threading.Thread(target=beside_the_dump, name=f"beside-dump-{database}")
             counter.start()
             digest = hashlib.sha256()
             stored = 0
@@ -194,8 +201,12 @@ def take_backup(
                     message = b"".join(stderr_chunks).decode(errors="replace").strip()
                     raise BackupFailed(f"backup of {database}: pg_dump {tools.version} exited with "
                                        f"{returncode}: {message[-2000:]}")
-                step = "row counts"
+                step = "globals"
                 counter.join()
+                if globals_errors:
+                    raise globals_errors[0]
+                globals_stored, globals_info = stored_globals[0]
+                step = "row counts"
                 if count_errors:
                     raise BackupFailed(f"backup of {database}: counting rows in the dump's snapshot "
                                        f"failed: {count_errors[0]}")
