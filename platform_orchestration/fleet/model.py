@@ -626,6 +626,15 @@ class Fleet(_FrozenSpec):
         """The cluster hosting ``database_name``."""
         return self.cluster(self.database(database_name).cluster)
 
+    def serving(self, cluster_names: Sequence[str]) -> Fleet:
+        """This fleet as one deployment protecting only ``cluster_names`` sees it: those
+        clusters and their databases, every store and policy. :class:`UnknownNameError` names
+        a cluster the fleet does not have."""
+        wanted = [self.cluster(name).name for name in cluster_names]
+        return self.model_copy(update={
+            "clusters": tuple(c for c in self.clusters if c.name in wanted),
+            "databases": tuple(d for d in self.databases if d.cluster in wanted)})
+
 
 # --- cross references ---------------------------------------------------------------------------
 

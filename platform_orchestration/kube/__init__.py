@@ -12,9 +12,10 @@ Sizing, per step:
   ``LARGE_DUMP`` gets a second core.
 * ``restore_drills`` and the disaster restore: the dump is first written to a local work file
   (the raw dump's size, so pg_restore can run with -j2), then restored into a throwaway
-  cluster whose data directory, indexes and WAL take about 1.5 times the raw dump again:
-  ephemeral storage of ``2.5 x raw dump + 2 GiB``, two cores for pg_restore -j2, memory for
-  the throwaway server.
+  cluster whose data directory, indexes and WAL take about 1.5 times the raw dump again: a
+  work volume of ``2.5 x raw dump + 2 GiB`` (a generic ephemeral volume, a PersistentVolumeClaim
+  of the cluster's default storage class made for the pod and deleted with it: node disks
+  rarely hold hundreds of GiB), two cores for pg_restore -j2, memory for the throwaway server.
 * ``backup_copies``: streams a verified copy from one store to another, bounded memory.
 * everything else (probes, checks, retention, compliance, rewrap) is small.
 
@@ -24,6 +25,7 @@ latest manifest reports as ``raw_bytes``); without it, ``DEFAULT_DUMP_SIZE`` is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -38,6 +40,8 @@ __all__ = [
     "SIZED_STEPS",
     "STEPS",
     "StepResources",
+    "WORK_DIRECTORY",
+    "WORK_VOLUME",
     "cloud_links",
     "K8S_CONFIG_TAG",
     "dagster_k8s_config",
@@ -65,6 +69,9 @@ class StepResources:
     memory_limit: int
     ephemeral_storage: int
     ephemeral_storage_limit: int
+    work_volume: int | None = None
+    """Bytes of the work volume (a generic ephemeral volume) the step needs; None: the pod's
+    emptyDir, within its ephemeral storage."""
 
     def as_kubernetes(self) -> dict[str, dict[str, str]]:
         """The container's ``resources`` in Kubernetes quantities."""
@@ -94,8 +101,8 @@ def _backup(raw: int) -> StepResources:
 
 
 def _restore(raw: int) -> StepResources:
-    work = _round_up_gib(2.5 * raw + 2 * GiB)
-    return StepResources(2000, 4000, 2 * GiB, 4 * GiB, work, _round_up_gib(work * 1.25))
+    return StepResources(2000, 4000, 2 * GiB, 4 * GiB, 1 * GiB, 2 * GiB,
+                         work_volume=_round_up_gib(2.5 * raw + 2 * GiB))
 
 
 # step (op) name -> its resources for a database whose raw dump is `raw` bytes
@@ -126,9 +133,27 @@ def step_resources(step: str, database: Database | None = None, *, raw_dump_size
     return STEPS[step](raw)
 
 
+WORK_VOLUME = "work"
+WORK_DIRECTORY = "/var/tmp/platform"
+"""TMPDIR of every run and step pod (deploy/dagster.yaml): in the container's writable layer,
+within its ephemeral storage, unless the step mounts a work volume there."""
+
+
 def dagster_k8s_config(resources: StepResources) -> dict[str, Any]:
-    """The ``dagster-k8s/config`` document giving a step's container these resources."""
-    return {"container_config": {"resources": resources.as_kubernetes()}}
+    """The ``dagster-k8s/config`` document giving a step's container these resources and, when
+    it needs one, a work volume at ``WORK_DIRECTORY``: a generic ephemeral volume (a claim of
+    the cluster's default storage class, made for the pod and deleted with it)."""
+    config: dict[str, Any] = {"container_config": {"resources": resources.as_kubernetes()}}
+    if resources.work_volume is not None:
+        claim = {"spec": {"accessModes": ["ReadWriteOnce"],
+                          "resources": {"requests": {"storage": _gibibytes(resources.work_volume)}}}}
+        config["pod_spec_config"] = {"volumes": [{"name": WORK_VOLUME, "ephemeral": {"volumeClaimTemplate": claim}}]}
+        config["container_config"]["volume_mounts"] = [{"name": WORK_VOLUME, "mountPath": WORK_DIRECTORY}]
+    return config
+
+
+def _gibibytes(size: int) -> str:
+    return f"{math.ceil(size / GiB)}Gi"
 
 
 K8S_CONFIG_TAG = "dagster-k8s/config"
@@ -136,9 +161,15 @@ K8S_CONFIG_TAG = "dagster-k8s/config"
 
 def k8s_op_tags(step: str) -> dict[str, str]:
     """The op tags giving step ``step`` its default resources (for a database of
-    ``DEFAULT_DUMP_SIZE``); a run of one database overrides the sized steps (see
-    :func:`per_step_k8s_config`)."""
-    return {K8S_CONFIG_TAG: json.dumps(dagster_k8s_config(step_resources(step)), sort_keys=True)}
+    ``DEFAULT_DUMP_SIZE``). A run of one database adds, for its sized steps, resources and the
+    work volume sized from the database (:func:`per_step_k8s_config`); so that the two never
+    name two volumes ``work``, a sized step's tag asks for that space as ephemeral storage
+    instead of a volume (what it gets if a run was launched without the per-step config)."""
+    resources = step_resources(step)
+    if step in SIZED_STEPS and resources.work_volume is not None:
+        resources = dataclasses.replace(resources, ephemeral_storage=resources.work_volume,
+                                        ephemeral_storage_limit=resources.work_volume + 2 * GiB, work_volume=None)
+    return {K8S_CONFIG_TAG: json.dumps(dagster_k8s_config(resources), sort_keys=True)}
 
 
 def per_step_k8s_config(database: Database) -> dict[str, dict[str, Any]]:
