@@ -290,3 +290,15 @@ def test_every_cloud_link_of_the_fleets_has_a_limit():
         for database in fleet.databases:
             for link in cloud_links(fleet, database.name):
                 assert link_tag(link) in limits, (path.name, database.name, link)
+
+
+def test_a_bad_expected_dump_size_is_one_line_naming_the_field(tmp_path):
+    from platform_orchestration.fleet import FleetError
+
+    bad = tmp_path / "fleet.yaml"
+    bad.write_text(PRODUCTION_FLEET.read_text().replace("expected_dump_size: 8GiB", "expected_dump_size: 8 parsecs"))
+    with pytest.raises(FleetError) as caught:
+        load_fleet(bad, environ={})
+    [line] = caught.value.errors
+    assert line.endswith("databases[1].expected_dump_size: expected a size like 512MiB, 40GiB or 2TiB, got '8 parsecs'")
+    assert load_fleet(PRODUCTION_FLEET, environ={}).database("inventory").expected_dump_size == 8 * GiB
