@@ -95,7 +95,8 @@ def test_rbac_grants_nothing_on_secrets_and_nothing_cluster_wide(rendered, cloud
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
     assert not any(resource.split("/")[0] in ("secrets", "configmaps", "serviceaccounts", "roles", "rolebindings")
                    for _, resource in granted), granted
-    assert granted == {("batch", "jobs"): {"create", "get", "list", "watch", "delete"}, ("batch", "jobs/status"): {"get"},
+    assert granted == {("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
+                       ("batch", "jobs/status"): {"get"},
                        ("", "pods"): {"get", "list", "watch"}, ("", "pods/log"): {"get"},
                        ("", "events"): {"get", "list", "watch"}}
     [binding] = _of_kind(objects, "RoleBinding").values()
@@ -179,7 +180,8 @@ def test_the_code_location_serves_the_daemon_and_the_webserver_only(rendered):
     assert source["podSelector"]["matchExpressions"][0]["values"] == ["daemon", "webserver"]
     services = _of_kind(rendered["aws"], "Service")
     assert services["platform-dr-user-code"]["spec"]["ports"][0]["port"] == 3030
-    workspace = yaml.safe_load(_of_kind(rendered["aws"], "ConfigMap")["platform-dr-workspace"]["data"]["workspace.yaml"])
+    workspace_map = _of_kind(rendered["aws"], "ConfigMap")["platform-dr-workspace"]
+    workspace = yaml.safe_load(workspace_map["data"]["workspace.yaml"])
     assert workspace["load_from"][0]["grpc_server"] == {"host": "platform-dr-user-code", "port": 3030,
                                                         "location_name": "platform_orchestration"}
 

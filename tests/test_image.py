@@ -81,7 +81,8 @@ def test_dependencies_are_installed_from_the_lock_before_the_source_is_copied(in
                        if kind == "COPY" and value.startswith("platform_orchestration "))
     assert lock_copy < lock_install < source_copy
     assert "--no-deps" in lines[lock_install][1]  # nothing beyond the lock is resolved
-    package_install = next(n for n, (kind, value) in enumerate(lines) if kind == "RUN" and "install --no-deps /src" in value)
+    package_install = next(n for n, (kind, value) in enumerate(lines)
+                           if kind == "RUN" and "install --no-deps /src" in value)
     assert source_copy < package_install and "pip check" in lines[package_install][1]
 
 

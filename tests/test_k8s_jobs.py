@@ -131,7 +131,8 @@ def _assert_a_valid_step_job(job_name: str, step: str, namespace: str, body: dic
         assert labels["dagster/job"] == job_name and labels["dagster/op"] == step
         assert labels["app.kubernetes.io/part-of"] == "platform-dr"
         assert labels["app.kubernetes.io/component"] == "step_worker"
-    assert [source["configMapRef"]["name"] for source in container["envFrom"]] == ["platform-dr-env", "platform-dr-vault"]
+    assert [source["configMapRef"]["name"] for source in container["envFrom"]] == [
+        "platform-dr-env", "platform-dr-vault"]
     for variable in container["env"]:
         if "valueFrom" in variable:
             assert variable["valueFrom"] == {"secretKeyRef": {"name": "platform-dr-storage",

@@ -6,8 +6,9 @@ objects it is sent and serves them back (create, read, list, patch, status subre
 gaps, so what this test cannot prove: no admission or schema validation (the Job it records is
 validated here against the Kubernetes schema instead), no controllers (no Job controller makes
 the pod, no kubelet runs it: the test plays both, creating the pod and writing the pod's and the
-Job's status as they would; a new Job has no status at all until then), no resourceVersion or uid, naive merge patches, label selectors
-ignored, `?watch=True` unrecognised, server-side apply to a missing object answers 404.
+Job's status as they would; a new Job has no status at all until then), no resourceVersion or
+uid, naive merge patches, label selectors ignored, `?watch=True` unrecognised, and
+server-side apply to a missing object answers 404.
 
 The instance is deploy/dagster.yaml's run launcher and run monitoring, with the API server given
 by a kubeconfig instead of the in-cluster configuration (tests run outside a pod); run
