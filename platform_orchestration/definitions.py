@@ -9,7 +9,9 @@ PLATFORM_EXECUTOR=k8s.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -57,14 +59,14 @@ def select_executor(name: str) -> dg.ExecutorDefinition:
 EGRESS_ASSETS = frozenset({"backups", "backup_copies"})
 
 
-def _run_tags_for(fleet: Fleet):
-    def tags(assets, database: str) -> dict[str, str]:
+def _run_tags_for(fleet: Fleet) -> Callable[[Sequence[str], str], dict[str, str]]:
+    def tags(assets: Sequence[str], database: str) -> dict[str, str]:
         return dict(link_run_tags(fleet, database)) if EGRESS_ASSETS.intersection(assets) else {}
 
     return tags
 
 
-def _run_config_for(fleet: Fleet, executor: str):
+def _run_config_for(fleet: Fleet, executor: str) -> Callable[[str], dict[str, Any]] | None:
     """The k8s executor's per-step pod sizes for a run of one database (other executors take none)."""
     if executor != "k8s":
         return None
