@@ -23,7 +23,6 @@ from platform_orchestration.backups.manifest import BackupManifest, globals_bind
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.storage import ObjectStore
-from platform_orchestration.storage.local import LocalObjectStore
 
 PG_DUMP_MAGIC = b"PGDMP"
 
@@ -60,13 +59,7 @@ def _checked_chunks(store: ObjectStore, key: str, size: int, sha256: str, where:
                     progress: ProgressListener, stage: str) -> Iterator[bytes]:
     digest = hashlib.sha256()
     done = 0
-    chunks = store.read(key)
-    if not isinstance(store, LocalObjectStore):
-        # Over the network the read waits on sockets (which releases the GIL): a thread of its
-        # own keeps STORE_READ_AHEAD_CHUNKS in flight while this one hashes, decrypts and
-        # decompresses. A local file is read faster than a thread hand-off costs.
-        chunks = read_ahead(chunks, STORE_READ_AHEAD_CHUNKS)
-    for chunk in chunks:
+    for chunk in store.read(key):
         digest.update(chunk)
         done += len(chunk)
         progress(stage, done)
@@ -194,8 +187,6 @@ class _CompressedSource(io.RawIOBase):
 # 0.65 s), and no faster at load average 2.2 (0.43 against 0.40 s): Tink holds the GIL while
 # it decrypts, and the two threads then take turns.
 READ_AHEAD_CHUNKS = 0
-# Raw chunks (about 1 MiB each) read from a remote store ahead of everything else, in a thread.
-STORE_READ_AHEAD_CHUNKS = 8
 
 
 class _Failed:
