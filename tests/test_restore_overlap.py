@@ -20,7 +20,7 @@ import pytest
 from conftest import SOURCE_DB
 from pg import both_majors, fingerprint, row_counts
 
-from platform_orchestration.backups.archive_toc import TocIncomplete, TocUnsupported, read_toc
+from platform_orchestration.backups.archive_toc import BlockFinder, TocIncomplete, TocUnsupported, read_toc
 from platform_orchestration.backups.catalog import find_backup
 from platform_orchestration.backups.integrity import BackupCorrupt
 from platform_orchestration.backups.restore import (
@@ -228,15 +228,60 @@ def test_phases_cover_every_listed_entry_once_in_order_with_rls_held_back(backup
     phases = _phases(toc)
 
     assert phases is not None and rls
-    groups = [phases.schema, (phases.streamed,), phases.data, phases.post, phases.last]
+    groups = [phases.schema, phases.blocks, phases.data, phases.post, phases.last]
     ids = [e.dump_id for group in groups for e in group]
     assert sorted(ids) == sorted(listed), "every listed entry in exactly one phase"
     assert {e.dump_id for e in phases.last} == rls
     order = {dump_id: i for i, dump_id in enumerate(listed)}
     assert all([order[e.dump_id] for e in g] == sorted(order[e.dump_id] for e in g) for g in groups)
-    assert phases.streamed.desc == "TABLE DATA"
-    assert all(e.section == 3 for e in phases.data)
+    assert phases.blocks and all(e.has_data for e in phases.blocks)
+    assert all(e.section == 3 for e in (*phases.blocks, *phases.data))
+    assert "SEQUENCE SET" in {e.desc for e in phases.schema}
     with pytest.raises(TocIncomplete):
         read_toc(archive.read_bytes()[:toc.end - 1])
     with pytest.raises(TocUnsupported):
         read_toc(b"PGDMP\x01\x0d\x00" + archive.read_bytes()[8:toc.end])
+
+
+def _walked_block_starts(data: bytes, toc) -> list[tuple[int, int]]:
+    """(offset, dump id) of every data block, by walking every chunk (slow, exact)."""
+    pos, size, starts = toc.end, toc.int_size, []
+
+    def integer(at: int) -> int:
+        value = int.from_bytes(data[at + 1:at + 1 + size], "little")
+        return -value if data[at] else value
+
+    while pos < len(data):
+        kind, dump_id = data[pos], integer(pos + 1)
+        starts.append((pos, dump_id))
+        if kind != 1:
+            break  # BLOBS: laid out otherwise, and last here
+        pos += 2 + size
+        while (length := integer(pos)) != 0:
+            pos += 1 + size + length
+        pos += 1 + size
+    return starts
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096, None])
+def test_block_finder_finds_every_table_data_block_where_it_starts_however_the_bytes_arrive(
+        backup, stores, piece):
+    import zstandard
+    manifest = backup(stores).manifest
+    data = zstandard.ZstdDecompressor().decompressobj().decompress(read_bytes(stores[0], manifest.dump_key))
+    toc = read_toc(data)
+    phases = _phases(toc)
+    walked = _walked_block_starts(data, toc)
+    table_data = [offset for (offset, _), e in zip(walked, phases.blocks) if e.desc == "TABLE DATA"]
+    assert [dump_id for _, dump_id in walked] == [e.dump_id for e in phases.blocks][:len(walked)]
+
+    finder = BlockFinder(toc, phases.blocks)
+    pos = written = toc.end
+    step = piece or len(data)
+    while not finder.stopped and written < len(data):
+        written = min(len(data), written + step)  # bytes arrive `step` at a time
+        if written > pos:
+            pos = finder.feed(data[pos:written], pos)  # from where the finder asked to read
+
+    assert finder.starts[:len(table_data)] == table_data
+    assert finder.starts == [offset for offset, _ in walked][:len(finder.starts)]

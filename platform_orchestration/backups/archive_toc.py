@@ -45,6 +45,7 @@ class ArchiveToc:
     version: tuple[int, int, int]
     entries: tuple[TocEntry, ...]
     end: int  # offset of the first byte after the TOC (where the data blocks begin)
+    int_size: int = 4  # bytes of an integer after its sign byte
 
 
 class _Reader:
@@ -122,4 +123,61 @@ def read_toc(data: bytes | memoryview) -> ArchiveToc:
         if section not in (SECTION_NONE, SECTION_PRE_DATA, SECTION_DATA, SECTION_POST_DATA):
             raise TocUnsupported(f"TOC entry {dump_id} has unknown section {section}")
         entries.append(TocEntry(dump_id, has_data, desc, tag, section))
-    return ArchiveToc(version, tuple(entries), r.pos)
+    return ArchiveToc(version, tuple(entries), r.pos, r.int_size)
+
+
+# Block types of the data that follows the TOC (pg_backup_archiver.h).
+BLOCK_DATA, BLOCK_BLOBS = 1, 3
+
+
+class BlockFinder:
+    """Finds where each data block starts in the archive bytes after the TOC, as they are
+    written, without reading the rows: a block is its type, its entry's dump id, then
+    chunks (a length, the bytes), ended by a length of 0. pg_dump writes table data as COPY
+    text, which never holds a NUL byte, and a chunk length other than 0 has at most four
+    zero bytes in a row with its sign byte; so in a TABLE DATA block, 1 + int_size zero
+    bytes occur only as its end, and the next block must start right there with the next
+    expected entry's header. Anything else (a BLOBS block, whose bytes are binary, or a header
+    that is not the one expected) ends the finding: the blocks not found are then read by
+    pg_restore from the complete file, as usual."""
+
+    def __init__(self, toc: ArchiveToc, expected: tuple[TocEntry, ...]) -> None:
+        self.expected = expected
+        self.starts: list[int] = []  # offsets of the headers of expected[0], expected[1], ...
+        self.stopped = False  # no more starts will be found
+        self._end = b"\x00" * (1 + toc.int_size)
+        self._header = 2 + toc.int_size
+        self._pos = toc.end
+        self._in_block = False
+
+    def feed(self, data: bytes, at: int) -> int:
+        """Look at `data` (the archive's bytes from offset `at`, where `at` is what the last
+        call returned); returns the offset to read from next."""
+        pos = at
+        while not self.stopped:
+            if not self._in_block:
+                if len(self.starts) == len(self.expected):
+                    self.stopped = True
+                    break
+                if pos + self._header > at + len(data):
+                    break
+                header = data[pos - at:pos - at + self._header]
+                entry = self.expected[len(self.starts)]
+                kind, sign = header[0], header[1]
+                dump_id = int.from_bytes(header[2:], "little")
+                if kind not in (BLOCK_DATA, BLOCK_BLOBS) or sign != 0 or dump_id != entry.dump_id:
+                    self.stopped = True
+                    break
+                self.starts.append(pos)
+                if kind == BLOCK_BLOBS or entry.desc != "TABLE DATA":
+                    self.stopped = True  # binary inside: its end cannot be found this way
+                    break
+                pos += self._header
+                self._in_block = True
+            else:
+                found = data.find(self._end, pos - at)
+                if found < 0:
+                    return max(pos, at + len(data) - len(self._end) + 1)
+                pos = at + found + len(self._end)
+                self._in_block = False
+        return pos

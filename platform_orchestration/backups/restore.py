@@ -69,6 +69,7 @@ from psycopg import sql
 
 from platform_orchestration.backups.archive_toc import (
     SECTION_DATA,
+    BlockFinder,
     SECTION_NONE,
     ArchiveToc,
     TocEntry,
@@ -408,6 +409,9 @@ def _is_rls(entry: TocEntry) -> bool:
     return entry.desc in ("ROW SECURITY", "POLICY") or (entry.desc == "COMMENT" and entry.tag.startswith("POLICY "))
 
 
+_SCHEMA_LIKE_DATA = frozenset({"SEQUENCE SET", "BLOB METADATA"})
+
+
 def _is_acl(entry: TocEntry) -> bool:
     return entry.desc in ("ACL", "DEFAULT ACL")
 
@@ -417,8 +421,8 @@ class _Phases:
     """An archive's entries as an overlapped restore runs them, each group in TOC order."""
 
     schema: tuple[TocEntry, ...]     # everything before the data (pre-data, its comments)
-    streamed: TocEntry | None        # the first data block: restored while it is being fetched
-    data: tuple[TocEntry, ...]       # the rest of the data section, once the fetch is complete
+    blocks: tuple[TocEntry, ...]     # data entries with a data block, restored as they arrive
+    data: tuple[TocEntry, ...]       # the rest of the data section, after the fetch
     post: tuple[TocEntry, ...]       # indexes, constraints, triggers, ACLs..., in parallel
     last: tuple[TocEntry, ...]       # row-level security, held back (see _restore_passes)
 
@@ -435,9 +439,15 @@ def _phases(toc: ArchiveToc) -> _Phases | None:
     first_data = next((i for i, e in enumerate(entries) if e.section >= SECTION_DATA), len(entries))
     schema = tuple(e for e in entries[:first_data] if not _is_acl(e))
     data = [e for e in entries if e.section == SECTION_DATA]
-    streamed = next((e for e in data if e.has_data), None)
-    taken = {e.dump_id for e in (*schema, *data)}
-    return _Phases(schema=schema, streamed=streamed, data=tuple(e for e in data if e is not streamed),
+    # Data entries without a block that need no table data go with the schema: sequence
+    # values, and large objects' creation (BLOB METADATA, PostgreSQL 17 on), which must come
+    # before their contents (BLOBS). Blocks are fed as they arrive up to any other entry
+    # without a block (of a kind not known here); from there on, in TOC order after the fetch.
+    early = [e for e in data if not e.has_data and e.desc in _SCHEMA_LIKE_DATA]
+    data = [e for e in data if e not in early]
+    other = next((i for i, e in enumerate(data) if not e.has_data), len(data))
+    taken = {e.dump_id for e in (*schema, *early, *data)}
+    return _Phases(schema=(*schema, *early), blocks=tuple(data[:other]), data=tuple(data[other:]),
                    post=tuple(e for e in entries if e.dump_id not in taken), last=rls)
 
 
@@ -445,6 +455,10 @@ def _phases(toc: ArchiveToc) -> _Phases | None:
 _PIPE_BYTES = 1024 * 1024
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _POLL_SECONDS = 0.02
+# Consecutive data blocks starting within this many bytes of the first go to one pg_restore
+# (fed them in one stream), so that thousands of small tables do not cost a process each.
+_GROUP_BYTES = 64 * 1024 * 1024
+_FIND_STEP_BYTES = 4 * 1024 * 1024
 
 
 class _OverlappedRestore:
@@ -519,23 +533,66 @@ class _OverlappedRestore:
                         self._jobs, self._into, self._env, _DROPPED)
             return
         if phases.schema:
-            self._wait([self._start("schema", phases.schema, stdin_up_to=toc.end)])
-        streaming = ([self._start("data while it is fetched", (phases.streamed,), stdin_up_to=-1)]
-                     if phases.streamed is not None else [])
+            self._wait([self._start("schema", phases.schema, feed=((0, toc.end),))])
+        finder = BlockFinder(toc, phases.blocks)
+        finding = threading.Thread(target=self._find_blocks, args=(finder, toc.end), name="restore-blocks",
+                                   daemon=True)
+        finding.start()
+        self._feeders.append(finding)
+        running: list[subprocess.Popen[bytes]] = []
+        done = 0  # phases.blocks[:done] are being restored
+        while done < len(phases.blocks):
+            self._check()
+            found = len(finder.starts)
+            if done >= found and finder.stopped:
+                break
+            if done >= found or sum(p.poll() is None for p in running) >= self._jobs:
+                time.sleep(_POLL_SECONDS)
+                continue
+            upto = done + 1
+            while upto < found and finder.starts[upto] - finder.starts[done] < _GROUP_BYTES:
+                upto += 1
+            running.append(self._start("data", phases.blocks[done:upto],
+                                       feed=((0, toc.end), (finder.starts[done], None))))
+            done = upto
         self._wait_for_fetch()
         self._progress("restore", 0)
-        later = []
-        if phases.data:
-            jobs = self._jobs - sum(p.poll() is None for p in streaming)
+        # What could not be fed as it arrived (and sequence values): from the complete file.
+        rest = {e.dump_id for e in (*phases.blocks[done:], *phases.data)}
+        if rest:
+            jobs = self._jobs - sum(p.poll() is None for p in running)
             if jobs < 1:
-                self._wait(streaming)
+                self._wait(running)
                 jobs = self._jobs
-            later.append(self._start("data", phases.data, jobs=jobs))
-        self._wait([*streaming, *later])
+            running.append(self._start("data", [e for e in toc.entries if e.dump_id in rest], jobs=jobs))
+        self._wait(running)
         if phases.post:
             self._wait([self._start("post-data", phases.post, jobs=self._jobs)])
         if phases.last:
             self._wait([self._start("row-level security", phases.last)])
+
+    def _find_blocks(self, finder: BlockFinder, start: int) -> None:
+        """Follow the work file as it is written, telling `finder` where its data blocks start."""
+        source = os.open(self._archive, os.O_RDONLY)
+        pos = seen = start
+        try:
+            while not finder.stopped:
+                size, state = self._growing.wait(seen)
+                if state == "failed":
+                    return
+                while not finder.stopped and pos < size:
+                    data = os.pread(source, min(size - pos, _FIND_STEP_BYTES), pos)
+                    after = finder.feed(data, pos)
+                    more = len(data) == _FIND_STEP_BYTES and after > pos  # a full step read: go on
+                    pos = after
+                    if not more:
+                        break
+                if state == "complete":
+                    return  # all there is has been looked at
+                seen = size
+        finally:
+            finder.stopped = True
+            os.close(source)
 
     def _wait_for_toc(self) -> ArchiveToc | None:
         """The archive's TOC once it is on disk; None for an archive this cannot read (or a
@@ -556,10 +613,10 @@ class _OverlappedRestore:
                 return None
 
     def _start(self, label: str, entries: Sequence[TocEntry], *, jobs: int = 1,
-               stdin_up_to: int | None = None) -> subprocess.Popen[bytes]:
+               feed: tuple[tuple[int, int | None], ...] | None = None) -> subprocess.Popen[bytes]:
         """pg_restore of `entries`: from the work file (which must be complete), or, with
-        `stdin_up_to`, fed the work file on stdin up to that offset (-1: all of it, following
-        it as it grows)."""
+        `feed`, fed these (start, end) ranges of the work file on stdin, one after the other
+        (end None: to the end, following the file as it grows)."""
         number = len(self._passes)
         listing = self._scratch / f"pass-{number}.list"
         listing.write_text("".join(f"{e.dump_id}\n" for e in entries))
@@ -567,39 +624,41 @@ class _OverlappedRestore:
         argv = [*self._command, "--format=custom", f"--use-list={listing}"]
         if jobs > 1:
             argv.append(f"--jobs={jobs}")
-        if stdin_up_to is None:
+        if feed is None:
             argv.append(str(self._archive))
         with open(stderr_path, "wb") as stderr:
-            process = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin_up_to is not None else subprocess.DEVNULL,
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=stderr, env=self._env)
         self._passes.append((process, label, stderr_path))
-        if stdin_up_to is not None:
+        if feed is not None:
             assert process.stdin is not None
             with contextlib.suppress(OSError):
                 fcntl.fcntl(process.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
-            feeder = threading.Thread(target=self._feed, args=(process.stdin, None if stdin_up_to < 0 else stdin_up_to),
+            feeder = threading.Thread(target=self._feed, args=(process.stdin, feed),
                                       name=f"restore-feed-{number}", daemon=True)
             feeder.start()
             self._feeders.append(feeder)
         return process
 
-    def _feed(self, stdin: IO[bytes], limit: int | None) -> None:
-        """Copy the work file into a pg_restore's stdin as the fetch writes it (sendfile: no
-        copy through Python, no GIL held). Stops when pg_restore has read what it needed and
-        exited (a broken pipe), at `limit`, at the end of a complete file, or when the fetch
-        fails (pg_restore is then stopped by the restoring thread)."""
+    def _feed(self, stdin: IO[bytes], ranges: tuple[tuple[int, int | None], ...]) -> None:
+        """Copy `ranges` of the work file into a pg_restore's stdin as the fetch writes them
+        (sendfile: no copy through Python, no GIL held). Stops when pg_restore has read what
+        it needed and exited (a broken pipe), at the end of the last range or of a complete
+        file, or when the fetch fails (pg_restore is then stopped by the restoring thread)."""
         source = os.open(self._archive, os.O_RDONLY)
-        offset = 0
         try:
-            while True:
-                size, state = self._growing.wait(offset)
-                if state == "failed":
-                    return
-                end = size if limit is None else min(size, limit)
-                while offset < end:
-                    offset += os.sendfile(stdin.fileno(), source, offset, end - offset)
-                if (limit is not None and offset >= limit) or (state == "complete" and offset >= size):
-                    return
+            for offset, limit in ranges:
+                while True:
+                    size, state = self._growing.wait(offset)
+                    if state == "failed":
+                        return
+                    end = size if limit is None else min(size, limit)
+                    while offset < end:
+                        offset += os.sendfile(stdin.fileno(), source, offset, end - offset)
+                    if limit is not None and offset >= limit:
+                        break
+                    if state == "complete" and offset >= size:
+                        return
         except OSError:  # a broken pipe: pg_restore is done (or was stopped)
             return
         finally:
