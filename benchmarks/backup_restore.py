@@ -939,10 +939,15 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
     tools = client_tools_for(source.install.major)
     store = work / "store"
     fleet = work / "fleet.yaml"
-    _write_bench_fleet(fleet, source, name, store, s3_endpoint)
+    # The backup goes to both stores; restore and local verify use a fleet without the S3 store,
+    # so that their process does not import boto3 for nothing (as an all-local fleet's would not).
+    fleet_s3 = work / "fleet-s3.yaml"
+    _write_bench_fleet(fleet, source, name, store)
+    _write_bench_fleet(fleet_s3, source, name, store, s3_endpoint)
     env = _cli_env(PLATFORM_LOCAL_KEK=str(key_dir / "kek"), BENCH_AWS_ACCESS_KEY_ID="bench",
                    BENCH_AWS_SECRET_ACCESS_KEY="bench")
-    backup_id = _timed_process((*CLI, "--fleet", str(fleet), "backup", name), env)[1].split()[0]
+    backup_id = _timed_process((*CLI, "--fleet", str(fleet_s3 if s3_endpoint else fleet), "backup", name),
+                               env)[1].split()[0]
     manifest = json.loads((store / "backups" / name / backup_id / "manifest.json").read_text())
     stored_path = store / "backups" / name / backup_id / "dump.pgdump.zst"
     plain = work / "plain.dump"
@@ -988,7 +993,7 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
 
     def verify_s3() -> None:
         _settle([source, target])
-        run.s3_verifies.append(_cli_with_peaks(["--fleet", str(fleet), "verify", name, "--store", "bench-s3"],
+        run.s3_verifies.append(_cli_with_peaks(["--fleet", str(fleet_s3), "verify", name, "--store", "bench-s3"],
                                                env, peak_file))
 
     def read_s3() -> None:
