@@ -94,7 +94,7 @@ def run_restore_drill(
         require_key_provider(source, stored.manifest, keys)  # before a cluster is started for nothing
         with ephemeral_cluster(min_major=stored.manifest.server.major, parent_dir=workdir) as cluster:
             result = restore_backup(stored, cluster.connection(f"drill_{database}"), jobs=2,
-                                    progress=progress, workdir=workdir, keys=keys)
+                                    progress=progress, workdir=workdir, keys=keys, throwaway_target=True)
             fields["restored_on"] = f"PostgreSQL {cluster.install.version}"
         fields.update(rto_seconds=result.recovery_seconds, tables_verified=result.tables_verified,
                       rows_verified=result.rows_verified)
