@@ -19,7 +19,9 @@ from platform_orchestration.backups.copy import copy_backup
 from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.take import BackupFailed
 from platform_orchestration.storage import (
+    ConditionalWrites,
     ObjectNotFound,
+    PreconditionFailed,
     StoreError,
     read_bytes,
     write_bytes,
@@ -117,6 +119,39 @@ def test_listing_a_prefix_that_is_not_a_whole_directory_name_matches_names_start
     assert _keys(store, "backups/ord") == ["backups/ord", "backups/orders/1/manifest.json",
                                           "backups/ordinal/2/manifest.json"]
     assert _keys(store, "backups/orders/1/man") == ["backups/orders/1/manifest.json"]
+
+
+def test_a_listing_etag_changes_when_an_object_is_rewritten_and_matches_the_version_read(backend):
+    store = backend.new_store()
+    write_bytes(store, "catalog/a.json", b"one")
+    [first] = store.list("catalog/")
+    assert first.etag
+    assert store.read_versioned("catalog/a.json") == (b"one", first.etag)
+    write_bytes(store, "catalog/a.json", b"two")  # same size, maybe the same second
+    [second] = store.list("catalog/")
+    assert second.etag and second.etag != first.etag
+
+
+def test_conditional_writes_create_only_if_absent_and_replace_only_the_version_read(backend):
+    """The compare-and-swap the catalog index relies on. The GCS emulator does not enforce
+    generation preconditions (RECIPES.md): there only the successful paths are checked."""
+    store = backend.new_store()
+    assert isinstance(store, ConditionalWrites)
+    enforced = backend.kind != "gcs"
+    store.write_if("catalog/db.json", b"v1", None)
+    _data, v1 = store.read_versioned("catalog/db.json")
+    if enforced:
+        with pytest.raises(PreconditionFailed):
+            store.write_if("catalog/db.json", b"lost", None)  # another writer created it first
+    store.write_if("catalog/db.json", b"v2", v1)
+    data, v2 = store.read_versioned("catalog/db.json")
+    assert data == b"v2" and v2 != v1
+    if enforced:
+        with pytest.raises(PreconditionFailed):
+            store.write_if("catalog/db.json", b"stale", v1)  # written on an outdated read
+        assert read_bytes(store, "catalog/db.json") == b"v2"
+    with pytest.raises(ObjectNotFound):
+        store.read_versioned("catalog/missing.json")
 
 
 def test_delete_removes_and_deleting_a_missing_object_is_fine(backend):
