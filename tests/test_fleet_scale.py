@@ -145,12 +145,14 @@ def test_a_missing_fleet_file_is_reported_not_cached(tmp_path: Path) -> None:
 # --- what an assessment costs in store calls ------------------------------------------------------
 
 
-def _protection(tmp_path: Path, databases: int) -> tuple[FleetProtection, dict[str, CountingStore]]:
-    """A protection of a synthetic fleet whose stores are seeded and wrapped in counters."""
+def _protection(tmp_path: Path, databases: int, *, index: bool = True
+                ) -> tuple[FleetProtection, dict[str, CountingStore]]:
+    """A protection of a synthetic fleet whose stores are seeded (with the catalog index the
+    writers keep, unless `index` is false) and wrapped in counters."""
     fleet = load_fleet(write_fleet_file(tmp_path, databases))
     protection = FleetProtection(fleet)
     counted = {spec.name: CountingStore(LocalObjectStore(spec.name, spec.path)) for spec in fleet.stores}
-    seed_stores(list(counted.values()), database_names(databases))
+    seed_stores(list(counted.values()), database_names(databases), index=index)
     for store in counted.values():
         store.reset()
     protection._open_stores.update(counted)
@@ -158,14 +160,17 @@ def _protection(tmp_path: Path, databases: int) -> tuple[FleetProtection, dict[s
 
 
 @pytest.mark.parametrize("databases", [2, 6])
+@pytest.mark.parametrize("index", [True, False], ids=["indexed", "no-index"])
 def test_a_fleet_assessment_lists_each_store_once_for_backups_and_once_for_drills_per_database(
-        tmp_path: Path, databases: int) -> None:
-    protection, counted = _protection(tmp_path, databases)
+        tmp_path: Path, databases: int, index: bool) -> None:
+    protection, counted = _protection(tmp_path, databases, index=index)
     assessments = protection.assess_fleet(concurrency=3)
     assert all(assessment.passed for assessment in assessments), [a.findings for a in assessments if not a.passed]
     for store in counted.values():
-        # Three manifests and one drill record per database: each read once.
-        assert dict(store.calls) == {"list": 2 * databases, "read": 4 * databases}
+        # With the catalog index: its one GET per database. Without: the GET that finds no
+        # index, then three manifests and one drill record per database, each read once.
+        reads = 1 if index else 1 + 4
+        assert dict(store.calls) == {"list": 2 * databases, "read": reads * databases}
         assert sorted(store.prefixes) == sorted(
             [f"backups/{name}/" for name in database_names(databases)]
             + [f"drills/{name}/" for name in database_names(databases)])

@@ -16,6 +16,7 @@ from store_backends import upload_keys
 
 from platform_orchestration.backups.catalog import latest_backup, list_backups
 from platform_orchestration.backups.copy import copy_backup
+from platform_orchestration.backups.index import read_catalog
 from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.take import BackupFailed
 from platform_orchestration.storage import (
@@ -175,6 +176,11 @@ def test_a_backup_lands_verifies_and_copies_across_backends(backend, backup, loc
     other = backend.new_store()
     copy_backup(latest_backup(local, SOURCE_DB), other)
     assert [b.backup_id for b in list_backups(other, SOURCE_DB)] == [outcome.manifest.backup_id]
+    # The backup and each copy left the catalog index current: readers need none of the manifests.
+    for written in (store, local, other):
+        view = read_catalog(written, SOURCE_DB)
+        assert (view.index, view.read_directly) == ("current", 0), written.name
+        assert [b.backup_id for b in view.backups.backups] == [outcome.manifest.backup_id]
 
 
 # --- leftovers of killed writers -------------------------------------------------------------

@@ -29,10 +29,10 @@ from datetime import datetime, timedelta
 from platform_orchestration.backups.catalog import (
     UnreadableObject,
     describe_all,
-    drill_history,
-    read_backups,
+    merge_drills,
     record_everywhere,
 )
+from platform_orchestration.backups.index import read_catalog
 from platform_orchestration.backups.manifest import (
     BackupManifest,
     evidence_key,
@@ -119,8 +119,9 @@ def assess_database(
     manifest_of: dict[str, BackupManifest] = {}
     unencrypted: list[str] = []
     broken_manifests: list[UnreadableObject] = []
-    for store in stores:
-        listing = read_backups(store, database)
+    views = [read_catalog(store, database) for store in stores]  # 2 LIST + 1 GET with a current index
+    for store, view in zip(stores, views):
+        listing = view.backups
         broken_manifests += listing.unreadable
         for stored in listing.backups:
             held_by.setdefault(stored.backup_id, []).append(store.name)
@@ -128,7 +129,7 @@ def assess_database(
             encryption = stored.manifest.encryption
             if encryption is None or not encryption.key_version:
                 unencrypted.append(f"{stored.backup_id} in {store.name}")
-    drills = drill_history(stores, database)
+    drills = merge_drills(view.drills for view in views)
     findings: list[Finding] = []
 
     latest_id = max(held_by) if held_by else None

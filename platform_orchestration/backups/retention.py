@@ -75,6 +75,7 @@ from platform_orchestration.backups.leftovers import (
     prefixes_written_for,
     sweep_leftovers,
 )
+from platform_orchestration.backups.index import indexed_documents, refresh_index_quietly
 from platform_orchestration.backups.manifest import (
     DUMP_OBJECT,
     GLOBALS_OBJECT,
@@ -447,7 +448,9 @@ def _look(store: ObjectStore, database: str) -> _StoreView:
     view = _StoreView(store)
     try:
         view.objects = list(store.list(f"backups/{database}/"))
-        view.verified = list_backups(store, database, listed=view.objects)  # one listing, not two
+        # One listing, not two; the manifests the catalog index holds for it are not read again.
+        view.verified = list_backups(store, database, listed=view.objects,
+                                     known=indexed_documents(store, database, view.objects))
     except StoreError as exc:
         view.error = f"cannot list backups of {database}, nothing pruned here: {exc}"
     return view
@@ -479,6 +482,10 @@ def prune_database(database: str, stores: Sequence[ObjectStore], policy: Retenti
     ]
     if drills is not None:
         results = _with_drills_pruned(results, views, database, drills, now=now, dry_run=dry_run)
+    if not dry_run:
+        for view in views:  # what was deleted leaves the index (it would be ignored anyway)
+            if view.error is None:
+                refresh_index_quietly(view.store, database)
     return PruneReport(database=database, dry_run=dry_run, plan=plan, stores=tuple(results),
                        sweep_older_than=sweep_older_than)
 
