@@ -17,6 +17,7 @@ from platform_orchestration.assets import build_assets, database_partitions
 from platform_orchestration.checks import build_checks
 from platform_orchestration.fleet import fleet_path_from_env
 from platform_orchestration.ops import build_disaster_restore_job
+from platform_orchestration.ops.batches import batch_executor, build_batch_job
 from platform_orchestration.resources import (
     AlertsResource,
     FleetResource,
@@ -67,8 +68,20 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
         if isinstance(spec, AssetJobSpec)
         and any(assets_by_name[name].partitions_def is not None for name in spec.assets)
     }
+    executor_name = os.environ.get("PLATFORM_EXECUTOR", "multiprocess")
+    asset_job_specs = {spec.name: spec for spec in job_specs if isinstance(spec, AssetJobSpec)}
+    batch_jobs: dict[str, dg.JobDefinition] = {}
+
+    def batch_job_for(name: str) -> dg.JobDefinition:
+        if name not in batch_jobs:
+            spec = asset_job_specs[name]
+            # Multiprocess runs fork their steps from a preloaded server; in_process and k8s as chosen.
+            batch_jobs[name] = build_batch_job(name, spec.assets, spec.description,
+                                               batch_executor() if executor_name == "multiprocess" else None)
+        return batch_jobs[name]
+
     schedules = build_schedules(load_schedule_specs(_spec_dir("PLATFORM_SCHEDULES_DIR", "schedules")),
-                                jobs, fleet, partitioned)
+                                jobs, fleet, partitioned, batch_job_for)
     secrets = SecretsResource.from_environment()
     alerts_file = os.environ.get("PLATFORM_ALERTS_FILE") or str(REPOSITORY_ROOT / "var" / "alerts.jsonl")
     return dg.Definitions(
@@ -82,7 +95,7 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
             "secrets": secrets,
             "alerts": AlertsResource(alerts_file=alerts_file),
         },
-        executor=select_executor(os.environ.get("PLATFORM_EXECUTOR", "multiprocess")),
+        executor=select_executor(executor_name),
     )
 
 

@@ -200,3 +200,31 @@ def test_ensure_copies_lists_each_store_once(tmp_path: Path) -> None:
     report = protection.ensure_copies(database_names(1)[0])
     assert report.already_present == ("aws", "azure", "gcp") and not report.failed
     assert all(store.calls["list"] == 1 for store in counted.values())
+
+
+# --- runs that scale with the fleet ---------------------------------------------------------------
+
+
+def test_an_hourly_tick_over_a_large_fleet_asks_for_one_run_per_batch_not_per_database(tmp_path: Path) -> None:
+    import dagster as dg
+    from datetime import datetime, timezone
+
+    from platform_orchestration.definitions import build_definitions
+    from platform_orchestration.ops.batches import BATCH_RUN_TAG
+
+    names = database_names(250)
+    repository = build_definitions(write_fleet_file(tmp_path, 250)).get_repository_def()
+    tick = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
+    for schedule_name, job in (("critical_backups_hourly", "take_backups_batched"),
+                               ("prune_backups_nightly", "prune_backups_batched"),
+                               ("restore_drills_daily", "run_restore_drills_batched")):
+        schedule = repository.get_schedule_def(schedule_name)
+        assert schedule.job_name == job
+        requests = schedule.evaluate_tick(
+            dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repository)).run_requests
+        batches = [r.run_config["ops"]["batch"]["config"]["databases"] for r in requests]
+        assert [len(batch) for batch in batches] == [100, 100, 50]
+        assert [name for batch in batches for name in batch] == names  # each once, in fleet order
+        assert [r.tags[BATCH_RUN_TAG] for r in requests] == [
+            f"{names[0]}..{names[99]}", f"{names[100]}..{names[199]}", f"{names[200]}..{names[249]}"]
+        assert len({r.run_key for r in requests}) == 3
