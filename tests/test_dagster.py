@@ -454,10 +454,10 @@ def test_a_batched_run_backs_up_each_database_as_its_own_steps_partition_and_fai
         run_config={**first.run_config, **QUIET}, instance=instance, tags=first.tags, raise_on_error=False)
     assert not result.success
     failed = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE}
-    assert failed == {"databases[ghost_a]"}
+    assert failed == {"batch_databases[ghost_a]"}
     succeeded = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SUCCESS}
-    assert {f"databases[{SOURCE_DB}]", f"backups[{SOURCE_DB}]", f"backup_copies[{SOURCE_DB}]",
-            f"checks[{SOURCE_DB}]"} <= succeeded
+    assert {f"batch_databases[{SOURCE_DB}]", f"batch_backups[{SOURCE_DB}]", f"batch_backup_copies[{SOURCE_DB}]",
+            f"take_backups_batched_checks[{SOURCE_DB}]"} <= succeeded
     assert not any("ghost_a" in key for key in succeeded)
     # Recorded on the real assets' partitions, as a per-database run would record them.
     materialized = {(e.asset_key.to_user_string(), e.partition) for e in result.get_asset_materialization_events()}

@@ -214,6 +214,7 @@ def test_an_hourly_tick_over_a_large_fleet_asks_for_one_run_per_batch_not_per_da
 
     names = database_names(250)
     repository = build_definitions(write_fleet_file(tmp_path, 250)).get_repository_def()
+    assert "take_backups_batched" in {job.name for job in repository.get_all_jobs()}  # validates op names
     tick = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
     for schedule_name, job in (("critical_backups_hourly", "take_backups_batched"),
                                ("prune_backups_nightly", "prune_backups_batched"),

@@ -25,6 +25,7 @@ at 10,000 databases takes seconds.
 """
 
 
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -77,10 +78,13 @@ def batch_executor() -> dg.ExecutorDefinition:
         name="batch_multiprocess")
 
 
+@functools.cache
 def _stage(asset: str) -> dg.OpDefinition:
+    """The op of one asset's step per database: one definition shared by every batched job
+    (op names are unique in a repository; the asset's own op already has the asset's name)."""
     materialize = PER_DATABASE[asset]
 
-    @dg.op(name=asset, ins={"database": dg.In(str)}, out=dg.Out(str),
+    @dg.op(name=f"batch_{asset}", ins={"database": dg.In(str)}, out=dg.Out(str),
            description=f"One database's partition of asset {asset}, as the asset's own run would do it.")
     def stage(context: dg.OpExecutionContext, fleet: FleetResource, database: str):
         with fleet.protection() as protection:
@@ -91,10 +95,10 @@ def _stage(asset: str) -> dg.OpDefinition:
     return stage
 
 
-def _checks(assets: Sequence[str]) -> dg.OpDefinition:
+def _checks(job_name: str, assets: Sequence[str]) -> dg.OpDefinition:
     guarded = [(asset, name) for asset in assets for name, _description in CHECKS_OF_ASSET.get(asset, [])]
 
-    @dg.op(name="checks", ins={"database": dg.In(str)}, out={},
+    @dg.op(name=f"{job_name}_checks", ins={"database": dg.In(str)}, out={},
            description="The checks of the assets this job materialised, for one database (one assessment).")
     def checks(context: dg.OpExecutionContext, fleet: FleetResource, database: str):
         with fleet.protection() as protection:
@@ -109,19 +113,20 @@ def _checks(assets: Sequence[str]) -> dg.OpDefinition:
     return checks
 
 
+@dg.op(name="batch", config_schema={"databases": [str]}, out=dg.DynamicOut(str),
+       description="Fans the batch out: one branch of steps per database.")
+def batch(context: dg.OpExecutionContext):
+    databases = context.op_config["databases"]
+    for database, key in zip(databases, mapping_keys(databases)):
+        yield dg.DynamicOutput(database, mapping_key=key)
+
+
 def build_batch_job(job_name: str, assets: Sequence[str], description: str = "",
                     executor: dg.ExecutorDefinition | None = None) -> dg.JobDefinition:
     """The batched form of asset job `job_name` over `assets` (in flow order; only the
     per-database ones): run config ``ops.batch.config.databases`` lists the batch."""
     stages = [_stage(asset) for asset in assets if asset in PER_DATABASE]
-    checks = _checks([asset for asset in assets if asset in PER_DATABASE])
-
-    @dg.op(name="batch", config_schema={"databases": [str]}, out=dg.DynamicOut(str),
-           description="Fans the batch out: one branch of steps per database.")
-    def batch(context: dg.OpExecutionContext):
-        databases = context.op_config["databases"]
-        for database, key in zip(databases, mapping_keys(databases)):
-            yield dg.DynamicOutput(database, mapping_key=key)
+    checks = _checks(batch_job_name(job_name), [asset for asset in assets if asset in PER_DATABASE])
 
     def one_database(database):  # noqa: ANN001, ANN202 - Dagster's composition types
         for stage in stages:
