@@ -205,7 +205,8 @@ def _s3_stores(databases: int, workdir: Path) -> dict:
         # spread over the stores' thread pool (8 databases at once).
         total = sum(sum(calls.values()) for calls in result["parallel"]["calls"].values())
         result["projection_30ms"] = {"calls": total, "sequential_seconds": total * 0.030,
-                                     "eight_threads_seconds": total * 0.030 / 8}
+                                     "eight_threads_seconds": total * 0.030 / 8,
+                                     "calls_per_database": total / databases}
         return result
     finally:
         server.stop()
@@ -292,7 +293,7 @@ def summary(results: dict) -> str:
                          f"{calls(entry[mode])} |")
     for size, entry in results.get("partition_checks", {}).items():
         per = next(iter(entry["calls"].values()))
-        lines.append(f"| checks of one partition (the check step's work) | {size} | {entry['seconds']:.3f} | "
+        lines.append(f"| checks of one partition (the check step's work) | {size} | {entry['seconds'] * 1000:.1f} ms | "
                      + ", ".join(f"{count} {call}" for call, count in sorted(per.items())) + " |")
     for size, entry in results.get("s3", {}).items():
         for mode in ("parallel", "sequential"):
@@ -301,6 +302,11 @@ def summary(results: dict) -> str:
         projection = entry["projection_30ms"]
         lines.append(f"| projection at 30 ms a call: {projection['calls']} calls, 1 / 8 threads | {size} | "
                      f"{projection['sequential_seconds']:.1f} / {projection['eight_threads_seconds']:.1f} | |")
+        per_database = projection.get("calls_per_database", projection["calls"] / int(size))
+        for databases in (1000, 10000):
+            calls_then = per_database * databases
+            lines.append(f"| projection at 30 ms a call: {calls_then:.0f} calls, 8 / 32 threads | {databases} | "
+                         f"{calls_then * 0.030 / 8:.0f} / {calls_then * 0.030 / 32:.0f} | (linear in databases) |")
     for size, entry in results["fleet_load"].items():
         lines.append(f"| fleet load, libyaml (pure Python) | {size} | {entry['libyaml_seconds']:.2f} "
                      f"({entry['pure_python_seconds']:.2f}) | |")
