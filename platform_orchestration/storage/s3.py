@@ -310,6 +310,9 @@ class S3ObjectStore:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             tcp_keepalive=True,
+            # One client is shared by a fleet assessment's threads (PLATFORM_STORE_CONCURRENCY,
+            # up to 32 and more): botocore's default pool of 10 would open and drop connections.
+            max_pool_connections=64,
             # We send Content-MD5 ourselves; the SDK's default CRC trailers are not understood
             # by every S3-compatible store.
             request_checksum_calculation="when_required",
