@@ -267,3 +267,12 @@ def test_without_compare_and_swap_the_same_race_loses_an_entry_and_still_no_answ
     assert manifest_key(DB, a) in keys and manifest_key(DB, b) not in keys
     view = read_catalog(store, DB)
     assert (view.index, view.read_directly, _ids(view)[-1]) == ("stale", 1, b)
+
+
+def test_retention_planning_reads_the_index_not_every_manifest(tmp_path: Path) -> None:
+    store = CountingStore(_store(tmp_path))
+    store.reset()
+    report = prune_database(DB, [store], RetentionPolicy(keep_last=1), now=datetime.now(timezone.utc),
+                            dry_run=True, drills=None)
+    assert report.deleted_count == 2
+    assert store.calls["read"] == 1  # the index; no manifest read

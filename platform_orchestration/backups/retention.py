@@ -83,6 +83,7 @@ from platform_orchestration.backups.manifest import (
     DrillRecord,
     backup_prefix,
     drill_key,
+    drills_prefix,
     dump_key,
     globals_key,
     manifest_key,
@@ -497,7 +498,9 @@ def _with_drills_pruned(results: list[StorePrune], views: list[_StoreView], data
     for view in views:
         if view.error is None:
             try:
-                listings[view.store.name] = read_drills(view.store, database)
+                listed = list(view.store.list(drills_prefix(database)))
+                listings[view.store.name] = read_drills(
+                    view.store, database, listed=listed, known=indexed_documents(view.store, database, listed))
             except StoreError as exc:
                 listings[view.store.name] = f"cannot list drill records of {database}, none pruned here: {exc}"
     passed = [record.drill_id for listing in listings.values() if not isinstance(listing, str)
