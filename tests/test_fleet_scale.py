@@ -229,3 +229,11 @@ def test_an_hourly_tick_over_a_large_fleet_asks_for_one_run_per_batch_not_per_da
         assert [r.tags[BATCH_RUN_TAG] for r in requests] == [
             f"{names[0]}..{names[99]}", f"{names[100]}..{names[199]}", f"{names[200]}..{names[249]}"]
         assert len({r.run_key for r in requests}) == 3
+
+
+def test_batch_mapping_keys_are_the_names_where_dagster_allows_and_stay_unique() -> None:
+    from platform_orchestration.ops.batches import mapping_keys
+
+    assert mapping_keys(["orders", "orders-eu", "orders_eu", "a.b"]) == ["orders", "orders_eu_1", "orders_eu", "a_b_3"]
+    keys = mapping_keys(["x-1", "x_1", "x.1"])
+    assert len(set(keys)) == 3 and all(key.replace("_", "").isalnum() for key in keys)
