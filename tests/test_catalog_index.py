@@ -276,3 +276,20 @@ def test_retention_planning_reads_the_index_not_every_manifest(tmp_path: Path) -
                             dry_run=True, drills=None)
     assert report.deleted_count == 2
     assert store.calls["read"] == 1  # the index; no manifest read
+
+
+def test_an_index_that_cannot_be_fetched_leaves_the_reader_on_the_manifests(tmp_path: Path) -> None:
+    """A store that fails the GET of the index (and only that): the answer comes from the manifests."""
+    from platform_orchestration.storage import StoreError
+
+    inner = _store(tmp_path)
+
+    class IndexDown(CountingStore):
+        def read(self, key, chunk_bytes=1024 * 1024):  # noqa: ANN001, ANN202
+            if key == index_key(DB):
+                raise StoreError(f"store {self.name}: reading {key} failed: HTTP 503")
+            return super().read(key, chunk_bytes)
+
+    view = read_catalog(IndexDown(inner), DB)
+    assert view.index.startswith("unreadable: ") and view.read_directly == 4
+    assert _ids(view) == _ids(read_catalog(inner, DB))

@@ -115,6 +115,13 @@ def _load(store: ObjectStore, database: str, *, versioned: bool) -> tuple[str | 
             data = read_bytes(store, key)
     except ObjectNotFound:
         return None, {}, "missing"
+    except StoreError as exc:
+        if versioned:
+            raise  # a writer cannot compare-and-swap what it could not read
+        # A reader goes on without it: the manifests answer, as they would with no index.
+        log.warning("store %s: catalog index %s could not be read (%s): reading every manifest instead",
+                    store.name, key, exc)
+        return None, {}, f"unreadable: {exc}"
     try:
         return version, _parse_index(data, database), "current"
     except ValueError as exc:
