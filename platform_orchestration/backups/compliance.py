@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
@@ -113,13 +114,21 @@ def assess_database(
     rto: timedelta,
     now: datetime,
     requires_dynamic_credentials: bool = False,
+    stores_at_once: bool = False,
 ) -> DatabaseCompliance:
-    """The five findings for `database` in its policy's `stores`, at `now` (the worker's clock)."""
+    """The five findings for `database` in its policy's `stores`, at `now` (the worker's clock).
+    `stores_at_once`: read the stores in parallel (one thread each), for cloud stores where the
+    work is waiting on round trips."""
     held_by: dict[str, list[str]] = {}
     manifest_of: dict[str, BackupManifest] = {}
     unencrypted: list[str] = []
     broken_manifests: list[UnreadableObject] = []
-    views = [read_catalog(store, database) for store in stores]  # 2 LIST + 1 GET with a current index
+    # 2 LIST + 1 GET per store with a current index
+    if stores_at_once and len(stores) > 1:
+        with ThreadPoolExecutor(max_workers=len(stores), thread_name_prefix="assess-store") as pool:
+            views = list(pool.map(lambda store: read_catalog(store, database), stores))
+    else:
+        views = [read_catalog(store, database) for store in stores]
     for store, view in zip(stores, views):
         listing = view.backups
         broken_manifests += listing.unreadable
