@@ -293,3 +293,19 @@ def test_an_index_that_cannot_be_fetched_leaves_the_reader_on_the_manifests(tmp_
     view = read_catalog(IndexDown(inner), DB)
     assert view.index.startswith("unreadable: ") and view.read_directly == 4
     assert _ids(view) == _ids(read_catalog(inner, DB))
+
+
+def test_reading_cloud_stores_at_once_answers_as_reading_them_in_turn(s3_backend) -> None:
+    stores = [s3_backend.new_store(name=name) for name in ("aws", "aws-2")]
+    seed_stores(stores, [DB])
+    write_bytes(stores[1], manifest_key(DB, "20991231T000000000Z-broken"), b"{")  # named either way
+    now = datetime.now(timezone.utc)
+
+    def assess(at_once: bool):
+        return assess_database(database=DB, policy="critical", stores=stores, rpo=timedelta(days=1),
+                               drill_every=timedelta(days=7), rto=timedelta(minutes=10), now=now,
+                               stores_at_once=at_once)
+
+    together, in_turn = assess(True), assess(False)
+    assert together == in_turn
+    assert [u.store for u in together.unreadable] == ["aws-2"]
