@@ -34,8 +34,8 @@ ALLOWED: dict[str, set[str]] = {
     "secrets": {"errors", "fleet"},
     "crypto": {"errors", "secrets"},
     "backups": {"errors", "clock", "fleet", "postgres", "storage", "crypto", "__init__"},
-    # Physical backups (barman-cloud): beside backups, below protection; takes plain values and open stores.
-    "physical": {"errors", "clock", "fleet", "postgres", "storage"},
+    # Physical backups (barman-cloud): above backups (drill ids, evidence writing), below protection; takes plain values and open stores.
+    "physical": {"errors", "clock", "fleet", "postgres", "storage", "backups"},
     "stores": {"errors", "fleet", "storage", "secrets"},
     "providers": {"errors", "secrets", "crypto"},
     "protection": {"errors", "clock", "fleet", "postgres", "storage", "secrets", "crypto", "backups", "stores",

@@ -145,3 +145,33 @@ def test_a_restore_never_writes_over_a_directory_in_use_or_a_listening_port(s3_b
 def test_a_bad_target_is_refused_with_what_was_expected(text: str, message: str) -> None:
     with pytest.raises(PitrRefused, match=message):
         RecoveryTarget.parse(text)
+
+
+def test_a_pitr_drill_brings_back_the_marker_and_nothing_after_it(s3_backend, tmp_path: Path) -> None:
+    from platform_orchestration.physical.drill import pitr_drill_history, run_pitr_drill
+    from platform_orchestration.storage import LocalObjectStore
+
+    with archived_cluster(s3_backend, 16) as archived:
+        connection = archived.cluster.connection()
+        take_base_backup(archived.tools, archived.repository, connection)
+        evidence = LocalObjectStore("evidence", tmp_path / "evidence")
+        record = run_pitr_drill(tools=archived.tools, repository=archived.repository, store=archived.store,
+                                connection=connection, record_stores=[archived.store, evidence],
+                                rto_target=timedelta(minutes=10), rpo_target=timedelta(minutes=5))
+        assert record.passed, record.failure
+        assert record.rto_seconds > 0 and record.rpo_seconds is not None and record.reached_lsn
+        assert record.last_replayed_commit <= record.target_time
+        # The source still has both rows: the drill proved the point, not the present.
+        assert [p for (p,) in _execute(connection.dsn, "SELECT phase FROM platform_pitr.drill_markers "
+                                                       "ORDER BY written_at")] == ["marker", "after"]
+        history, unreadable = pitr_drill_history([evidence, archived.store], "pg-a")
+        assert [r.drill_id for r in history] == [record.drill_id] and unreadable == []
+
+        # A segment lost from the repository: the next drill fails, and says why.
+        newest = sorted(i.key for i in archived.store.list(archived.repository.wals_prefix)
+                        if Segment.parse(i.key.rsplit("/", 1)[-1]))[-1]
+        archived.store.delete(newest)
+        failed = run_pitr_drill(tools=archived.tools, repository=archived.repository, store=archived.store,
+                                connection=connection, record_stores=[evidence],
+                                rto_target=timedelta(minutes=10), rpo_target=timedelta(minutes=5))
+        assert not failed.passed and "missing from the repository" in failed.failure
