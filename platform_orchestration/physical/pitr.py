@@ -281,7 +281,8 @@ def restore_to_point(tools: BarmanTools, repository: Repository, target: Recover
     cluster = LocalCluster(cluster.base_dir, cluster.port, install if cluster.install.major != install.major
                            else cluster.install)
     if cluster.base_dir != target_dir and cluster.base_dir.exists() and any(cluster.base_dir.iterdir()):
-        raise PitrRefused(f"{cluster.base_dir} (where {target_dir} is kept for the server's user) is not empty")
+        raise PitrRefused(f"{cluster.base_dir} (where {target_dir} is kept, since the server's user cannot reach it) "
+                          "is not empty: a point-in-time restore never writes over an existing cluster")
     cluster.base_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cluster.base_dir, 0o755)
     run_tool(tools, repository, "restore", [repository.url, repository.server_name, chosen.backup_id,
