@@ -25,7 +25,7 @@ def platform_dr(fleet: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300, env=env)
 
 
-def _fleet(tmp_path: Path, bucket: str, endpoint: str, port: int) -> Path:
+def physical_fleet(tmp_path: Path, bucket: str, endpoint: str, port: int) -> Path:
     path = tmp_path / "fleet.yaml"
     path.write_text(f"""\
 clusters:
@@ -55,7 +55,7 @@ policies:
 
 def test_base_backup_list_status_restore_and_drill_from_the_command_line(s3_backend, tmp_path: Path) -> None:
     with archived_cluster(s3_backend, 16) as archived:
-        fleet = _fleet(tmp_path, archived.spec.bucket, s3_backend.endpoint, archived.cluster.port)
+        fleet = physical_fleet(tmp_path, archived.spec.bucket, s3_backend.endpoint, archived.cluster.port)
 
         settings = platform_dr(fleet, "archive-settings", "pg-a", "--credentials-file", "/etc/pg/repo.env")
         assert settings.returncode == 0, settings.stderr

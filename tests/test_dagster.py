@@ -61,7 +61,8 @@ def test_demo_definitions_load_with_jobs_schedules_sensor_and_lineage():
             "prune_backups", "disaster_restore"} <= {job.name for job in repo.get_all_jobs()}
     assert {s.name for s in repo.schedule_defs} == {"critical_backups_hourly", "standard_backups_daily",
                                                     "restore_drills_daily", "compliance_hourly",
-                                                    "prune_backups_nightly"}
+                                                    "prune_backups_nightly", "base_backups_daily",
+                                                    "wal_archiving_every_5_minutes", "pitr_drills_daily"}
     assert [s.name for s in repo.sensor_defs] == ["report_failed_runs"]
     graph = repo.asset_graph
     lineage = [("clusters", "databases"), ("databases", "backups"), ("backups", "backup_copies"),
