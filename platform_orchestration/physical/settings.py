@@ -57,9 +57,16 @@ def archive_command(tools: BarmanTools, repository: Repository, credentials_file
     return _prefixed_with_credentials(command, credentials_file)
 
 
-def restore_command(tools: BarmanTools, repository: Repository, credentials_file: Path | None) -> str:
-    """The ``restore_command`` fetching one segment (``%f`` to ``%p``) with barman-cloud-wal-restore."""
-    command = [*tools.command("wal-restore"), *repository.connection_options(for_server=True),
+RESTORE_PREFETCH = 4
+
+
+def restore_command(tools: BarmanTools, repository: Repository, credentials_file: Path | None,
+                    spool_dir: Path | None = None) -> str:
+    """The ``restore_command`` fetching one segment (``%f`` to ``%p``) with barman-cloud-wal-restore;
+    with ``spool_dir`` (writable by the server's user) it prefetches the next segments there, so
+    most calls find theirs on local disk instead of asking the store."""
+    prefetch = ["--parallel", str(RESTORE_PREFETCH), "--spool-dir", str(spool_dir)] if spool_dir else []
+    command = [*tools.command("wal-restore"), *repository.connection_options(for_server=True), *prefetch,
                repository.url, repository.server_name, "%f", "%p"]
     return _prefixed_with_credentials(command, credentials_file)
 
