@@ -20,7 +20,7 @@ from platform_orchestration.postgres.cluster import free_port
 from platform_orchestration.protection import TARGET_PASSWORD_RULE, FleetProtection
 from platform_orchestration.resources import AlertsResource
 from platform_orchestration.sensors import report_failed_runs
-from platform_orchestration.specs import DATABASE_RUN_TAG
+from platform_orchestration.specs import CLUSTER_RUN_TAG, DATABASE_RUN_TAG
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -298,7 +298,8 @@ def test_production_instance_config_keeps_runs_in_postgresql(tmp_path, target_cl
 
     with dg.DagsterInstance.from_config(str(home)) as production_instance:
         assert production_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits == [
-            {"key": DATABASE_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+            {"key": DATABASE_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+            {"key": CLUSTER_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
 
         @dg.op
         def noop() -> None: ...

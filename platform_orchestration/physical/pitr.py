@@ -36,7 +36,7 @@ import psycopg
 import zstandard
 
 from platform_orchestration.errors import InvalidDeclaration, PlatformError, one_line
-from platform_orchestration.physical.archiving import Segment, missing_segments, segments_in_store
+from platform_orchestration.physical.archiving import Segment, segments_in_store
 from platform_orchestration.physical.base_backup import BaseBackup, list_base_backups, run_tool
 from platform_orchestration.physical.repository import Repository
 from platform_orchestration.physical.settings import credentials_file_for, restore_command, write_credentials_file
