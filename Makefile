@@ -3,9 +3,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# barman-cloud (physical backups, WAL archiving) in its own venv from Debian's Python, which the
+# server's user (nobody) can run: the archive_command runs as that user.
+BARMAN_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo $(PYTHON))
+BARMAN_VENV ?= .venv-barman
+BARMAN_INSTALLED := $(BARMAN_VENV)/.installed
+BARMAN_SPEC := barman[cloud,azure,google,lz4,zstandard]==3.19.*
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install browser demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-stores bench-fleet clean
+.PHONY: install barman browser demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-stores bench-fleet clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +19,16 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-install: $(INSTALLED)
+$(BARMAN_INSTALLED):
+	$(BARMAN_PYTHON) -m venv $(BARMAN_VENV)
+	$(BARMAN_VENV)/bin/pip install --quiet --upgrade pip
+	$(BARMAN_VENV)/bin/pip install --quiet '$(BARMAN_SPEC)'
+	touch $@
+
+install: $(INSTALLED) $(BARMAN_INSTALLED)
+
+## Only the barman-cloud venv (physical backups); `install` builds it too.
+barman: $(BARMAN_INSTALLED)
 
 ## Run the whole protection flow on local PostgreSQL servers and local stores; print what it did.
 demo: install

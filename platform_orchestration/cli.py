@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, TextIO
 
 from platform_orchestration.errors import EXIT_BUG, EXIT_INVALID, PlatformError, one_line
+from platform_orchestration import cli_physical
 
 if TYPE_CHECKING:
     from platform_orchestration.protection import FleetProtection
@@ -107,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="backups across all stores, one row per copy")
     listing.add_argument("database", nargs="?")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument("--physical", action="store_true", help="base backups of physical clusters (DATABASE: a cluster)")
 
     verify = commands.add_parser("verify", help="re-read a stored backup and check it end to end")
     verify.add_argument("database")
@@ -148,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     rewrap = commands.add_parser("rewrap", help="rewrap backup data keys under the newest key version")
     rewrap.add_argument("database", nargs="?", help="one database (default: all)")
     _lock_options(rewrap, override=True)
+    cli_physical.add_parsers(commands)
     return parser
 
 
@@ -185,6 +188,11 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
     from platform_orchestration.backups.catalog import describe_grouped  # imported with protection
 
     progress = TerminalProgress()
+
+    if args.command in cli_physical.PHYSICAL_COMMANDS:
+        return cli_physical.run(args, protection, out)
+    if args.command == "list" and args.physical:
+        return cli_physical.list_physical(protection, args.database, args.json, out)
 
     if args.command == "backup":
         outcome = protection.backup(args.database, progress, lock_wait=args.wait)
@@ -315,7 +323,7 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
 
 def _what(args: argparse.Namespace) -> str:
     """The command and the database it was about, for the one-line error."""
-    database = getattr(args, "database", None)
+    database = getattr(args, "database", None) or getattr(args, "cluster", None)
     return f"{args.command} {database}" if database else args.command
 
 

@@ -16,7 +16,9 @@ from typing import Any
 import dagster as dg
 
 from platform_orchestration.assets import build_assets, database_partitions
+from platform_orchestration.assets.physical import build_physical_assets, cluster_partitions
 from platform_orchestration.checks import build_checks
+from platform_orchestration.checks.physical import build_physical_checks
 from platform_orchestration.fleet import Fleet, fleet_path_from_env
 from platform_orchestration.kube import link_run_tags, per_step_k8s_config
 from platform_orchestration.ops import build_disaster_restore_job
@@ -79,21 +81,29 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
     fleet_file = fleet_file or fleet_path_from_env()
     fleet = load_fleet_once(fleet_file)
     partitions = database_partitions([db.name for db in fleet.databases])
-    assets = build_assets(partitions)
+    physical_partitions = cluster_partitions([cluster.name for cluster in fleet.physical_clusters()])
+    physical_assets = build_physical_assets(physical_partitions)
+    assets = [*build_assets(partitions), *physical_assets]
     assets_by_name = {a.key.to_user_string(): a for a in assets}
-    checks = build_checks(assets_by_name, partitions)
+    checks = [*build_checks(assets_by_name, partitions), *build_physical_checks(assets_by_name, physical_partitions)]
     job_specs = load_job_specs(_spec_dir("PLATFORM_JOBS_DIR", "jobs"))
-    partitioned_assets = {name for name, asset in assets_by_name.items() if asset.partitions_def is not None}
+    per_cluster_assets = {a.key.to_user_string() for a in physical_assets}
+    partitioned_assets = {name for name, asset in assets_by_name.items()
+                          if asset.partitions_def is not None and name not in per_cluster_assets}
     executor = os.environ.get("PLATFORM_EXECUTOR", "multiprocess")
     jobs = build_jobs(job_specs, set(assets_by_name), build_disaster_restore_job,
                       database_partitions=partitions, partitioned_assets=partitioned_assets,
-                      run_tags_for=_run_tags_for(fleet), run_config_for=_run_config_for(fleet, executor))
-    partitioned = {
-        spec.name for spec in job_specs
-        if isinstance(spec, AssetJobSpec)
-        and any(assets_by_name[name].partitions_def is not None for name in spec.assets)
-    }
-    asset_job_specs = {spec.name: spec for spec in job_specs if isinstance(spec, AssetJobSpec)}
+                      run_tags_for=_run_tags_for(fleet), run_config_for=_run_config_for(fleet, executor),
+                      cluster_partitions=physical_partitions, cluster_partitioned_assets=per_cluster_assets)
+    asset_jobs = [spec for spec in job_specs if isinstance(spec, AssetJobSpec)]
+    partitioned = {spec.name for spec in asset_jobs if any(name in partitioned_assets for name in spec.assets)}
+    per_cluster = {spec.name for spec in asset_jobs if any(name in per_cluster_assets for name in spec.assets)}
+    # A per-cluster schedule keeps within its clusters' policy: base backups within base_backup,
+    # archive observations within wal_max_lag.
+    cadences = {spec.name: "base_backup" if "physical_base_backups" in spec.assets else "wal_max_lag"
+                for spec in asset_jobs if spec.name in per_cluster and set(spec.assets) & {
+                    "physical_base_backups", "wal_archiving"}}
+    asset_job_specs = {spec.name: spec for spec in asset_jobs}
     batch_jobs: dict[str, dg.JobDefinition] = {}
 
     def batch_job_for(name: str) -> dg.JobDefinition:
@@ -105,7 +115,7 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
         return batch_jobs[name]
 
     schedules = build_schedules(load_schedule_specs(_spec_dir("PLATFORM_SCHEDULES_DIR", "schedules")),
-                                jobs, fleet, partitioned, batch_job_for)
+                                jobs, fleet, partitioned, batch_job_for, per_cluster, cadences)
     secrets = SecretsResource.from_environment()
     alerts_file = os.environ.get("PLATFORM_ALERTS_FILE") or str(REPOSITORY_ROOT / "var" / "alerts.jsonl")
     return dg.Definitions(

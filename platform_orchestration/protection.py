@@ -67,6 +67,14 @@ from platform_orchestration.fleet.model import MIN_SWEEP_AGE
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.locks import DatabaseBusy, DatabaseLock, LockUnavailable
 from platform_orchestration.postgres.probe import DatabaseObservation, ServerObservation, observe_database, observe_server
+from platform_orchestration.physical.archiving import ArchiveStatus, archive_status
+from platform_orchestration.physical.base_backup import BaseBackup, BaseBackupOutcome, list_base_backups, take_base_backup
+from platform_orchestration.physical.compliance import ClusterCompliance, assess_cluster
+from platform_orchestration.physical.drill import PitrDrillRecord, pitr_drill_history, run_pitr_drill
+from platform_orchestration.physical.pitr import PitrRefused, PitrResult, RecoveryTarget, restore_to_point
+from platform_orchestration.physical.repository import Repository, repository_for
+from platform_orchestration.physical.settings import server_settings
+from platform_orchestration.physical.tools import barman_tools
 from platform_orchestration.providers import providers_from_env
 from platform_orchestration.secrets import LocalSecretProvider, SecretProvider, SecretUnavailable
 from platform_orchestration.storage import ObjectStore, StoreError
@@ -449,3 +457,91 @@ class FleetProtection:
         if assessments is None:
             assessments = self.assess_fleet(now)
         return record_compliance(assessments, self.all_stores(), now=now, fleet_file=str(self.fleet.source))
+
+    # --- physical: barman-cloud base backups, WAL archiving, point-in-time restores -------------
+
+    def physical_repository(self, cluster: str) -> Repository:
+        """The cluster's physical repository, its store's credentials resolved (never log them)."""
+        spec = self.fleet.cluster(cluster)
+        if spec.physical is None:
+            raise InvalidDeclaration(f"cluster {cluster} has no physical section in {self.fleet.source} "
+                                     "(physical: {store, policy, dsn}): it has no physical repository")
+        store = self.fleet.store(spec.physical.store)
+        refs = getattr(store, "credentials", None) or {}
+        credentials = {name: self.secrets.resolve(ref) for name, ref in refs.items()}
+        return repository_for(spec, store, credentials, self.fleet.policy(spec.physical.policy).physical)
+
+    def physical_connection(self, cluster: str) -> PgConnection:
+        physical = self.fleet.cluster(cluster).physical
+        if physical is None:
+            raise InvalidDeclaration(f"cluster {cluster} has no physical section")
+        password = self.secrets.resolve(physical.password) if physical.password else None
+        return PgConnection.from_dsn(physical.dsn, password)
+
+    def physical_settings(self, cluster: str, credentials_file: Path | None = None) -> dict[str, str]:
+        """The server parameters that make ``cluster`` archive into its repository."""
+        repository = self.physical_repository(cluster)
+        if repository.server_credentials == "ambient":
+            credentials_file = None
+        return server_settings(barman_tools(), repository, credentials_file)
+
+    def base_backup(self, cluster: str, *, jobs: int = 2) -> BaseBackupOutcome:
+        """A base backup of ``cluster`` now (barman-cloud-backup on this host)."""
+        repository = self.physical_repository(cluster)
+        return take_base_backup(barman_tools(), repository, self.physical_connection(cluster), jobs=jobs,
+                                clock=self.clock, store=self.store(repository.store))
+
+    def list_base_backups(self, cluster: str | None = None) -> dict[str, list[BaseBackup]]:
+        """{cluster: its base backups, oldest first} for one physical cluster or all of them."""
+        names = [cluster] if cluster else [c.name for c in self.fleet.physical_clusters()]
+        listed = {}
+        for name in names:
+            repository = self.physical_repository(name)
+            listed[name] = list_base_backups(barman_tools(), repository, self.store(repository.store))
+        return listed
+
+    def archive_status(self, cluster: str) -> ArchiveStatus:
+        repository = self.physical_repository(cluster)
+        backups = list_base_backups(barman_tools(), repository)
+        return archive_status(self.physical_connection(cluster), self.store(repository.store), repository, backups)
+
+    def restore_pitr(self, cluster: str, target: RecoveryTarget, target_dir: Path, *, port: int | None = None,
+                     store_name: str | None = None) -> PitrResult:
+        """A new cluster in ``target_dir`` at ``target``, from ``cluster``'s repository; left running."""
+        repository = self.physical_repository(cluster)
+        if store_name is not None and store_name != repository.store:
+            raise PitrRefused(f"store {store_name} holds no copy of cluster {cluster}'s physical repository "
+                              f"(it is in {repository.store}; copies to other stores are not built yet)")
+        return restore_to_point(barman_tools(), repository, target, target_dir, port=port,
+                                store=self.store(repository.store))
+
+    def _physical_record_stores(self, cluster: str) -> list[ObjectStore]:
+        repository_store = self.fleet.cluster(cluster).physical.store  # type: ignore[union-attr]
+        policy = self.fleet.policy(self.fleet.cluster(cluster).physical.policy)  # type: ignore[union-attr]
+        return [self.store(name) for name in dict.fromkeys([repository_store, *policy.stores])]
+
+    def pitr_drill(self, cluster: str) -> PitrDrillRecord:
+        """One PITR drill of ``cluster``, recorded in its repository's store and its policy's stores."""
+        repository = self.physical_repository(cluster)
+        policy = self.fleet.policy(self.fleet.cluster(cluster).physical.policy)  # type: ignore[union-attr]
+        return run_pitr_drill(tools=barman_tools(), repository=repository, store=self.store(repository.store),
+                              connection=self.physical_connection(cluster),
+                              record_stores=self._physical_record_stores(cluster), rto_target=policy.drill.rto,
+                              rpo_target=policy.physical.wal_max_lag,  # type: ignore[union-attr]
+                              clock=self.clock, workdir=self.workdir)
+
+    def assess_cluster(self, cluster: str, now: datetime | None = None) -> ClusterCompliance:
+        """The cluster's four physical findings (physical/compliance.py)."""
+        spec = self.fleet.cluster(cluster)
+        policy = self.fleet.policy(spec.physical.policy)  # type: ignore[union-attr]
+        repository = self.physical_repository(cluster)
+        backups = list_base_backups(barman_tools(), repository)
+        try:
+            archive: ArchiveStatus | str = archive_status(self.physical_connection(cluster),
+                                                          self.store(repository.store), repository, backups)
+        except PlatformError as exc:
+            archive = one_line(exc)
+        drills, unreadable = pitr_drill_history(self._physical_record_stores(cluster), cluster)
+        return assess_cluster(cluster=cluster, policy=policy.name, physical=policy.physical,  # type: ignore[arg-type]
+                              drill=policy.drill, backups=backups, archive=archive, drills=drills,
+                              now=now or self.clock(), unreadable=unreadable)

@@ -13,14 +13,17 @@ all problems of a step together, raised when the code location loads:
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import dagster as dg
+from dagster._utils.schedules import cron_string_iterator  # Dagster's own cron arithmetic
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -43,6 +46,7 @@ from platform_orchestration.declarations import (
     render_findings,
 )
 from platform_orchestration.fleet import Fleet
+from platform_orchestration.fleet.durations import format_duration
 
 __all__ = [
     "DATABASE_RUN_TAG",
@@ -69,6 +73,15 @@ DATABASE_RUN_TAG = "platform/database"
 """Run tag naming the database a per-database run works on. deploy/dagster.yaml limits runs
 to one in progress per value of it, so two runs never back up, prune or drill one database
 at once (the database's advisory lock is the backstop for the CLI and other instances)."""
+
+
+CLUSTER_RUN_TAG = "platform/cluster"
+"""Run tag naming the cluster a per-cluster (physical) run works on; one in progress per value."""
+
+
+def cluster_run_tags(partition_key: str) -> dict[str, str]:
+    """The tags of a run of one physical cluster's partition."""
+    return {CLUSTER_RUN_TAG: partition_key}
 
 
 def database_run_tags(partition_key: str) -> dict[str, str]:
@@ -225,6 +238,8 @@ class ScheduleSpec(_NamedSpec):
     timezone: Annotated[str, AfterValidator(_check_timezone)] = "UTC"
     description: str = ""
     databases: DatabaseSelection = "all"
+    # For per-cluster (physical) jobs: all physical clusters, a list, or those whose physical.policy is NAME.
+    clusters: DatabaseSelection = "all"
     running_by_default: bool = True
     # A per-database job's tick selecting more databases than this runs them in batches of this
     # many (ops/batches.py: each database still its own steps, partition and failure) instead of
@@ -311,6 +326,8 @@ def build_jobs(
     partitioned_assets: Collection[str] = (),
     run_tags_for: Callable[[Sequence[str], str], Mapping[str, str]] | None = None,
     run_config_for: Callable[[str], Mapping[str, Any]] | None = None,
+    cluster_partitions: dg.PartitionsDefinition | None = None,
+    cluster_partitioned_assets: Collection[str] = (),
 ) -> list[DagsterJob]:
     """One Dagster job per spec: an asset job, or ``disaster_restore_job_factory(name, description)``.
 
@@ -333,6 +350,10 @@ def build_jobs(
         ]
         if (duplicate := _unique(spec, first_by_name, "job")) is not None:
             problems.insert(0, duplicate)
+        if isinstance(spec, AssetJobSpec) and any(a in cluster_partitioned_assets for a in spec.assets) and any(
+                a in partitioned_assets for a in spec.assets):
+            problems.append(spec._finding(("assets",), "mixes per-database and per-cluster (physical) assets; "
+                                                       "a run is either one database's or one cluster's"))
         findings += problems
         if problems:
             continue
@@ -345,15 +366,22 @@ def build_jobs(
                 jobs.append(disaster_restore_job_factory(spec.name, spec.description))
         else:
             per_database = database_partitions is not None and any(a in partitioned_assets for a in spec.assets)
+            per_cluster = cluster_partitions is not None and any(a in cluster_partitioned_assets for a in spec.assets)
+            config = None
+            if per_database:
+                config = dg.PartitionedConfig(
+                    database_partitions,
+                    run_config_for_partition_key_fn=lambda key: dict(run_config_for(key)) if run_config_for else {},
+                    tags_for_partition_key_fn=_run_tags(spec.assets, run_tags_for))
+            elif per_cluster:
+                config = dg.PartitionedConfig(cluster_partitions, run_config_for_partition_key_fn=lambda _key: {},
+                                              tags_for_partition_key_fn=cluster_run_tags)
             jobs.append(
                 dg.define_asset_job(
                     spec.name,
                     selection=dg.AssetSelection.assets(*spec.assets),
                     description=spec.description or None,
-                    config=dg.PartitionedConfig(
-                        database_partitions,
-                        run_config_for_partition_key_fn=lambda key: dict(run_config_for(key)) if run_config_for else {},
-                        tags_for_partition_key_fn=_run_tags(spec.assets, run_tags_for)) if per_database else None,
+                    config=config,
                 )
             )
     if findings:
@@ -375,6 +403,8 @@ def build_schedules(
     fleet: Fleet,
     partitioned_jobs: Collection[str],
     batch_job_for: Callable[[str], DagsterJob] | None = None,
+    cluster_partitioned_jobs: Collection[str] = (),
+    cluster_job_cadences: Mapping[str, str] = {},
 ) -> list[dg.ScheduleDefinition]:
     """One Dagster schedule per spec; a job in ``partitioned_jobs`` gets one run per selected
     database, or, when more are selected than the spec's ``batch_size`` and ``batch_job_for``
@@ -388,13 +418,22 @@ def build_schedules(
     schedules: list[dg.ScheduleDefinition] = []
     first_by_name: dict[str, ScheduleSpec] = {}
     for spec in specs:
-        problems = _schedule_problems(spec, jobs_by_name, fleet, partitioned_jobs)
+        per_cluster = spec.job in cluster_partitioned_jobs
+        problems = (_cluster_schedule_problems(spec, jobs_by_name, fleet, cluster_job_cadences.get(spec.job))
+                    if per_cluster
+                    else _schedule_problems(spec, jobs_by_name, fleet, partitioned_jobs))
+        if "clusters" in spec.model_fields_set and not per_cluster and not problems:
+            problems.append(spec._finding(("clusters",), f"job {spec.job!r} does not run per physical cluster; "
+                                                         "remove clusters"))
         if (duplicate := _unique(spec, first_by_name, "schedule")) is not None:
             problems.insert(0, duplicate)
         findings += problems
         if problems:
             continue
         try:
+            if per_cluster:
+                schedules.append(_schedule(spec, jobs_by_name[spec.job], _selected_clusters(spec, fleet), True))
+                continue
             databases = _selected_databases(spec, fleet)
             partitioned = spec.job in partitioned_jobs
             if partitioned and batch_job_for is not None and 0 < spec.batch_size < len(databases):
@@ -444,6 +483,56 @@ def _schedule_problems(
     return []
 
 
+def _longest_interval(cron: str, timezone: str, ticks: int = 400) -> float:
+    """The longest gap, in seconds, between consecutive ticks of ``cron`` over its next ``ticks``."""
+    times = list(itertools.islice(cron_string_iterator(0, cron, timezone), ticks))
+    return max((b - a).total_seconds() for a, b in itertools.pairwise(times)) if len(times) > 1 else 0.0
+
+
+def _cadence_problems(spec: ScheduleSpec, fleet: Fleet, objective: str) -> list[Finding]:
+    """A per-cluster schedule must fire at least as often as each selected cluster's policy asks
+    (``objective``: the PhysicalPolicy field, base_backup or wal_max_lag)."""
+    longest = _longest_interval(spec.cron, spec.timezone)
+    problems = []
+    for name in _selected_clusters(spec, fleet):
+        policy = fleet.policy(fleet.cluster(name).physical.policy).physical  # type: ignore[union-attr]
+        allowed = getattr(policy, objective)
+        if longest > allowed.total_seconds():
+            problems.append(spec._finding(("cron",), (
+                f"fires as seldom as every {format_duration(timedelta(seconds=longest))}, but cluster {name!r} "
+                f"has physical.{objective} {format_duration(allowed)} in its policy")))
+    return problems
+
+
+def _cluster_schedule_problems(spec: ScheduleSpec, jobs_by_name: Mapping[str, DagsterJob], fleet: Fleet,
+                               objective: str | None = None) -> list[Finding]:
+    if "databases" in spec.model_fields_set:
+        return [spec._finding(("databases",), f"job {spec.job!r} runs per physical cluster, not per database; "
+                                              "use clusters")]
+    clusters = spec.clusters
+    if isinstance(clusters, PolicySelection):
+        physical_policies = [policy.name for policy in fleet.policies if policy.physical is not None]
+        if clusters.policy not in physical_policies:
+            return [spec._finding(("clusters", "policy"), f"unknown policy {clusters.policy!r} or one without "
+                                                          f"physical objectives ({known_names(physical_policies)})")]
+    elif isinstance(clusters, list):
+        known = [cluster.name for cluster in fleet.physical_clusters()]
+        unknown = [spec._finding(("clusters", index), f"unknown physical cluster {name!r} ({known_names(known)})")
+                   for index, name in enumerate(clusters) if name not in known]
+        if unknown:
+            return unknown
+    return _cadence_problems(spec, fleet, objective) if objective else []
+
+
+def _selected_clusters(spec: ScheduleSpec, fleet: Fleet) -> list[str]:
+    physical = fleet.physical_clusters()
+    if spec.clusters == "all":
+        return [cluster.name for cluster in physical]
+    if isinstance(spec.clusters, PolicySelection):
+        return [c.name for c in physical if c.physical is not None and c.physical.policy == spec.clusters.policy]
+    return list(spec.clusters)
+
+
 def _selected_databases(spec: ScheduleSpec, fleet: Fleet) -> list[str]:
     if spec.databases == "all":
         return [database.name for database in fleet.databases]
@@ -461,7 +550,7 @@ def _schedule(spec: ScheduleSpec, job: DagsterJob, databases: list[str], partiti
         tick = context.scheduled_execution_time.isoformat()
         if not partitioned:
             return [dg.RunRequest(run_key=f"{spec.name}:{tick}")]
-        # One run per database: a slow or failing database never holds the others back.
+        # One run per database (or cluster): a slow or failing one never holds the others back.
         return [dg.RunRequest(run_key=f"{spec.name}:{db}:{tick}", partition_key=db) for db in databases]
 
     return _evaluate

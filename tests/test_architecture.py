@@ -9,6 +9,7 @@ Layers, lowest first (a module may import its own package and the packages liste
     kube                                (what each step's pod needs, from the fleet: plain values)
     crypto                              (ciphers and key services; Vault's client from secrets)
     backups                             (manifests, taking, copying, restoring, drilling)
+    physical                            (barman-cloud base backups, WAL archiving, PITR; beside backups)
     stores.py, providers.py             (fleet entries -> open stores; environment -> providers)
     protection.py                       (FleetProtection: the one API of the core)
     cli.py and the Dagster layer        (call the core and format)
@@ -34,10 +35,12 @@ ALLOWED: dict[str, set[str]] = {
     "secrets": {"errors", "fleet"},
     "crypto": {"errors", "secrets"},
     "backups": {"errors", "clock", "fleet", "postgres", "storage", "crypto", "__init__"},
+    # Physical backups (barman-cloud): above backups (drill ids, evidence writing), below protection; takes plain values and open stores.
+    "physical": {"errors", "clock", "fleet", "postgres", "storage", "backups"},
     "stores": {"errors", "fleet", "storage", "secrets"},
     "providers": {"errors", "secrets", "crypto"},
     "protection": {"errors", "clock", "fleet", "postgres", "storage", "secrets", "crypto", "backups", "stores",
-                   "providers"},
+                   "providers", "physical"},
     # what each step's pod needs, from the fleet: plain values the Dagster layer turns into op tags
     "kube": {"errors", "fleet"},
 }

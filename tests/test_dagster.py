@@ -22,7 +22,7 @@ from platform_orchestration.protection import TARGET_PASSWORD_RULE, FleetProtect
 from platform_orchestration.resources import AlertsResource
 from platform_orchestration.sensors import report_failed_runs
 from platform_orchestration.ops.batches import BATCH_RUN_TAG
-from platform_orchestration.specs import DATABASE_RUN_TAG
+from platform_orchestration.specs import CLUSTER_RUN_TAG, DATABASE_RUN_TAG
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -63,7 +63,8 @@ def test_demo_definitions_load_with_jobs_schedules_sensor_and_lineage():
             "prune_backups", "disaster_restore"} <= {job.name for job in repo.get_all_jobs()}
     assert {s.name for s in repo.schedule_defs} == {"critical_backups_hourly", "standard_backups_daily",
                                                     "restore_drills_daily", "compliance_hourly",
-                                                    "prune_backups_nightly"}
+                                                    "prune_backups_nightly", "base_backups_daily",
+                                                    "wal_archiving_every_5_minutes", "pitr_drills_daily"}
     assert [s.name for s in repo.sensor_defs] == ["report_failed_runs"]
     graph = repo.asset_graph
     lineage = [("clusters", "databases"), ("databases", "backups"), ("backups", "backup_copies"),
@@ -300,10 +301,11 @@ def test_production_instance_config_keeps_runs_in_postgresql(tmp_path, target_cl
 
     with dg.DagsterInstance.from_config(str(home)) as production_instance:
         limits = production_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
-        assert limits[:2] == [
+        assert limits[:3] == [
             {"key": DATABASE_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
-            {"key": BATCH_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
-        assert limits[2:] and all(limit["key"].startswith("platform/egress-") for limit in limits[2:])  # one per cloud link
+            {"key": BATCH_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+            {"key": CLUSTER_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+        assert limits[3:] and all(limit["key"].startswith("platform/egress-") for limit in limits[3:])  # one per cloud link
 
         @dg.op
         def noop() -> None: ...

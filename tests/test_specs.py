@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from platform_orchestration.assets import build_assets, database_partitions
+from platform_orchestration.assets.physical import build_physical_assets, cluster_partitions
 from platform_orchestration.fleet import Fleet, load_fleet
 from platform_orchestration.ops import build_disaster_restore_job
 from platform_orchestration.specs import (
@@ -65,9 +66,11 @@ def test_repository_specs_load_and_build_against_the_demo_fleet(fleet: Fleet) ->
     job_specs = load_job_specs(REPOSITORY_ROOT / "jobs")
     schedule_specs = load_schedule_specs(REPOSITORY_ROOT / "schedules")
     asset_names = {a.key.to_user_string() for a in build_assets(database_partitions(["orders"]))}
+    asset_names |= {a.key.to_user_string() for a in build_physical_assets(cluster_partitions([]))}
 
     jobs = build_jobs(job_specs, asset_names, build_disaster_restore_job)
-    schedules = build_schedules(schedule_specs, jobs, fleet, {"take_backups", "run_restore_drills"})
+    schedules = build_schedules(schedule_specs, jobs, fleet, {"take_backups", "run_restore_drills"},
+                                {"take_base_backups", "observe_wal_archiving", "run_pitr_drills"})
 
     assert isinstance(job_specs[0], AssetJobSpec)
     assert isinstance(job_specs[-1], OperatorJobSpec)

@@ -40,6 +40,7 @@ __all__ = [
     "AzureStoreSpec",
     "Cloud",
     "Cluster",
+    "ClusterPhysical",
     "ClusterRole",
     "Database",
     "DrillPolicy",
@@ -51,6 +52,8 @@ __all__ = [
     "Loc",
     "LocalStoreSpec",
     "PASSWORD_IN_FLEET_FILE",
+    "PHYSICAL_STORE_KINDS",
+    "PhysicalPolicy",
     "Policy",
     "ReferenceProblem",
     "RetentionPolicy",
@@ -68,6 +71,10 @@ Cloud: TypeAlias = Literal["aws", "azure", "gcp", "onprem", "local"]
 ClusterRole: TypeAlias = Literal["primary", "standby", "dr"]
 StoreKind: TypeAlias = Literal["local", "s3", "azure", "gcs"]
 STORE_KINDS: tuple[StoreKind, ...] = ("local", "s3", "azure", "gcs")
+# barman-cloud writes to object stores only: a physical repository cannot be a local directory.
+PHYSICAL_STORE_KINDS: tuple[StoreKind, ...] = ("s3", "azure", "gcs")
+WalCompression: TypeAlias = Literal["none", "gzip", "bzip2", "xz", "snappy", "zstd", "lz4"]
+BackupCompression: TypeAlias = Literal["none", "gzip", "bzip2", "snappy", "lz4"]
 
 """A field path inside the fleet document, as in pydantic's ``loc``: ``("databases", 1, "policy")``."""
 
@@ -288,6 +295,14 @@ class Cluster(_FrozenSpec):
     cloud: Cloud
     region: _Text
     role: ClusterRole = "primary"
+    physical: ClusterPhysical | None = None
+
+    @property
+    def physical_server_name(self) -> str | None:
+        """The cluster's name in its physical repository (``physical.server_name`` or its own)."""
+        if self.physical is None:
+            return None
+        return self.physical.server_name or self.name
 
 
 class _StoreSpec(_FrozenSpec):
@@ -429,6 +444,30 @@ def _dsn_parts(dsn: str) -> dict[str, str]:
     return {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
 
 
+class ClusterPhysical(_FrozenSpec):
+    """Where a cluster's physical repository (barman-cloud base backups and archived WAL) lives,
+    and how the server and the backup reach it.
+
+    The repository is barman-cloud's own layout, ``<store URL>/<path>/<server_name>/{base,wals}``,
+    so a CloudNativePG cluster can bootstrap from it (``destinationPath`` = the store URL plus
+    ``path``, ``serverName`` = ``server_name``)."""
+
+    store: Identifier
+    policy: Identifier
+    # Field order matters: the password check reads dsn.
+    dsn: Annotated[str, AfterValidator(_check_dsn)]
+    password: SecretRef | None = None
+    server_name: Identifier | None = None
+    path: _KeyPrefix = "physical"
+    endpoint_url: _HttpUrl | None = None
+    server_credentials: Literal["store", "ambient"] = "store"
+    wal_compression: WalCompression = "zstd"
+    backup_compression: BackupCompression = "lz4"
+
+
+Cluster.model_rebuild()  # its `physical` field refers to ClusterPhysical, defined above
+
+
 class Database(_FrozenSpec):
     """A database to protect. Connects with ``dsn`` plus a static ``password`` or dynamic
     ``credentials`` (a Vault database-engine login), or with ``connection`` (a secret
@@ -520,14 +559,34 @@ class RetentionPolicy(_FrozenSpec):
         return value
 
 
+class PhysicalPolicy(_FrozenSpec):
+    """Physical protection of the clusters that name this policy: a base backup at least every
+    ``base_backup``, WAL archived within ``wal_max_lag`` of being written, and point-in-time
+    restores reaching back at least ``pitr_window``."""
+
+    base_backup: Duration
+    wal_max_lag: Duration
+    pitr_window: Duration
+
+    @model_validator(mode="after")
+    def _window_holds_a_base_backup(self) -> PhysicalPolicy:
+        if self.pitr_window < self.base_backup:
+            raise ValueError(f"pitr_window ({format_duration(self.pitr_window)}) must be at least "
+                             f"base_backup ({format_duration(self.base_backup)}): a window shorter than "
+                             "the backup cadence has no base backup to restore from")
+        return self
+
+
 class Policy(_FrozenSpec):
-    """Recovery objectives shared by databases: RPO, where copies go, drills and retention."""
+    """Recovery objectives shared by databases: RPO, where copies go, drills and retention;
+    ``physical`` for the clusters that name it in their own ``physical`` section."""
 
     name: Identifier
     rpo: Duration
     stores: tuple[Identifier, ...] = Field(min_length=1)
     drill: DrillPolicy
     retention: RetentionPolicy
+    physical: PhysicalPolicy | None = None
 
 
 class UnknownNameError(PlatformError):
@@ -635,6 +694,10 @@ class Fleet(_FrozenSpec):
             "clusters": tuple(c for c in self.clusters if c.name in wanted),
             "databases": tuple(d for d in self.databases if d.cluster in wanted)})
 
+    def physical_clusters(self) -> tuple[Cluster, ...]:
+        """The clusters with a physical repository (base backups, archived WAL), in file order."""
+        return tuple(cluster for cluster in self.clusters if cluster.physical is not None)
+
 
 # --- cross references ---------------------------------------------------------------------------
 
@@ -725,4 +788,52 @@ def find_reference_problems(document: Mapping[str, Any]) -> list[ReferenceProble
                 )
             else:
                 first_listing[store_name] = loc
+    problems += _physical_reference_problems(document, defined)
+    return problems
+
+
+def _physical_reference_problems(document: Mapping[str, Any], defined: Mapping[str, Mapping[str, Loc]]
+                                 ) -> list[ReferenceProblem]:
+    """A cluster's ``physical`` section: its store exists and is an object store, its policy exists
+    and has a ``physical`` section, and no two clusters archive into the same repository."""
+    problems: list[ReferenceProblem] = []
+    stores = {item.get("name"): item for _, item in _section_items(document, "stores")}
+    policies = {item.get("name"): item for _, item in _section_items(document, "policies")}
+    repositories: dict[tuple[str, str, str], Loc] = {}
+    for index, cluster in _section_items(document, "clusters"):
+        physical = cluster.get("physical")
+        if not isinstance(physical, Mapping):
+            continue
+        store_name, policy_name = physical.get("store"), physical.get("policy")
+        if isinstance(store_name, str):
+            loc: Loc = ("clusters", index, "physical", "store")
+            store = stores.get(store_name)
+            if store_name not in defined["stores"]:
+                problems.append(ReferenceProblem(
+                    loc, f"unknown store {store_name!r} ({_known_names(defined['stores'])})"))
+            elif isinstance(store, Mapping) and store.get("kind") not in PHYSICAL_STORE_KINDS:
+                problems.append(ReferenceProblem(
+                    loc, f"expected an s3, azure or gcs store (barman-cloud writes to object stores only), "
+                         f"got {store.get('kind')} store {store_name!r}"))
+        if isinstance(policy_name, str):
+            loc = ("clusters", index, "physical", "policy")
+            policy = policies.get(policy_name)
+            if policy_name not in defined["policies"]:
+                problems.append(ReferenceProblem(
+                    loc, f"unknown policy {policy_name!r} ({_known_names(defined['policies'])})"))
+            elif isinstance(policy, Mapping) and not policy.get("physical"):
+                problems.append(ReferenceProblem(
+                    loc, f"policy {policy_name!r} has no physical section (base_backup, wal_max_lag, pitr_window)"))
+        server_name = physical.get("server_name") or cluster.get("name")
+        path = str(physical.get("path", "physical")).strip("/")
+        if isinstance(store_name, str) and isinstance(server_name, str):
+            loc = ("clusters", index, "physical")
+            repository = (store_name, path, server_name)
+            if repository in repositories:
+                problems.append(ReferenceProblem(
+                    loc, f"repository {store_name}:{path}/{server_name} is already another cluster's "
+                         "(two servers archiving into one repository would corrupt it)",
+                    repositories[repository], "first used"))
+            else:
+                repositories[repository] = loc
     return problems

@@ -1,0 +1,122 @@
+"""A cluster's physical repository as barman-cloud sees it: a cloud provider, a URL, a server
+name, and the environment that carries the credentials.
+
+Built from the fleet's cluster and store entries with already-resolved credentials (plain
+values, so the tools' callers never see a fleet spec or a secret provider). The layout is
+barman-cloud's own: ``<url>/<server_name>/base/<backup id>/...`` and
+``<url>/<server_name>/wals/<timeline+log>/<segment>[.<compression>]``, which is what a
+CloudNativePG ``barmanObjectStore`` with ``destinationPath: <url>`` and ``serverName:
+<server_name>`` reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from platform_orchestration.errors import InvalidDeclaration
+from platform_orchestration.fleet.model import Cluster, PhysicalPolicy
+from platform_orchestration.fleet.model import Store as StoreSpec
+
+PROVIDERS = {"s3": "aws-s3", "azure": "azure-blob-storage", "gcs": "google-cloud-storage"}
+
+
+@dataclass(frozen=True)
+class Repository:
+    """Where one server's base backups and WAL live, and how to reach them.
+
+    ``key_prefix`` is the repository's place inside the store as our own
+    :class:`~platform_orchestration.storage.ObjectStore` for that store sees it (below the store's
+    ``prefix``): ``<path>/<server_name>/``. ``environment`` holds credentials: never log it."""
+
+    cluster: str
+    store: str
+    provider: str
+    url: str
+    server_name: str
+    key_prefix: str
+    endpoint_url: str | None = None
+    server_endpoint_url: str | None = None
+    wal_compression: str = "zstd"
+    backup_compression: str = "lz4"
+    server_credentials: str = "store"
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False)
+    policy: PhysicalPolicy | None = None
+
+    def describe(self) -> str:
+        return f"{self.url}/{self.server_name} (store {self.store})"
+
+    def connection_options(self, *, for_server: bool = False) -> list[str]:
+        """The provider and endpoint options every barman-cloud tool takes."""
+        options = ["--cloud-provider", self.provider]
+        endpoint = (self.server_endpoint_url or self.endpoint_url) if for_server else self.endpoint_url
+        if endpoint and self.provider == "aws-s3":
+            options += ["--endpoint-url", endpoint]
+        return options
+
+    @property
+    def wals_prefix(self) -> str:
+        return f"{self.key_prefix}wals/"
+
+    @property
+    def base_prefix(self) -> str:
+        return f"{self.key_prefix}base/"
+
+
+def _credential_environment(spec: StoreSpec, credentials: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables barman-cloud's SDKs (boto3, azure-storage-blob,
+    google-cloud-storage) read the store's credentials from."""
+    env: dict[str, str] = {}
+    if spec.kind == "s3":
+        names = {"access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+                 "session_token": "AWS_SESSION_TOKEN"}
+        env.update({names[k]: v for k, v in credentials.items() if k in names})
+        env["AWS_DEFAULT_REGION"] = spec.region or "us-east-1"
+    elif spec.kind == "azure":
+        names = {"account_key": "AZURE_STORAGE_KEY", "sas_token": "AZURE_STORAGE_SAS_TOKEN",
+                 "connection_string": "AZURE_STORAGE_CONNECTION_STRING"}
+        env.update({names[k]: v for k, v in credentials.items() if k in names})
+    elif spec.kind == "gcs" and credentials.get("service_account_json"):
+        # google-auth reads a file; whoever runs the tool writes it (see settings.py).
+        env["PLATFORM_GCS_SERVICE_ACCOUNT_JSON"] = credentials["service_account_json"]
+    return env
+
+
+def repository_url(spec: StoreSpec, path: str) -> str:
+    """barman-cloud's destination URL for ``path`` inside the store ``spec``."""
+    parts = [p for p in (getattr(spec, "prefix", ""), path) if p]
+    if spec.kind == "s3":
+        base = f"s3://{spec.bucket}"
+    elif spec.kind == "gcs":
+        base = f"gs://{spec.bucket}"
+    elif spec.kind == "azure":
+        # account_url is https://<account>.blob.core.windows.net (or an emulator's http://host:port/<account>)
+        base = f"{spec.account_url.rstrip('/')}/{spec.container}"
+    else:
+        raise InvalidDeclaration(f"store {spec.name}: a physical repository needs an s3, azure or gcs store, "
+                                 f"not {spec.kind} (barman-cloud writes to object stores only)")
+    return "/".join([base, *parts])
+
+
+def repository_for(cluster: Cluster, spec: StoreSpec, credentials: Mapping[str, str],
+                   policy: PhysicalPolicy | None = None) -> Repository:
+    """The repository ``cluster``'s ``physical`` section declares, in store ``spec``."""
+    physical = cluster.physical
+    if physical is None:
+        raise InvalidDeclaration(f"cluster {cluster.name} has no physical section: it has no physical repository")
+    if spec.name != physical.store:
+        raise ValueError(f"cluster {cluster.name}: repository store is {physical.store}, not {spec.name}")
+    server_name = cluster.physical_server_name or cluster.name
+    endpoint = getattr(spec, "endpoint_url", None)
+    if spec.kind == "azure" and urlsplit(spec.account_url).hostname in ("127.0.0.1", "localhost"):
+        endpoint = spec.account_url
+    return Repository(
+        cluster=cluster.name, store=spec.name, provider=PROVIDERS.get(spec.kind, spec.kind),
+        url=repository_url(spec, physical.path), server_name=server_name,
+        key_prefix=f"{physical.path}/{server_name}/" if physical.path else f"{server_name}/",
+        endpoint_url=endpoint, server_endpoint_url=physical.endpoint_url,
+        wal_compression=physical.wal_compression, backup_compression=physical.backup_compression,
+        server_credentials=physical.server_credentials,
+        environment=_credential_environment(spec, credentials), policy=policy,
+    )
