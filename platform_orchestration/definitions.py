@@ -115,7 +115,8 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
         return batch_jobs[name]
 
     schedules = build_schedules(load_schedule_specs(_spec_dir("PLATFORM_SCHEDULES_DIR", "schedules")),
-                                jobs, fleet, partitioned, batch_job_for, per_cluster, cadences)
+                                jobs, fleet, partitioned, batch_job_for=batch_job_for,
+                                cluster_partitioned_jobs=per_cluster, cluster_job_cadences=cadences)
     secrets = SecretsResource.from_environment()
     alerts_file = os.environ.get("PLATFORM_ALERTS_FILE") or str(REPOSITORY_ROOT / "var" / "alerts.jsonl")
     return dg.Definitions(

@@ -402,6 +402,7 @@ def build_schedules(
     jobs: Sequence[DagsterJob],
     fleet: Fleet,
     partitioned_jobs: Collection[str],
+    *,
     batch_job_for: Callable[[str], DagsterJob] | None = None,
     cluster_partitioned_jobs: Collection[str] = (),
     cluster_job_cadences: Mapping[str, str] = {},

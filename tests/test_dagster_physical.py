@@ -58,4 +58,5 @@ def test_base_backup_job_runs_per_cluster_with_lsns_in_metadata_and_checks(s3_ba
         with pytest.raises(SpecError, match="fires as seldom as every 1w, but cluster 'pg-a' has "
                                             "physical.base_backup 1d"):
             build_schedules([slow], list(defs.jobs), defs.resources["fleet"].load(), set(),
-                            {"take_base_backups"}, {"take_base_backups": "base_backup"})
+                            cluster_partitioned_jobs={"take_base_backups"},
+                            cluster_job_cadences={"take_base_backups": "base_backup"})

@@ -70,7 +70,8 @@ def test_repository_specs_load_and_build_against_the_demo_fleet(fleet: Fleet) ->
 
     jobs = build_jobs(job_specs, asset_names, build_disaster_restore_job)
     schedules = build_schedules(schedule_specs, jobs, fleet, {"take_backups", "run_restore_drills"},
-                                {"take_base_backups", "observe_wal_archiving", "run_pitr_drills"})
+                                cluster_partitioned_jobs={"take_base_backups", "observe_wal_archiving",
+                                                          "run_pitr_drills"})
 
     assert isinstance(job_specs[0], AssetJobSpec)
     assert isinstance(job_specs[-1], OperatorJobSpec)
