@@ -49,7 +49,6 @@ import contextlib
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ from platform_orchestration.backups.integrity import BackupCorrupt, checked_stor
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.errors import PlatformError, one_line
+from platform_orchestration.ownership import leased_work_directory
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.globals import GlobalsApplied, GlobalsError, apply_globals
@@ -396,7 +396,7 @@ def restore_backup(
         raise RestoreRefused(f"refusing the {what}: {refusal}")
     tools = client_tools_for(max(state.major, manifest.dump.tool_major))
     into = f"{what} into {target.display()}"
-    scratch = Path(tempfile.mkdtemp(prefix="restore-", dir=workdir))
+    scratch = leased_work_directory("restore-", workdir)  # reaped if this process is killed
     applied: GlobalsApplied | None = None
     try:
         started = time.monotonic()
