@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install browser demo demo-clouds ui demo-stop test bench bench-stores bench-fleet clean
+.PHONY: install browser demo demo-clouds ui demo-stop test bench bench-stores bench-fleet chaos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,14 @@ bench-stores: install node_modules/.installed
 ## with store calls per database (a few minutes; S3=100 adds a moto-server run).
 bench-fleet: install
 	$(BIN)/python -m benchmarks.fleet $(if $(S3),--s3 $(S3))
+
+## Fault campaign: TRIALS seeded SIGKILL/store-fault trials of whole platform-dr processes, checked
+## after each (nothing lost, nothing left behind); e.g. `make chaos TRIALS=60 SEED=1 ROWS=300000`.
+TRIALS ?= 60
+SEED ?= 1
+ROWS ?= 300000
+chaos: install
+	$(BIN)/python -m chaos --trials $(TRIALS) --seed $(SEED) --rows $(ROWS)
 
 clean: demo-stop
 	rm -rf var

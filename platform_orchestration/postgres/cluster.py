@@ -28,6 +28,7 @@ from platform_orchestration.postgres.binaries import PgInstall, server_install
 from platform_orchestration.postgres.connection import PgConnection
 
 _UNPRIVILEGED_USER = "nobody"
+STAND_IN_DIR_ENV = "PLATFORM_STAND_IN_DIR"  # where stand-ins live (default /var/tmp/platform-orchestration-clusters)
 
 
 class ClusterError(PlatformError):
@@ -175,7 +176,8 @@ class LocalCluster:
 
 def _directory_reachable_by_unprivileged(base_dir: Path) -> Path:
     """`base_dir` if the server user can reach it, else a stand-in under /var/tmp, the same
-    one for the same `base_dir` every time (so a cluster found once is found again).
+    one for the same `base_dir` every time (so a cluster found once is found again); its
+    parent can be moved with ``$PLATFORM_STAND_IN_DIR``.
 
     A project cloned under a private directory (/root, `mktemp -d`) cannot hold data
     directories that `nobody` runs a server in."""
@@ -187,7 +189,8 @@ def _directory_reachable_by_unprivileged(base_dir: Path) -> Path:
     if _unprivileged_can_execute(existing):
         return base_dir
     digest = hashlib.sha256(str(base_dir.resolve()).encode()).hexdigest()[:16]
-    stand_in = Path("/var/tmp/platform-orchestration-clusters") / f"{base_dir.name}-{digest}"
+    parent = os.environ.get(STAND_IN_DIR_ENV, "").strip() or "/var/tmp/platform-orchestration-clusters"
+    stand_in = Path(parent) / f"{base_dir.name}-{digest}"
     stand_in.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(stand_in.parent, 0o755)
     return stand_in
