@@ -93,6 +93,7 @@ class TrialResult:
     leftovers: list[str] = dataclasses.field(default_factory=list)
     servers_seen: int = 0  # throwaway servers the command had started (from its leases)
     paths_seen: int = 0  # directories its leases named
+    partials_seen: int = 0  # partial files seen while it ran
 
 
 @dataclasses.dataclass
@@ -121,6 +122,8 @@ class CampaignReport:
         kinds = Counter(t.kind for t in self.trials)
         killed = Counter(t.kind for t in self.trials if t.killed_at is not None and not t.finished_first)
         with_server = Counter(t.kind for t in self.trials if t.servers_seen and not t.finished_first)
+        mid_write = Counter(t.kind for t in self.trials if t.partials_seen and not t.finished_first
+                            and t.killed_at is not None)
         lines = [
             f"fault campaign: seed {self.seed}, {len(self.trials)} trials in {self.seconds:.0f}s "
             f"(database {self.rows} rows, {self.database_bytes / 2**20:.0f} MiB; load average "
@@ -131,7 +134,9 @@ class CampaignReport:
         for kind in sorted(kinds):
             extra = f", {killed[kind]} killed mid-run" if kind.startswith("kill-") or kind == "s3-killed" else ""
             if with_server[kind]:
-                extra += f" ({with_server[kind]} with a throwaway server running)"
+                extra += f", {with_server[kind]} with a throwaway server up"
+            if mid_write[kind]:
+                extra += f", {mid_write[kind]} while writing to a store"
             lines.append(f"  {kind:<12} {kinds[kind]:>3} trial(s){extra}")
         lines += [f"  skipped: {s}" for s in self.skipped]
         lines.append(f"empty directories of killed prunes swept by age at the end: {self.empty_directories_swept}")
@@ -172,8 +177,10 @@ class _LeaseWatcher:
     """Reads the lease directory while a command runs: what it started and created, so that
     after the kill and the cleanup the campaign can check every one of them is gone."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, stores: tuple[Path, ...] = ()) -> None:
         self.directory = directory
+        self.stores = stores
+        self.partials: set[str] = set()  # partial files seen being written: the kill came mid-write
         self.paths: set[str] = set()
         self.servers: set[tuple[int, int | None]] = set()
         self._stop = threading.Event()
@@ -186,6 +193,9 @@ class _LeaseWatcher:
             self.paths.update(lease.paths)
             if lease.server:
                 self.servers.add((lease.server["pid"], lease.server.get("started")))
+        for root in self.stores:
+            for directory, _dirs, names in os.walk(root):
+                self.partials.update(os.path.join(directory, n) for n in names if n.startswith(".partial-"))
 
     def _watch(self) -> None:
         while not self._stop.is_set():
@@ -218,6 +228,7 @@ class Campaign:
         self.stack = contextlib.ExitStack()
         self.tmpfs: Path | None = None
         self.stderrs: list[tuple[str, str]] = []  # (command, stderr) of the current trial
+        self.watcher: _LeaseWatcher | None = None
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -251,7 +262,7 @@ class Campaign:
     def _mount_tmpfs(self) -> None:
         mount = self.scratch / "tmpfs"
         mount.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m,mode=0755", "tmpfs", str(mount)],
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g,mode=0755", "tmpfs", str(mount)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             self.skipped.append(f"disk-full: a tmpfs cannot be mounted here ({result.stderr.strip()})")
@@ -332,9 +343,13 @@ policies:
 """)
 
     def _calibrate(self) -> None:
-        for command in ("backup", "copies", "drill", "restore", "prune", "rotate-key", "rewrap"):
-            if command == "backup":
-                self._mutate()
+        """Time every command once, undisturbed, in the state its trials run it in (copies with
+        a copy to make, prune with backups to delete, rewrap after a rotation)."""
+        trial = TrialResult(0, "calibration", 0.0)
+        for command in ("backup", "copies", "drill", "restore", "prune", "rewrap", "rotate-key"):
+            prepare = getattr(self, f"_prepare_{command}", None)
+            if prepare is not None:
+                prepare(trial)
             started = time.monotonic()
             result = self._run(self._args(command))
             self.calibration[command] = time.monotonic() - started
@@ -344,7 +359,9 @@ policies:
         started = time.monotonic()
         self._run(["backup", CLOUD_DATABASE, "--wait", "60"])
         self.calibration["backup to s3"] = time.monotonic() - started
-        self._check_state(TrialResult(0, "calibration", 0.0), [])
+        self._check_state(trial, [])
+        if trial.violations:
+            raise RuntimeError(f"calibration: {trial.violations}")
 
     # --- running commands -----------------------------------------------------------------
 
@@ -376,6 +393,8 @@ policies:
     def _run_killed(self, args: list[str], at: float, trial: TrialResult,
                     kill: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
         """Run, and at `at` seconds SIGKILL its whole process group (or call `kill`)."""
+        if self.watcher is not None:
+            self.watcher.partials.clear()  # count what the killed command wrote, not its preparation
         process = self._popen(args)
         trial.killed_at = at
         try:
@@ -397,22 +416,31 @@ policies:
         trial = TrialResult(number, kind, 0.0)
         self.stderrs = []
         started = time.monotonic()
-        with _LeaseWatcher(self.scratch / "leases") as watcher:
+        with _LeaseWatcher(self.scratch / "leases", self._local_stores()) as watcher:
+            self.watcher = watcher
             getattr(self, "_" + kind.replace("-", "_"))(trial)
         self._check_state(trial, watcher)
         trial.servers_seen, trial.paths_seen = len(watcher.servers), len(watcher.paths)
+        trial.partials_seen = len(watcher.partials)
         trial.seconds = time.monotonic() - started
         return trial
 
     def _moment(self, command: str) -> float:
-        return self.rng.uniform(0.0, self.calibration[command] * 1.1)
+        """Uniform from just before the command's start-up ends (imports, fleet, key service:
+        the calibrated rotate-key) to just after it would have finished."""
+        startup = self.calibration["rotate-key"]
+        return self.rng.uniform(0.8 * startup, max(self.calibration[command] * 1.1, startup))
+
+    def _prepare_backup(self, trial: TrialResult) -> None:
+        self._mutate()
 
     def _kill_backup(self, trial: TrialResult) -> None:
-        self._mutate()
+        self._prepare_backup(trial)
         self._run_killed(self._args("backup"), self._moment("backup"), trial)
 
-    def _kill_copies(self, trial: TrialResult) -> None:
-        # The unwritable-store fault first: store b's database directory made immutable.
+    def _prepare_copies(self, trial: TrialResult) -> None:
+        """The unwritable-store fault: a backup with store b's database directory immutable
+        must cost only b's copy (exit 3); the copies command then has that copy to make."""
         directory = self.scratch / "stores" / "b" / "backups" / DATABASE
         directory.mkdir(parents=True, exist_ok=True)
         locked = subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
@@ -423,18 +451,28 @@ policies:
                 self._expect(trial, result, 3, "backup with store b unwritable", "no copy in b")
         finally:
             subprocess.run(["chattr", "-i", str(directory)], capture_output=True)
-        if not locked and "unwritable" not in " ".join(self.skipped):
+        if not locked and not any("unwritable" in s for s in self.skipped):
             self.skipped.append("unwritable store: chattr +i is not possible here; copies trials copy nothing")
+
+    def _kill_copies(self, trial: TrialResult) -> None:
+        self._prepare_copies(trial)
         self._run_killed(self._args("copies"), self._moment("copies"), trial)
 
-    def _kill_prune(self, trial: TrialResult) -> None:
-        while len([b for b in read_backups(self.protection.store("a"), DATABASE).backups]) <= KEEP_LAST + 1:
+    def _prepare_prune(self, trial: TrialResult) -> None:
+        while len(read_backups(self.protection.store("a"), DATABASE).backups) <= KEEP_LAST + 1:
             self._mutate()
             self._expect(trial, self._run(self._args("backup")), 0, "backup before prune")
+        self._check_backups(trial)  # the newest, before the prune, are these: they must survive it
+
+    def _kill_prune(self, trial: TrialResult) -> None:
+        self._prepare_prune(trial)
         self._run_killed(self._args("prune"), self._moment("prune"), trial)
 
-    def _kill_rewrap(self, trial: TrialResult) -> None:
+    def _prepare_rewrap(self, trial: TrialResult) -> None:
         self._expect(trial, self._run(self._args("rotate-key")), 0, "rotate-key")
+
+    def _kill_rewrap(self, trial: TrialResult) -> None:
+        self._prepare_rewrap(trial)
         self._run_killed(self._args("rewrap"), self._moment("rewrap"), trial)
 
     def _kill_drill(self, trial: TrialResult) -> None:
@@ -484,7 +522,8 @@ policies:
             self.moto.process.wait()
 
         result = self._run_killed(["backup", CLOUD_DATABASE, "--wait", "60"],
-                                  self.rng.uniform(0.0, self.calibration["backup to s3"] * 1.1), trial, kill_moto)
+                                  self.rng.uniform(0.8 * self.calibration["rotate-key"],
+                                                   self.calibration["backup to s3"] * 1.1), trial, kill_moto)
         if not trial.finished_first:
             if result.returncode == 3:
                 if "no copy in s3" not in result.stderr:
@@ -589,9 +628,12 @@ policies:
         for entry in (self.scratch / "tmp").iterdir():
             if str(entry) not in campaign_own:
                 trial.leftovers.append(f"{entry} left in the temporary directory")
-        for root in (self.scratch / "stores" / "a", self.scratch / "stores" / "b", self.store_c):
+        for root in self._local_stores():
             for partial in root.rglob(".partial-*"):
                 trial.leftovers.append(f"partial file {partial}")
+
+    def _local_stores(self) -> tuple[Path, ...]:
+        return (self.scratch / "stores" / "a", self.scratch / "stores" / "b", self.store_c)
 
     # --- the end ---------------------------------------------------------------------------
 
