@@ -60,10 +60,10 @@ bench-fleet: install
 	$(BIN)/python -m benchmarks.fleet $(if $(S3),--s3 $(S3))
 
 ## Fault campaign: TRIALS seeded SIGKILL/store-fault trials of whole platform-dr processes, checked
-## after each (nothing lost, nothing left behind); e.g. `make chaos TRIALS=60 SEED=1 ROWS=300000`.
+## after each (nothing lost, nothing left behind); e.g. `make chaos TRIALS=60 SEED=1 ROWS=1000000`.
 TRIALS ?= 60
 SEED ?= 1
-ROWS ?= 300000
+ROWS ?= 1000000
 chaos: install
 	$(BIN)/python -m chaos --trials $(TRIALS) --seed $(SEED) --rows $(ROWS)
 

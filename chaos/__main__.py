@@ -16,7 +16,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--rows", type=int, default=100_000, help="rows of the source database (default 100,000)")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the source database (default 1,000,000: about 220 MiB)")
     parser.add_argument("--json", type=Path, help="also write the trials as JSON here")
     args = parser.parse_args()
     report = run_campaign(args.trials, args.seed, rows=args.rows, log=lambda line: print(line, flush=True))

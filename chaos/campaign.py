@@ -372,7 +372,7 @@ policies:
             "prune": ["prune", DATABASE, "--wait", "60"],
             "rewrap": ["rewrap", "--wait", "60"],
             "drill": ["drill", DATABASE],
-            "restore": ["restore", DATABASE, "--replace", "--target-dsn",
+            "restore": ["restore", DATABASE, "--replace", "--with-globals", "--target-dsn",
                         f"host=127.0.0.1 port={self.target.port} user=postgres dbname=killed_restore"],
             "rotate-key": ["rotate-key"],
             "list": ["list", "--json"],
@@ -696,7 +696,7 @@ def schedule(trials: int, rng: random.Random) -> list[str]:
     return order[:trials]
 
 
-def run_campaign(trials: int, seed: int, rows: int = 100_000, log=print,  # noqa: ANN001
+def run_campaign(trials: int, seed: int, rows: int = 1_000_000, log=print,  # noqa: ANN001
                  canary: bool = False) -> CampaignReport:
     """Set up, run `trials` seeded trials, check after each; with `canary`, finally prove the
     checks find planted faults (CampaignReport.canary)."""

@@ -252,6 +252,18 @@ def leased_work_directory(prefix: str, parent: Path | None = None) -> Path:
     return path
 
 
+def _remove_stale_partial_leases(older_than: float = 3600.0) -> None:
+    """A lease being written is a ``.ID.json.partial`` for a moment; a writer killed in that
+    moment leaves it (with nothing created yet: the lease is written first)."""
+    directory = lease_directory()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if name.startswith(".") and name.endswith(".json.partial"):
+                with contextlib.suppress(OSError):
+                    if time.time() - os.stat(directory / name).st_mtime > older_than:
+                        os.unlink(directory / name)
+
+
 def release_lease_of(path: Path) -> None:
     """Drop this process's lease naming `path` (after removing it)."""
     me = ProcessIdentity.current()
@@ -326,6 +338,11 @@ def _stop(pid: int, started: int | None, timeout: float = 10.0) -> bool:
     return False
 
 
+def _unless_gone(_function: object, _path: str, info: tuple) -> None:
+    if not isinstance(info[1], FileNotFoundError):
+        raise info[1]
+
+
 def reap_abandoned(*, dry_run: bool = False) -> ReapReport:
     """Stop the servers and remove the paths of every lease whose owner is gone, then the lease.
     Leases of live owners, and of owners this machine cannot see, are left as they are. A
@@ -367,7 +384,7 @@ def reap_abandoned(*, dry_run: bool = False) -> ReapReport:
             size = _du(Path(path))
             if not dry_run:
                 try:
-                    shutil.rmtree(path)
+                    shutil.rmtree(path, onerror=_unless_gone)  # another reaper may be at it too
                 except OSError as exc:
                     failures.append(f"removing {path} of {lease.kind} lease {lease.lease_id} failed: {exc}")
                     continue
@@ -376,4 +393,6 @@ def reap_abandoned(*, dry_run: bool = False) -> ReapReport:
         if not dry_run and not any(f"lease {lease.lease_id}" in f for f in failures):
             lease.release()
             dropped += 1
+    if not dry_run:
+        _remove_stale_partial_leases()
     return ReapReport(tuple(stopped), tuple(removed), freed, dropped, live, unknown, tuple(failures), dry_run)
