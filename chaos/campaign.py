@@ -427,9 +427,10 @@ policies:
 
     def _moment(self, command: str) -> float:
         """Uniform from just before the command's start-up ends (imports, fleet, key service:
-        the calibrated rotate-key) to just after it would have finished."""
+        the calibrated rotate-key) to its calibrated end (on a loaded machine a command can
+        finish early: such a trial counts as "it had finished", not as a kill)."""
         startup = self.calibration["rotate-key"]
-        return self.rng.uniform(0.8 * startup, max(self.calibration[command] * 1.1, startup))
+        return self.rng.uniform(0.8 * startup, max(self.calibration[command], startup))
 
     def _prepare_backup(self, trial: TrialResult) -> None:
         self._mutate()

@@ -42,13 +42,13 @@ from platform_orchestration.backups.compliance import (
 )
 from platform_orchestration.backups.copy import CopyReport, ensure_copies
 from platform_orchestration.backups.drill import run_restore_drill
+from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.leftovers import (
     CleanupReport,
     LeftoverSweep,
     prefixes_written_for,
     sweep_leftovers,
 )
-from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.manifest import DrillRecord
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.backups.restore import RestoreResult, restore_backup
