@@ -11,7 +11,7 @@ BARMAN_INSTALLED := $(BARMAN_VENV)/.installed
 BARMAN_SPEC := barman[cloud,azure,google,lz4,zstandard]==3.19.*
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install barman browser demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-stores bench-fleet clean
+.PHONY: install barman browser demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-stores bench-fleet chaos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,14 @@ bench-stores: install node_modules/.installed
 ## with store calls per database (a few minutes; S3=100 adds a moto-server run).
 bench-fleet: install
 	$(BIN)/python -m benchmarks.fleet $(if $(S3),--s3 $(S3)) $(if $(STATUS),--status-only $(STATUS))
+
+## Fault campaign: TRIALS seeded SIGKILL/store-fault trials of whole platform-dr processes, checked
+## after each (nothing lost, nothing left behind); e.g. `make chaos TRIALS=60 SEED=1 ROWS=1000000`.
+TRIALS ?= 60
+SEED ?= 1
+ROWS ?= 1000000
+chaos: install
+	$(BIN)/python -m chaos --trials $(TRIALS) --seed $(SEED) --rows $(ROWS)
 
 clean: demo-stop
 	rm -rf var

@@ -151,7 +151,37 @@ def _parser() -> argparse.ArgumentParser:
     rewrap.add_argument("database", nargs="?", help="one database (default: all)")
     _lock_options(rewrap, override=True)
     cli_physical.add_parsers(commands)
+    _housekeeping_parsers(commands)
     return parser
+
+
+def _housekeeping_parsers(commands) -> None:  # noqa: ANN001 - argparse's private subparsers type
+    cleanup = commands.add_parser(
+        "cleanup", help="stop the throwaway servers and remove the work files of killed drills and restores on "
+                        "this machine, and sweep the leftovers of killed writes from every store")
+    cleanup.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    commands.add_parser("rotate-key", help="add a new version of the key-encryption key (the local key file, or "
+                                           "Vault transit if the token may); run rewrap after it")
+
+
+def _cleanup_command(args: argparse.Namespace, protection: FleetProtection, out: TextIO) -> int:
+    report = protection.cleanup(dry_run=args.dry_run)
+    print(f"cleanup{' (dry run, nothing removed)' if report.dry_run else ''}:", file=out)
+    for line in report.lines():
+        print(f"  {line}", file=out)
+    for failure in report.failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if report.failures else 0
+
+
+def _rotate_key_command(args: argparse.Namespace, protection: FleetProtection, out: TextIO) -> int:
+    service, version = protection.rotate_key()
+    print(f"{service}: new data keys are wrapped under version {version} from now on; older versions "
+          "still unwrap. Rewrap the stored backups under it: platform-dr rewrap", file=out)
+    return 0
+
+
+_HOUSEKEEPING = {"cleanup": _cleanup_command, "rotate-key": _rotate_key_command}
 
 
 def _imported() -> None:
@@ -188,6 +218,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
     from platform_orchestration.backups.catalog import describe_grouped  # imported with protection
 
     progress = TerminalProgress()
+    if args.command in _HOUSEKEEPING:
+        return _HOUSEKEEPING[args.command](args, protection, out)
 
     if args.command in cli_physical.PHYSICAL_COMMANDS:
         return cli_physical.run(args, protection, out)

@@ -43,6 +43,12 @@ from platform_orchestration.backups.compliance import (
 from platform_orchestration.backups.copy import CopyReport, ensure_copies
 from platform_orchestration.backups.drill import run_restore_drill
 from platform_orchestration.backups.integrity import verify_stored_backup
+from platform_orchestration.backups.leftovers import (
+    CleanupReport,
+    LeftoverSweep,
+    prefixes_written_for,
+    sweep_leftovers,
+)
 from platform_orchestration.backups.manifest import DrillRecord
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.backups.restore import RestoreResult, restore_backup
@@ -64,6 +70,7 @@ from platform_orchestration.errors import InvalidDeclaration, PlatformError, one
 from platform_orchestration.fleet import Fleet
 from platform_orchestration.fleet.durations import format_duration
 from platform_orchestration.fleet.model import MIN_SWEEP_AGE
+from platform_orchestration.ownership import reap_abandoned
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.locks import DatabaseBusy, DatabaseLock, LockUnavailable
 from platform_orchestration.postgres.probe import DatabaseObservation, ServerObservation, observe_database, observe_server
@@ -408,9 +415,50 @@ class FleetProtection:
                 f"prune of {database}: sweep age {format_duration(age)} is below "
                 f"{format_duration(MIN_SWEEP_AGE)}: it could remove a backup or copy still being written")
         with self._locked(database, "prune", lock and not dry_run, lock_wait):
-            return prune_database(database, self.stores_for(database), policy.retention,
-                                  now=self.clock(), dry_run=dry_run, orphan_grace=age, sweep_older_than=age,
-                                  drills=DrillRetention.of(policy.drill))
+            report = prune_database(database, self.stores_for(database), policy.retention,
+                                    now=self.clock(), dry_run=dry_run, orphan_grace=age, sweep_older_than=age,
+                                    drills=DrillRetention.of(policy.drill))
+        # What killed drills and restores left on this machine (servers, scratch directories).
+        return dataclasses.replace(report, machine=reap_abandoned(dry_run=dry_run))
+
+    def cleanup(self, *, dry_run: bool = False) -> CleanupReport:
+        """Remove what killed commands left: on this machine, the throwaway servers and scratch
+        directories of drills and restores whose process is gone (never a live one's); in
+        every store of every database's policy, the leftovers of killed writes under the
+        prefixes written for it (see :mod:`platform_orchestration.backups.leftovers`): those
+        whose writer is known dead at once, the others once idle for longer than the policy's
+        ``retention.sweep_older_than``. Deletes no backup and takes no lock (nothing it removes
+        is committed, or in use)."""
+        machine = reap_abandoned(dry_run=dry_run)
+        now = self.clock()
+        cutoffs: dict[str, tuple[datetime, list[str]]] = {}
+        for spec in self.fleet.databases:
+            policy = self.fleet.policy_for(spec.name)
+            for store_spec in self.fleet.stores_for(spec.name):
+                cutoff, prefixes = cutoffs.setdefault(store_spec.name, (now - policy.retention.sweep_older_than, []))
+                # One cutoff per store: the most careful (longest) age any of its databases asks for.
+                cutoffs[store_spec.name] = (min(cutoff, now - policy.retention.sweep_older_than), prefixes)
+                prefixes += [p for p in prefixes_written_for(spec.name) if p not in prefixes]
+        swept = []
+        for name, (cutoff, prefixes) in cutoffs.items():
+            try:
+                store = self.store(name)
+            except PlatformError as exc:
+                swept.append((name, LeftoverSweep(failures=(f"cannot open the store: {one_line(exc)}",))))
+                continue
+            swept.append((name, sweep_leftovers(store, prefixes, older_than=cutoff, dry_run=dry_run)))
+        return CleanupReport(machine, tuple(swept), dry_run)
+
+    def rotate_key(self) -> tuple[str, int]:
+        """Make a new version of the key-encryption key the one new data keys are wrapped under
+        (older versions still unwrap what they wrapped): the local key file, or Vault transit
+        if this token may rotate. Returns (the key service, the new version). Rewrap next."""
+        if self.keys is None:
+            raise InvalidDeclaration("no key service is configured: there is no key to rotate")
+        rotate = getattr(self.keys, "rotate", None)
+        if rotate is None:
+            raise InvalidDeclaration(f"{self.keys.describe()} cannot be rotated from here")
+        return self.keys.describe(), int(rotate())
 
     def assess(self, database: str, now: datetime | None = None) -> DatabaseCompliance:
         """The database's five findings at `now` (default: this object's clock); ages are

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,12 +20,59 @@ import pytest
 from pg import create_database, seeded_database
 
 from platform_orchestration.backups.take import BackupOutcome, take_backup
+from platform_orchestration.ownership import LEASE_DIR_ENV, leases, reap_abandoned
 from platform_orchestration.postgres import (
     LocalCluster,
     PgConnection,
     ephemeral_cluster,
 )
+from platform_orchestration.postgres.cluster import STAND_IN_DIR_ENV
 from platform_orchestration.storage import LocalObjectStore
+
+
+# --- Nothing left in /tmp or /var/tmp ------------------------------------------------------------
+# The session's temporary files (and those of every process it starts: CLI runs, dagster dev),
+# its leases and its clusters' stand-ins live in two directories of its own, so that what it
+# leaves can be told from what other programs on the machine leave. At the end, after a reap of
+# dead owners' leftovers (the tests kill processes on purpose), both must hold nothing but
+# pytest's own tmp_path directories and the server binaries' mirror; then they are removed.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="platform-orchestration-tests-"))
+# Short: a stand-in's socket path must stay under 108 bytes.
+_SESSION_VAR = Path(tempfile.mkdtemp(prefix="po-tests-", dir="/var/tmp"))
+for _directory in (_SESSION_TMP, _SESSION_VAR):
+    _directory.chmod(0o755)  # the server user must reach the binaries' mirror and the stand-ins
+os.environ["TMPDIR"] = tempfile.tempdir = str(_SESSION_TMP)
+os.environ[LEASE_DIR_ENV] = str(_SESSION_VAR / "leases")
+os.environ[STAND_IN_DIR_ENV] = str(_SESSION_VAR / "clusters")
+_EXPECTED_IN_TMP = ("pytest-of-", "platform-orchestration-pg-")
+
+
+def session_leftovers() -> list[str]:
+    """What this session left behind, after reaping what dead owners left."""
+    reaped = reap_abandoned()
+    found = [f"reap failed: {failure}" for failure in reaped.failures]
+    found += [f"lease of pid {lease.owner.pid} for {', '.join(lease.paths)}" for lease in leases()]
+    clusters = _SESSION_VAR / "clusters"
+    found += [str(path) for path in sorted(clusters.iterdir())] if clusters.is_dir() else []
+    found += [str(path) for path in sorted(_SESSION_TMP.iterdir()) if not path.name.startswith(_EXPECTED_IN_TMP)]
+    return found
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if getattr(session.config, "workerinput", None) is not None:
+        return
+    leftovers = session_leftovers()
+    if leftovers:
+        print("\nthe test session left behind (kept for inspection):\n  " + "\n  ".join(leftovers))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
+    if exitstatus == 0:
+        shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+        shutil.rmtree(_SESSION_VAR, ignore_errors=True)
+    else:
+        print(f"\ntest session files kept for inspection in {_SESSION_TMP}")
+        shutil.rmtree(_SESSION_VAR, ignore_errors=True)
 
 # Object-store backends for the conformance suite: `local` here, one `stores_<kind>.py` per cloud.
 STORE_BACKENDS = ["local", *sorted(p.stem.removeprefix("stores_")

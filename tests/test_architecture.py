@@ -4,6 +4,7 @@ knows nothing of Dagster, and no import is tucked into a function to hide a cycl
 Layers, lowest first (a module may import its own package and the packages listed for it):
 
     errors, clock
+    ownership                           (who owns a local process's leftovers; the reaper)
     declarations, fleet
     postgres, storage, secrets          (each alone: none imports another)
     kube                                (what each step's pod needs, from the fleet: plain values)
@@ -27,20 +28,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "platform_orchestration"
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "clock": set(),
+    "ownership": {"errors"},
     "declarations": {"errors"},
     "fleet": {"errors", "declarations"},
-    "postgres": {"errors", "fleet"},
+    "postgres": {"errors", "fleet", "ownership"},
     # fleet.durations formats retention periods in messages; no fleet *spec* reaches a backend.
-    "storage": {"errors", "fleet"},
+    "storage": {"errors", "fleet", "ownership"},
     "secrets": {"errors", "fleet"},
     "crypto": {"errors", "secrets"},
-    "backups": {"errors", "clock", "fleet", "postgres", "storage", "crypto", "__init__"},
+    "backups": {"errors", "clock", "fleet", "postgres", "storage", "crypto", "ownership", "__init__"},
     # Physical backups (barman-cloud): above backups (drill ids, evidence writing), below protection; takes plain values and open stores.
     "physical": {"errors", "clock", "fleet", "postgres", "storage", "backups"},
     "stores": {"errors", "fleet", "storage", "secrets"},
     "providers": {"errors", "secrets", "crypto"},
     "protection": {"errors", "clock", "fleet", "postgres", "storage", "secrets", "crypto", "backups", "stores",
-                   "providers", "physical"},
+                   "providers", "physical", "ownership"},
     # what each step's pod needs, from the fleet: plain values the Dagster layer turns into op tags
     "kube": {"errors", "fleet"},
 }

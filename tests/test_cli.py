@@ -14,6 +14,8 @@ from conftest import SOURCE_DB, make_stores
 from fleetfiles import write_fleet
 from pg import fingerprint, flip_byte
 
+from platform_orchestration.ownership import ProcessIdentity
+
 
 def platform_dr(fleet: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "platform_orchestration.cli", "--fleet", str(fleet), *args],
@@ -188,3 +190,51 @@ def test_restore_and_status_name_a_newer_backup_whose_manifest_is_garbage(tmp_pa
     assert status.returncode == 1
     assert f"[FAIL] copies_in_required_stores: backup {older.backup_id} verified" in status.stdout
     assert f"[unreadable] backup {newer.backup_id} in stores aws, azure, gcp: unreadable manifest" in status.stdout
+
+
+def test_rotate_key_then_rewrap_is_the_whole_rotation_and_old_backups_still_restore(
+        tmp_path, fleet, source_db, target_cluster, local_key_file):
+    old_id = platform_dr(fleet, "backup", SOURCE_DB).stdout.strip()
+    version_before = json.loads(local_key_file.read_text())["versions"][-1]["version"]
+
+    rotated = platform_dr(fleet, "rotate-key")
+    assert rotated.returncode == 0, rotated.stderr
+    new_version = version_before + 1
+    assert f"version {new_version}" in rotated.stdout and "platform-dr rewrap" in rotated.stdout
+    new_id = platform_dr(fleet, "backup", SOURCE_DB).stdout.strip()
+    manifests = tmp_path / "stores" / "aws" / "backups" / SOURCE_DB
+    assert json.loads((manifests / new_id / "manifest.json").read_text())["encryption"]["key_version"] == new_version
+    assert json.loads((manifests / old_id / "manifest.json").read_text())["encryption"]["key_version"] == version_before
+    status = platform_dr(fleet, "status").stdout
+    assert f"local v{version_before}: 3" in status and f"local v{new_version}: 3" in status
+
+    rewrap = platform_dr(fleet, "rewrap")
+    assert rewrap.returncode == 0, rewrap.stderr
+    assert json.loads((manifests / old_id / "manifest.json").read_text())["encryption"]["key_version"] == new_version
+    status = platform_dr(fleet, "status").stdout
+    assert f"local v{version_before}" not in status and f"local v{new_version}: 6" in status
+
+    target = target_cluster.connection("cli_rotated")
+    restored = platform_dr(fleet, "restore", SOURCE_DB, "--backup", old_id, "--target-dsn", target.dsn)
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(target) == fingerprint(source_db)
+
+
+def test_cleanup_removes_a_dead_writers_partial_file_and_nothing_committed(tmp_path, fleet):
+    backup_id = platform_dr(fleet, "backup", SOURCE_DB).stdout.strip()
+    folder = tmp_path / "stores" / "gcp" / "backups" / SOURCE_DB / backup_id
+    committed = sorted(p.name for p in folder.iterdir())
+    # What a writer killed mid-write leaves: its pid (a finished process) in the partial's name.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    me = ProcessIdentity.current()
+    owner = ProcessIdentity(me.boot, me.pid_namespace, int(gone.stdout), 1).token()
+    partial = folder / f".partial-dump.pgdump.zst.{'0' * 32}-{owner}"
+    partial.write_bytes(b"half a dump")
+
+    dry = platform_dr(fleet, "cleanup", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would remove 1 incomplete upload(s)" in dry.stdout and partial.exists()
+    done = platform_dr(fleet, "cleanup")
+    assert done.returncode == 0 and "removed incomplete upload" in done.stdout and "its writer is gone" in done.stdout
+    assert not partial.exists() and sorted(p.name for p in folder.iterdir()) == committed
+    assert "Traceback" not in done.stderr

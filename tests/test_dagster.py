@@ -22,6 +22,7 @@ from platform_orchestration.protection import TARGET_PASSWORD_RULE, FleetProtect
 from platform_orchestration.resources import AlertsResource
 from platform_orchestration.sensors import report_failed_runs
 from platform_orchestration.ops.batches import BATCH_RUN_TAG
+from platform_orchestration.ownership import Lease, ProcessIdentity
 from platform_orchestration.specs import CLUSTER_RUN_TAG, DATABASE_RUN_TAG
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -394,6 +395,13 @@ def test_prune_backups_job_materializes_retention_for_a_partition(tmp_path, sour
 
     defs = _defs(tmp_path, source_cluster)  # retention keep_last: 3
     ids = [backup(make_stores(tmp_path / "stores")).manifest.backup_id for _ in range(4)]
+    # What a restore killed on this worker left: its work directory, leased by a finished process.
+    me = ProcessIdentity.current()
+    work = tmp_path / "restore-killed"
+    Lease(kind="work-directory", owner=ProcessIdentity(me.boot, me.pid_namespace, me.pid, me.started + 1),
+          paths=[str(work)], created=True)._write()
+    work.mkdir()
+    (work / "dump.pgdump").write_bytes(b"x" * 4096)
 
     result = defs.resolve_job_def("prune_backups").execute_in_process(
         partition_key=SOURCE_DB, instance=instance, run_config=QUIET)
@@ -404,6 +412,7 @@ def test_prune_backups_job_materializes_retention_for_a_partition(tmp_path, sour
     metadata = materialization.metadata
     assert (metadata["deleted_count"].value, metadata["kept_count"].value,
             metadata["locked_count"].value, metadata["leftovers_removed"].value) == (3, 9, 0, 0)
+    assert metadata["abandoned_bytes_removed"].value == 4096 and not work.exists()
     assert instance.get_run_by_id(result.run_id).tags[DATABASE_RUN_TAG] == SOURCE_DB
     for store in ("aws", "azure", "gcp"):
         remaining = {p.parent.name for p in (tmp_path / "stores" / store / "backups" / SOURCE_DB).glob("*/manifest.json")}

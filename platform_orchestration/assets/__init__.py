@@ -138,6 +138,10 @@ def retention_metadata(protection: FleetProtection, name: str, log: logging.Logg
                                                   + report.directories_removed_count),
         "leftover_bytes_removed": dg.MetadataValue.int(report.discarded_bytes),
         "drill_records_deleted": dg.MetadataValue.int(report.drills_deleted_count),
+        # Throwaway servers and work directories of killed drills and restores on this worker.
+        "abandoned_servers_stopped": dg.MetadataValue.int(len(report.machine.servers_stopped)
+                                                          if report.machine else 0),
+        "abandoned_bytes_removed": dg.MetadataValue.int(report.machine.bytes_freed if report.machine else 0),
         "kept_backups": ", ".join(report.plan.kept_ids) or "none",
         "stores": _markdown_table(["store", "deleted", "kept", "locked", "orphans removed", "errors"], rows),
     }
@@ -219,7 +223,9 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               description="The retention policy applied in every store of the policy: backups it no "
                           "longer keeps deleted (manifest first), the newest always kept, locked "
                           "(immutable) objects reported and kept, orphan dumps and leftovers of killed "
-                          "writes swept, drill records past the policy's drill retention deleted.")
+                          "writes swept, drill records past the policy's drill retention deleted, and "
+                          "the servers and work directories of killed drills and restores on the "
+                          "worker removed.")
     def retention(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
         return _materialize(context, fleet, retention_metadata)
 

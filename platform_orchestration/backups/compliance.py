@@ -122,6 +122,7 @@ def assess_database(
     held_by: dict[str, list[str]] = {}
     manifest_of: dict[str, BackupManifest] = {}
     unencrypted: list[str] = []
+    key_versions: dict[str, int] = {}
     broken_manifests: list[UnreadableObject] = []
     # 2 LIST + 1 GET per store with a current index
     if stores_at_once and len(stores) > 1:
@@ -138,6 +139,9 @@ def assess_database(
             encryption = stored.manifest.encryption
             if encryption is None or not encryption.key_version:
                 unencrypted.append(f"{stored.backup_id} in {store.name}")
+            else:
+                version = f"{encryption.key_name} v{encryption.key_version}"
+                key_versions[version] = key_versions.get(version, 0) + 1
     drills = merge_drills(view.drills for view in views)
     findings: list[Finding] = []
 
@@ -205,6 +209,7 @@ def assess_database(
     findings.append(Finding(
         BACKUPS_ENCRYPTED, not unencrypted,
         f"{copies - len(unencrypted)} of {copies} stored copies encrypted with a named key version"
+        + (f" ({', '.join(f'{v}: {n}' for v, n in sorted(key_versions.items()))})" if key_versions else "")
         + (f"; not encrypted: {', '.join(unencrypted[:5])}" + (" ..." if len(unencrypted) > 5 else "")
            if unencrypted else ""),
     ))

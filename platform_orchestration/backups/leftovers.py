@@ -25,9 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from platform_orchestration.ownership import ReapReport
 from platform_orchestration.storage import HasDirectories, IncompleteUpload, ObjectStore, StoreError
 
-__all__ = ["LEFTOVER_GRACE", "LeftoverSweep", "prefixes_written_for", "sweep_leftovers"]
+__all__ = ["LEFTOVER_GRACE", "CleanupReport", "LeftoverSweep", "prefixes_written_for", "sweep_leftovers"]
 
 LEFTOVER_GRACE = timedelta(days=1)
 """How long an incomplete upload or an empty directory must have been idle before a sweep removes it."""
@@ -74,3 +75,32 @@ def sweep_leftovers(store: ObjectStore, prefixes: Sequence[str], *, older_than: 
         except OSError as exc:
             failures.append(f"sweeping empty directories under {prefix} failed: {exc}")
     return LeftoverSweep(tuple(uploads), tuple(directories), tuple(failures))
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What ``platform-dr cleanup`` removed (or, dry run, would remove): on this machine, the
+    servers and directories of dead drills and restores; in each store, the leftovers of
+    killed writes (every one whose writer is known dead, the others once idle long enough)."""
+
+    machine: ReapReport
+    stores: tuple[tuple[str, LeftoverSweep], ...]
+    dry_run: bool = False
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        return self.machine.failures + tuple(f"store {name}: {failure}" for name, sweep in self.stores
+                                             for failure in sweep.failures)
+
+    def lines(self) -> list[str]:
+        removed = "would remove" if self.dry_run else "removed"
+        lines = [f"this machine: {self.machine.summary()}"]
+        lines += [f"this machine: {removed} {path}" for path in self.machine.paths_removed]
+        for name, sweep in self.stores:
+            size = sum(upload.size or 0 for upload in sweep.uploads)
+            lines.append(f"store {name}: {removed} {len(sweep.uploads)} incomplete upload(s) "
+                         f"({size} bytes), {len(sweep.directories)} empty directory(ies)")
+            lines += [f"store {name}: {removed} incomplete upload {upload.key}"
+                      + (" (its writer is gone)" if upload.writer_gone else "") for upload in sweep.uploads]
+            lines += [f"store {name}: {removed} empty directory {key}" for key in sweep.directories]
+        return lines

@@ -56,7 +56,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -83,6 +82,7 @@ from platform_orchestration.backups.integrity import BackupCorrupt, checked_stor
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.errors import PlatformError, one_line
+from platform_orchestration.ownership import leased_work_directory
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.globals import GlobalsApplied, GlobalsError, apply_globals
@@ -789,7 +789,7 @@ def restore_backup(
     # backup (what pg_restore is given before the end is authenticated) or on a throwaway
     # server; never with globals (roles on the server would outlive the dropped database).
     overlap = not state.exists and not with_globals and (manifest.encryption is not None or throwaway_target)
-    scratch = Path(tempfile.mkdtemp(prefix="restore-", dir=workdir))
+    scratch = leased_work_directory("restore-", workdir)  # reaped if this process is killed
     applied: GlobalsApplied | None = None
     created = False
     try:

@@ -91,6 +91,7 @@ from platform_orchestration.backups.manifest import (
 from platform_orchestration.errors import PlatformError
 from platform_orchestration.fleet.model import DrillPolicy, RetentionPolicy
 from platform_orchestration.fleet.durations import format_duration
+from platform_orchestration.ownership import ReapReport
 from platform_orchestration.storage import IncompleteUpload, ObjectInfo, ObjectStore, StoreError
 from platform_orchestration.storage.base import ObjectLocked
 
@@ -353,6 +354,8 @@ class PruneReport:
     plan: RetentionPlan
     stores: tuple[StorePrune, ...]
     sweep_older_than: timedelta = LEFTOVER_GRACE
+    # What dead drills and restores left on the machine that pruned (see ownership.py).
+    machine: ReapReport | None = None
 
     def store(self, name: str) -> StorePrune:
         return next(s for s in self.stores if s.store == name)
@@ -396,7 +399,8 @@ class PruneReport:
 
     @property
     def failures(self) -> tuple[str, ...]:
-        return tuple(f"store {s.store}: {f}" for s in self.stores for f in s.failures)
+        return (tuple(f"store {s.store}: {f}" for s in self.stores for f in s.failures)
+                + (self.machine.failures if self.machine is not None else ()))
 
     def lines(self) -> list[str]:
         """The report for a person: one line per deleted, kept, locked, swept or failed item."""
@@ -417,6 +421,10 @@ class PruneReport:
                              f"{removed} {len(s.uploads_discarded)} incomplete upload(s) "
                              f"({_mib(s.discarded_bytes)}), {len(s.directories_removed)} empty directory(ies)")
             lines += [f"{s.store}: error: {failure}" for failure in s.failures]
+        if self.machine is not None and (self.machine.servers_stopped or self.machine.paths_removed
+                                         or self.machine.failures):
+            lines.append(f"this machine: {self.machine.summary()}")
+            lines += [f"this machine: error: {failure}" for failure in self.machine.failures]
         return lines
 
 

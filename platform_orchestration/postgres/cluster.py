@@ -17,15 +17,18 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from platform_orchestration.errors import PlatformError
+from platform_orchestration.ownership import Lease, reap_abandoned
 from platform_orchestration.postgres.binaries import PgInstall, server_install
 from platform_orchestration.postgres.connection import PgConnection
 
 _UNPRIVILEGED_USER = "nobody"
+STAND_IN_DIR_ENV = "PLATFORM_STAND_IN_DIR"  # where stand-ins live (default /var/tmp/platform-orchestration-clusters)
 
 
 class ClusterError(PlatformError):
@@ -173,7 +176,8 @@ class LocalCluster:
 
 def _directory_reachable_by_unprivileged(base_dir: Path) -> Path:
     """`base_dir` if the server user can reach it, else a stand-in under /var/tmp, the same
-    one for the same `base_dir` every time (so a cluster found once is found again).
+    one for the same `base_dir` every time (so a cluster found once is found again); its
+    parent can be moved with ``$PLATFORM_STAND_IN_DIR``.
 
     A project cloned under a private directory (/root, `mktemp -d`) cannot hold data
     directories that `nobody` runs a server in."""
@@ -185,7 +189,8 @@ def _directory_reachable_by_unprivileged(base_dir: Path) -> Path:
     if _unprivileged_can_execute(existing):
         return base_dir
     digest = hashlib.sha256(str(base_dir.resolve()).encode()).hexdigest()[:16]
-    stand_in = Path("/var/tmp/platform-orchestration-clusters") / f"{base_dir.name}-{digest}"
+    parent = os.environ.get(STAND_IN_DIR_ENV, "").strip() or "/var/tmp/platform-orchestration-clusters"
+    stand_in = Path(parent) / f"{base_dir.name}-{digest}"
     stand_in.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(stand_in.parent, 0o755)
     return stand_in
@@ -196,28 +201,83 @@ def local_cluster(base_dir: Path, port: int, min_major: int = 0) -> LocalCluster
     return LocalCluster(base_dir=_directory_reachable_by_unprivileged(base_dir), port=port, install=install)
 
 
+def _start_owned(cluster: LocalCluster) -> subprocess.Popen:
+    """Start `cluster`'s postmaster as a child of this process (not through pg_ctl, whose
+    server is nobody's child) with a parent-death signal: if this process dies, even by
+    SIGKILL, the kernel sends the postmaster SIGQUIT (immediate shutdown) and the server
+    goes with it. setpriv sets the signal after changing user, since a change of
+    credentials clears it (measured: a pg_ctl-started server, or one given the signal
+    before setpriv, outlives its owner; this one is gone within a second). The signal is
+    tied to the thread that started it: keep the cluster in the thread that made it."""
+    options = ["-D", str(cluster.data_dir), "-p", str(cluster.port), "-k", str(cluster.socket_dir),
+               "-c", "listen_addresses=127.0.0.1", "-c", "max_wal_size=2GB", "-c", "max_connections=40"]
+    command = ["setpriv", "--pdeathsig", "SIGQUIT"]
+    if _running_as_root():
+        command += [f"--reuid={_UNPRIVILEGED_USER}", "--regid=nogroup", "--clear-groups", "--reset-env"]
+    command += [str(cluster.install.tool("postgres")), *options]
+    if shutil.which("setpriv") is None:  # not Linux: the reaper alone stops a dead owner's server
+        command = command[command.index(str(cluster.install.tool("postgres"))):]
+    with open(cluster.log_file, "ab") as log:
+        server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                  start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            tail = "\n".join(cluster.log_file.read_text(errors="replace").splitlines()[-15:])
+            raise ClusterError(f"postgres failed to start for cluster in {cluster.base_dir} "
+                               f"(exit {server.returncode}):\n{tail}")
+        if cluster.is_running():
+            return server
+        time.sleep(0.05)
+    server.kill()
+    server.wait()
+    raise ClusterError(f"postgres did not accept connections within 60s for cluster in {cluster.base_dir}")
+
+
 @contextlib.contextmanager
 def ephemeral_cluster(min_major: int = 0, parent_dir: Path | None = None) -> Iterator[LocalCluster]:
-    """A fresh, empty cluster on a free port, stopped and deleted on exit whatever happens."""
-    base_dir = Path(tempfile.mkdtemp(prefix="pg-ephemeral-", dir=parent_dir))
-    cluster = local_cluster(base_dir, free_port(), min_major)
+    """A fresh, empty cluster on a free port, stopped and deleted on exit whatever happens.
+
+    Even if this process is killed: a lease (platform_orchestration/ownership.py) names the
+    directories before they are made and the server once it runs, the server dies with this
+    process (a parent-death signal), and the next ephemeral cluster, prune or
+    ``platform-dr cleanup`` removes what a dead owner left. That reap runs first here."""
+    reap_abandoned()
+    parent = Path(parent_dir) if parent_dir is not None else Path(tempfile.gettempdir())
+    base_dir = parent / f"pg-ephemeral-{uuid.uuid4().hex[:12]}"
+    lease = Lease.take("cluster", [base_dir])
+    server: subprocess.Popen | None = None
+    cluster: LocalCluster | None = None
     started = time.monotonic()
     try:
+        base_dir.mkdir(mode=0o700)  # private, as mkdtemp's: as root the data lives in a stand-in
+        cluster = local_cluster(base_dir, free_port(), min_major)
+        lease.add_paths(cluster.base_dir)
         cluster.init()
         for attempt in range(3):
             try:
-                cluster.start()
+                server = _start_owned(cluster)
                 break
             except ClusterError:
                 if attempt == 2:
                     raise
                 cluster.port = free_port()  # lost a race for the port
+        lease.record_server(server.pid, cluster.port, cluster.data_dir)
         cluster.startup_seconds = time.monotonic() - started  # type: ignore[attr-defined]
         yield cluster
     finally:
-        with contextlib.suppress(ClusterError, subprocess.SubprocessError):
-            cluster.stop()
+        if cluster is not None:
+            with contextlib.suppress(ClusterError, subprocess.SubprocessError):
+                cluster.stop()
+        if server is not None:
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
         shutil.rmtree(base_dir, ignore_errors=True)
-        # As root the data lives in a stand-in under /var/tmp (mkdtemp's directory is private):
-        # it goes too, or every throwaway cluster would stay on disk.
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
+        # As root the data lives in a stand-in under /var/tmp (base_dir is private): it goes
+        # too, or every throwaway cluster would stay on disk.
+        if cluster is not None:
+            shutil.rmtree(cluster.base_dir, ignore_errors=True)
+        lease.release()

@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
 
 from platform_orchestration.errors import PlatformError, one_line
+from platform_orchestration.ownership import leased_work_directory
 from platform_orchestration.postgres.binaries import PgInstall
 from platform_orchestration.postgres.connection import PgConnection
 
@@ -220,10 +221,10 @@ def _run_psql(statements: tuple[str, ...], connection: PgConnection, tools: PgIn
         text.append(statement)
         line += statement.count("\n") + 1
         lines_of.append((line, statement))
-    fd, path = tempfile.mkstemp(prefix="globals-", suffix=".sql")
+    work = leased_work_directory("restore-globals-")  # reaped if this process is killed
+    path = work / "globals.sql"
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write("\n".join(text) + "\n")
+        path.write_text("\n".join(text) + "\n")
         result = subprocess.run(
             [tools.tool("psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=0", f"--file={path}",
              f"--dbname={connection.dsn}"],
@@ -232,7 +233,7 @@ def _run_psql(statements: tuple[str, ...], connection: PgConnection, tools: PgIn
     except (OSError, subprocess.SubprocessError) as exc:
         raise GlobalsError(f"{where}: psql {tools.version} could not run: {one_line(exc)}") from None
     finally:
-        os.unlink(path)
+        shutil.rmtree(work, ignore_errors=True)
     if result.returncode != 0:  # with ON_ERROR_STOP off: could not connect, or lost the connection
         raise GlobalsError(f"{where}: psql {tools.version} exited with {result.returncode}: "
                            f"{one_line(result.stderr)}")

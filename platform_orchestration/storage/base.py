@@ -70,17 +70,20 @@ class IncompleteUpload:
     or byte where the store records that, else its start. A sweep goes by it, not by the start,
     so a long upload that is still sending is never taken for an abandoned one. None when the
     store cannot tell: such an upload is never removed by age. ``size`` is the bytes the store
-    holds for it, None when unknown; ``started_at`` when the store records the start."""
+    holds for it, None when unknown; ``started_at`` when the store records the start.
+    ``writer_gone``: the store knows the process writing it has died (a local partial file
+    whose writer ran on this machine and no longer runs): a sweep removes it whatever its age."""
 
     key: str
     last_active_at: datetime | None
     size: int | None = None
     started_at: datetime | None = None
+    writer_gone: bool = False
 
     def idle_since_before(self, cutoff: datetime | None) -> bool:
-        """Whether a sweep with `cutoff` removes it: always without a cutoff; with one, only
-        if it is known to have been idle since before it."""
-        if cutoff is None:
+        """Whether a sweep with `cutoff` removes it: always without a cutoff or when its
+        writer is known gone; else only if it is known to have been idle since before it."""
+        if cutoff is None or self.writer_gone:
             return True
         return self.last_active_at is not None and self.last_active_at < cutoff
 

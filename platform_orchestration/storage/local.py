@@ -4,6 +4,11 @@ An object is written to a hidden `.partial-*` file beside its final name, fsynce
 renamed into place and the directory fsynced: a crash leaves either the whole object or
 no object, and partial files are invisible to listing. What a killed writer or prune leaves
 (partial files, empty directories) is aged by mtime and removed by the retention sweep.
+
+A partial file's name also says who writes it (boot id, pid namespace, pid and start time,
+see platform_orchestration/ownership.py): once that process is gone from this machine, the
+sweep removes the file at once, whatever its age. A partial file written by another machine
+sharing the filesystem, or in another container, is judged by its age alone.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from platform_orchestration.ownership import ProcessIdentity
 from platform_orchestration.storage.base import (
     READ_CHUNK_BYTES,
     IncompleteUpload,
@@ -44,13 +50,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_WRITER: list[tuple[int, str]] = []  # (pid, token) of this process, computed once per process
+
+
+def _writer_token() -> str:
+    pid = os.getpid()
+    if not _WRITER or _WRITER[0][0] != pid:  # first use, or a forked child
+        _WRITER[:] = [(pid, ProcessIdentity.current().token())]
+    return _WRITER[0][1]
+
+
+def _writer_gone(suffix: str) -> bool:
+    """Whether the writer a partial file's suffix (``<uuid>-<owner token>``) names is known dead."""
+    _uuid, _, token = suffix.partition("-")
+    owner = ProcessIdentity.from_token(token) if token else None
+    return owner is not None and owner.is_alive() is False
+
+
 class LocalObjectWriter(WriterLifecycle):
     def __init__(self, store: LocalObjectStore, key: str) -> None:
         self._store = store
         self._key = key
         self._final = store.path_for(key)
         self._final.parent.mkdir(parents=True, exist_ok=True)
-        self._partial = self._final.with_name(f"{_PARTIAL_MARK}{self._final.name}.{uuid.uuid4().hex}")
+        self._partial = self._final.with_name(
+            f"{_PARTIAL_MARK}{self._final.name}.{uuid.uuid4().hex}-{_writer_token()}")
         self._file = open(self._partial, "wb")  # noqa: SIM115 - closed in commit/abort
 
     def write(self, chunk: bytes) -> None:
@@ -153,7 +177,7 @@ class LocalObjectStore:
         paths = [Path(dirpath) / name for dirpath, _dirs, names in os.walk(self._top(prefix))
                  for name in names if name.startswith(_PARTIAL_MARK)]
         for path in paths:
-            final_name = path.name[len(_PARTIAL_MARK):].rsplit(".", 1)[0]
+            final_name, _, suffix = path.name[len(_PARTIAL_MARK):].rpartition(".")
             key = path.with_name(final_name).relative_to(self.root).as_posix()
             if not key.startswith(prefix):
                 continue
@@ -163,7 +187,7 @@ class LocalObjectStore:
                 continue
             # A file's mtime is its last write: a partial file still being written stays young.
             yield path, IncompleteUpload(key, datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc),
-                                         size=stat.st_size)
+                                         size=stat.st_size, writer_gone=_writer_gone(suffix))
 
     def incomplete_uploads(self, prefix: str = "", *,
                            older_than: datetime | None = None) -> list[IncompleteUpload]:
