@@ -9,6 +9,8 @@ generation preconditions.
 
 from __future__ import annotations
 
+import dataclasses
+
 import socket
 import subprocess
 import sys
@@ -33,6 +35,10 @@ from platform_orchestration.stores import store_from_spec
 
 PROJECT = "test-project"
 # Without fast_retries a store still gives up within seconds, never minutes.
+# Short backoff for the wire-fault tests, with more time to give up than the core's FAST_RETRIES
+# (2 s): the emulator is pure Python and, on a loaded 2-core machine, one 8 MiB ranged read
+# through the fault proxy can take longer than that (seen in full runs, never alone).
+FAULT_RETRIES = dataclasses.replace(FAST_RETRIES, deadline=10.0)
 TEST_RETRIES = RetrySettings(initial=0.05, maximum=0.5, multiplier=2.0, deadline=10.0)
 
 
@@ -101,7 +107,7 @@ class GcsBackend:
         spec = GcsStoreSpec(name=name or bucket, bucket=bucket, project=PROJECT, prefix=prefix,
                             endpoint_url=via.endpoint if via else self.emulator.endpoint,
                             immutability=immutability)
-        options: dict[str, object] = {"retry": FAST_RETRIES if fast_retries else TEST_RETRIES,
+        options: dict[str, object] = {"retry": FAULT_RETRIES if fast_retries else TEST_RETRIES,
                                       "connect_timeout": 5.0, "read_timeout": 30.0}
         if page_size is not None:
             options["page_size"] = page_size
