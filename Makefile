@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install browser demo demo-clouds ui demo-stop test bench bench-stores bench-fleet clean
+.PHONY: install browser monitoring-tools demo demo-clouds ui demo-stop test bench bench-stores bench-fleet clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,13 +37,21 @@ browser:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+## Debian's Prometheus, Pushgateway and Alertmanager for the monitoring tests (installed when
+## missing and we may: as root). The tests run them on loopback; nothing is started as a service.
+monitoring-tools:
+	@command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && \
+	  command -v prometheus-alertmanager >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-pushgateway prometheus-alertmanager >/dev/null)
+
 ## Node tools the tests run (Azurite, the Azure Blob emulator), as pinned in package-lock.json.
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
 ## The test suite: real PostgreSQL servers, a real dagster dev and Chromium, started by the tests.
-test: install browser node_modules/.installed
+test: install browser monitoring-tools node_modules/.installed
 	$(BIN)/python -m pytest
 
 ## Benchmarks against pg_dump/pg_restore baselines (by hand, a few minutes).

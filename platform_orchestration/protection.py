@@ -64,6 +64,12 @@ from platform_orchestration.errors import InvalidDeclaration, PlatformError, one
 from platform_orchestration.fleet import Fleet
 from platform_orchestration.fleet.durations import format_duration
 from platform_orchestration.fleet.model import MIN_SWEEP_AGE
+from platform_orchestration.observability.recoverability import (
+    DatabaseRecoverability,
+    StoreFacts,
+    describe_immutability,
+    observe_recoverability,
+)
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.locks import DatabaseBusy, DatabaseLock, LockUnavailable
 from platform_orchestration.postgres.probe import DatabaseObservation, ServerObservation, observe_database, observe_server
@@ -447,3 +453,19 @@ class FleetProtection:
         if assessments is None:
             assessments = self.assess_fleet(now)
         return record_compliance(assessments, self.all_stores(), now=now, fleet_file=str(self.fleet.source))
+
+    def recoverability(self, database: str | None = None, now: datetime | None = None, *,
+                       assessments: Sequence[DatabaseCompliance] | None = None) -> list[DatabaseRecoverability]:
+        """Each database's recoverability (one, or the fleet's in fleet order) at one `now`: the
+        assessment's findings with the figures per store and per cloud behind them (see
+        :mod:`platform_orchestration.observability.recoverability`). `assessments` made by the
+        caller at `now` are used instead of assessing again."""
+        now = now or self.clock()
+        if assessments is None:
+            assessments = [self.assess(database, now)] if database else self.assess_fleet(now)
+        facts = [StoreFacts(s.name, s.cloud, s.kind, describe_immutability(getattr(s, "immutability", None)))
+                 for s in self.fleet.stores]
+        return [observe_recoverability(
+            database=a.database, cluster=self.fleet.database(a.database).cluster,
+            policy=self.fleet.policy_for(a.database), stores=self.stores_for(a.database), facts=facts,
+            assessment=a, now=now) for a in assessments]

@@ -9,6 +9,7 @@ Layers, lowest first (a module may import its own package and the packages liste
     crypto                              (ciphers and key services; Vault's client from secrets)
     backups                             (manifests, taking, copying, restoring, drilling)
     stores.py, providers.py             (fleet entries -> open stores; environment -> providers)
+    observability, reporting            (recoverability per store, remedies, metrics, alerts; the report)
     protection.py                       (FleetProtection: the one API of the core)
     cli.py and the Dagster layer        (call the core and format)
 """
@@ -35,8 +36,10 @@ ALLOWED: dict[str, set[str]] = {
     "backups": {"errors", "clock", "fleet", "postgres", "storage", "crypto", "__init__"},
     "stores": {"errors", "fleet", "storage", "secrets"},
     "providers": {"errors", "secrets", "crypto"},
+    "observability": {"errors", "clock", "fleet", "storage", "backups"},
+    "reporting": {"errors", "clock", "fleet", "storage", "backups", "observability"},
     "protection": {"errors", "clock", "fleet", "postgres", "storage", "secrets", "crypto", "backups", "stores",
-                   "providers"},
+                   "providers", "observability", "reporting"},
 }
 CORE = set(ALLOWED)
 

@@ -91,7 +91,8 @@ def test_webserver_serves_jobs_schedules_sensor_and_asset_graph(dagster_dev):
     assert {"protection_flow", "take_backups", "run_restore_drills", "refresh_compliance",
             "disaster_restore"} <= {j["name"] for j in repository["jobs"]}
     assert {"critical_backups_hourly", "restore_drills_daily"} <= {s["name"] for s in repository["schedules"]}
-    assert [s["name"] for s in repository["sensors"]] == ["report_failed_runs"]
+    assert sorted(s["name"] for s in repository["sensors"]) == ["escalate_failed_drills", "notice_stale_backups",
+                                                                "repair_missing_copies", "report_failed_runs"]
     upstream = {n["assetKey"]["path"][0]: {d["path"][0] for d in n["dependencyKeys"]}
                 for n in repository["assetNodes"]}
     assert upstream["restore_drills"] == {"backup_copies"}

@@ -11,10 +11,17 @@ import dagster as dg
 
 from platform_orchestration.backups.catalog import describe_all
 from platform_orchestration.backups.compliance import DatabaseCompliance
-from platform_orchestration.resources import FleetResource
+from platform_orchestration.resources import FleetResource, MetricsResource
 
 GROUP = "fleet_protection"
 OWNERS = ["team:platform"]
+
+
+class DrillConfig(dg.Config):
+    """Which store to drill from; empty: the next one in rotation. The escalation sensor sets
+    it to drill again from another store after a failed drill."""
+
+    source_store: str = ""
 
 
 def database_partitions(database_names: list[str]) -> dg.StaticPartitionsDefinition:
@@ -71,10 +78,13 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
     @dg.asset(group_name=GROUP, kinds={"postgres", "zstd"}, owners=OWNERS, partitions_def=partitions,
               deps=[databases],
               description="A logical backup (pg_dump, zstd, SHA-256) written to every required store at once.")
-    def backups(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
+    def backups(context: dg.AssetExecutionContext, fleet: FleetResource,
+                metrics: MetricsResource) -> dg.MaterializeResult:
         with fleet.protection() as protection:
             outcome = protection.backup(context.partition_key)
         manifest = outcome.manifest
+        metrics.push(context.log, database=context.partition_key, step="backup", duration_seconds=outcome.seconds,
+                     stored_bytes=manifest.dump.stored_bytes)
         for store, reason in outcome.failed_stores.items():
             context.log.warning(f"backup {manifest.backup_id}: no copy in {store}: {reason}")
         return dg.MaterializeResult(metadata={
@@ -123,9 +133,13 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               deps=[backup_copies],
               description="A restore drill: the latest backup from one store (rotating across clouds) "
                           "restored into a throwaway cluster, row counts checked, RTO and RPO measured.")
-    def restore_drills(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
+    def restore_drills(context: dg.AssetExecutionContext, fleet: FleetResource, metrics: MetricsResource,
+                       config: DrillConfig) -> dg.MaterializeResult:
         with fleet.protection() as protection:
-            record = protection.drill(context.partition_key)
+            record = protection.drill(context.partition_key, config.source_store or None)
+        if record.passed:
+            metrics.push(context.log, database=context.partition_key, step="drill",
+                         duration_seconds=record.rto_seconds or 0.0)
         for broken in record.passed_over:
             context.log.warning(f"drill {record.drill_id}: passed over newer {broken}")
         metadata = {
