@@ -149,7 +149,7 @@ def recoverability_families(views: Iterable[DatabaseRecoverability], *, refreshe
     return list(f.families.values())
 
 
-@dataclass
+@dataclass(eq=False)  # registered in a set: hashed by identity
 class RecoverabilityCollector(Collector):
     """Collects by reading the stores through `observe` (``FleetProtection.recoverability``),
     at most once per `min_interval` seconds (scrapes in between get the last reading: a fleet
