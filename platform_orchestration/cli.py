@@ -339,12 +339,12 @@ def _exporter_command(args: argparse.Namespace, protection: FleetProtection, out
 def _report_command(args: argparse.Namespace, protection: FleetProtection, out: TextIO) -> int:
     from pathlib import Path
 
-    from platform_orchestration.reporting import record_report
-
     evidence = protection.record_compliance()
-    report = record_report(protection, evidence)
+    report = protection.record_report(evidence)
     print(f"compliance {evidence.evidence_id}: {evidence.compliant} of {len(evidence.assessments)} databases "
           f"compliant; report {report.html_key} and {report.json_key} in {', '.join(report.stored_in)}", file=out)
+    for location in report.locations:
+        print(f"  {location}", file=out)
     for store, reason in report.failed_stores.items():
         print(f"warning: report not written to {store}: {reason}", file=sys.stderr)
     if args.output:

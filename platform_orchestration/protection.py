@@ -74,6 +74,7 @@ from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.locks import DatabaseBusy, DatabaseLock, LockUnavailable
 from platform_orchestration.postgres.probe import DatabaseObservation, ServerObservation, observe_database, observe_server
 from platform_orchestration.providers import providers_from_env
+from platform_orchestration.reporting import RecoverabilityReport, record_report
 from platform_orchestration.secrets import LocalSecretProvider, SecretProvider, SecretUnavailable
 from platform_orchestration.storage import ObjectStore, StoreError
 from platform_orchestration.stores import open_store
@@ -469,3 +470,10 @@ class FleetProtection:
             database=a.database, cluster=self.fleet.database(a.database).cluster,
             policy=self.fleet.policy_for(a.database), stores=self.stores_for(a.database), facts=facts,
             assessment=a, now=now) for a in assessments]
+
+    def record_report(self, evidence: ComplianceEvidence, *, run_id: str | None = None) -> RecoverabilityReport:
+        """Write the recoverability report (HTML and JSON) of one compliance run beside its
+        evidence in every store, from the assessments the evidence holds (same `now`)."""
+        views = self.recoverability(now=evidence.generated_at, assessments=evidence.assessments)
+        return record_report(views, self.all_stores(), evidence=evidence, fleet_file=str(self.fleet.source),
+                             run_id=run_id)

@@ -7,6 +7,8 @@ Per-database assets are partitioned by database name, so each database's history
 checks and failures are visible on their own.
 """
 
+from datetime import timedelta
+
 import dagster as dg
 
 from platform_orchestration.backups.catalog import describe_all
@@ -192,15 +194,26 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
                                          + "; ".join(report.failures), metadata=metadata)
         return dg.MaterializeResult(metadata=metadata)
 
-    @dg.asset(group_name=GROUP, kinds={"json"}, owners=OWNERS, deps=[restore_drills],
+    # Dagster's freshness machinery fits here (one unpartitioned asset, refreshed hourly); the
+    # per-database RPO is judged from the stores by the notice_stale_backups sensor (sensors/remedies.py).
+    @dg.asset(group_name=GROUP, kinds={"json", "html"}, owners=OWNERS, deps=[restore_drills],
+              freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2),
+                                                              warn_window=timedelta(minutes=90)),
               description="Compliance evidence for the whole fleet: per database, RPO, copies, drills, "
-                          "and every backup tied to the drills that restored it. Written to every store.")
+                          "and every backup tied to the drills that restored it; and the recoverability "
+                          "report (HTML + JSON) people read. Written to every store.")
     def compliance_report(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
         with fleet.protection() as protection:
             evidence = protection.record_compliance()
-        for store, reason in evidence.failed_stores.items():
+            report = protection.record_report(evidence, run_id=context.run.run_id)
+        for store, reason in {**evidence.failed_stores, **report.failed_stores}.items():
             context.log.warning(f"compliance evidence {evidence.evidence_id}: not written to {store}: {reason}")
+        links = {"report": dg.MetadataValue.url(report.locations[0])} if report.locations else {}
         return dg.MaterializeResult(metadata={
+            **links,
+            "report_html_key": report.html_key,
+            "report_json_key": report.json_key,
+            "report_stores": ", ".join(report.stored_in),
             "compliant_databases": dg.MetadataValue.int(evidence.compliant),
             "non_compliant_databases": dg.MetadataValue.int(len(evidence.assessments) - evidence.compliant),
             "evidence_key": evidence.key,
