@@ -141,11 +141,13 @@ def alerts_in(alertmanager_url: str) -> list[dict]:
 @dataclass
 class WebhookServer:
     """A real HTTP server taking Slack-style posts: it records each JSON body and answers with
-    the next status of `statuses` (then 200), so a test can make it fail a few times first."""
+    the next status of `statuses` (then 200), so a test can make it fail a few times first, or
+    503 to everything while `down`."""
 
     statuses: list[int] = field(default_factory=list)
     received: list[dict] = field(default_factory=list)
     attempts: int = 0
+    down: bool = False  # answer 503 to everything while set
 
     def __post_init__(self) -> None:
         hook = self
@@ -154,7 +156,7 @@ class WebhookServer:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 hook.attempts += 1
-                status = hook.statuses.pop(0) if hook.statuses else 200
+                status = 503 if hook.down else hook.statuses.pop(0) if hook.statuses else 200
                 if status == 200:
                     hook.received.append(json.loads(body))
                 self.send_response(status)

@@ -159,10 +159,11 @@ def test_a_page_that_cannot_be_delivered_is_sent_on_a_later_tick(tmp_path, sourc
     assert not _run(defs, instance, "run_restore_drills", ops={"restore_drills": {"config": {
         "source_store": "azure"}}}).success
 
-    webhook.statuses = [503] * 4  # down for every retry of this tick
+    webhook.down = True  # for every retry of this tick
     down = _tick(defs, "escalate_failed_drills", instance)
     assert [r.job_name for r in down.run_requests] == ["backup_and_drill"]
-    assert webhook.received == [] and webhook.attempts == 4
+    assert webhook.received == [] and webhook.attempts >= 2
+    webhook.down = False
     up = _tick(defs, "escalate_failed_drills", instance, down.cursor)
     assert up.run_requests == []  # the run was requested once
     [message] = webhook.received
