@@ -118,6 +118,7 @@ def test_a_cursor_lost_or_reset_still_never_requests_a_run_twice(tmp_path, sourc
     assert len(keys) == 1
 
 
+@pytest.mark.slow
 def test_failed_drill_is_drilled_from_another_store_then_rebacked_up_and_paged(
         tmp_path, source_cluster, source_db, instance, monkeypatch, alertmanager_url):
     defs = _defs(tmp_path, source_cluster, monkeypatch, alertmanager_url=alertmanager_url)
@@ -149,6 +150,7 @@ def test_failed_drill_is_drilled_from_another_store_then_rebacked_up_and_paged(
     assert _tick(defs, "escalate_failed_drills", instance, third.cursor).run_requests == []
 
 
+@pytest.mark.slow
 def test_a_page_that_cannot_be_delivered_is_sent_on_a_later_tick(tmp_path, source_cluster, source_db, instance,
                                                                 monkeypatch, webhook):
     defs = _defs(tmp_path, source_cluster, monkeypatch, webhook=True)
@@ -180,6 +182,7 @@ def _age_backups(tmp_path: Path, by: timedelta) -> None:
             "snapshot_worker_at": manifest.snapshot_worker_time - by}).to_json())
 
 
+@pytest.mark.slow
 def test_staleness_is_noticed_without_a_failed_run_and_a_backup_requested(tmp_path, source_cluster, source_db,
                                                                          instance, monkeypatch, webhook):
     defs = _defs(tmp_path, source_cluster, monkeypatch, webhook=True, rpo="1h")
