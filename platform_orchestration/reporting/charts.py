@@ -101,7 +101,8 @@ def drill_rto_chart(drills: Sequence[DrillFigures], rto_target_seconds: float, *
     parts.append(f'<text x="{left - 4}" y="{top + 10}" text-anchor="end" font-size="11">'
                  f"{escape(human_seconds(y_max))}</text>")
     parts.append(f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end" font-size="11">0</text>')
-    parts.append(f'<text x="{left}" y="{height - 8}" font-size="11">{escape(drills[0].finished_at.strftime("%Y-%m-%d %H:%M"))}</text>')
+    first = drills[0].finished_at.strftime("%Y-%m-%d %H:%M")
+    parts.append(f'<text x="{left}" y="{height - 8}" font-size="11">{escape(first)}</text>')
     parts.append(f'<text x="{left + plot_w}" y="{height - 8}" text-anchor="end" font-size="11">'
                  f'{escape(drills[-1].finished_at.strftime("%Y-%m-%d %H:%M"))}</text>')
     y_target = y_of(rto_target_seconds)

@@ -159,7 +159,8 @@ def _database_section(v: DatabaseRecoverability) -> str:
 
 def render_html(views: Sequence[DatabaseRecoverability], document: dict) -> str:
     compliant, total = document["compliant"], document["databases_total"]
-    run = f" &middot; Dagster run <code class=\"run-id\">{escape(document['run_id'])}</code>" if document["run_id"] else ""
+    run_id = document["run_id"]
+    run = f' &middot; Dagster run <code class="run-id">{escape(run_id)}</code>' if run_id else ""
     summary_rows = "".join(
         f'<tr>{_cell(v.database)}{_cell(v.cluster)}{_cell(v.policy)}{_ok(v.verdict, "compliant", "NOT COMPLIANT")}'
         f"{_cell(human_seconds(v.latest_age_seconds) if v.latest_age_seconds is not None else 'no backup')}"
