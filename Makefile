@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install browser monitoring-tools demo demo-clouds ui demo-stop test bench bench-stores bench-fleet clean
+.PHONY: install browser monitoring-tools demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-stores bench-fleet clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,14 @@ node_modules/.installed: package.json package-lock.json
 ## The test suite: real PostgreSQL servers, a real dagster dev and Chromium, started by the tests.
 test: install browser monitoring-tools node_modules/.installed
 	$(BIN)/python -m pytest
+
+## deploy/requirements.lock: the runtime dependencies at the versions installed in .venv (the image installs it).
+lock: install
+	$(BIN)/python deploy/lock.py
+
+## deploy/argocd/clusters/*.yaml: one Argo CD Application per cluster of deploy/fleet/production.yaml.
+argocd-clusters: install
+	$(BIN)/python deploy/argocd/generate.py
 
 ## Benchmarks against pg_dump/pg_restore baselines (by hand, a few minutes).
 bench: install

@@ -9,13 +9,16 @@ PLATFORM_EXECUTOR=k8s.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from platform_orchestration.assets import build_assets, database_partitions
 from platform_orchestration.checks import build_checks
-from platform_orchestration.fleet import fleet_path_from_env
+from platform_orchestration.fleet import Fleet, fleet_path_from_env
+from platform_orchestration.kube import link_run_tags, per_step_k8s_config
 from platform_orchestration.ops import build_disaster_restore_job
 from platform_orchestration.resources import (
     AlertsResource,
@@ -52,6 +55,26 @@ def select_executor(name: str) -> dg.ExecutorDefinition:
     raise ValueError(f"PLATFORM_EXECUTOR: expected one of in_process, multiprocess, k8s, got {name!r}")
 
 
+# Assets that send a database's data to stores in other clouds: runs selecting them carry one
+# tag per cross-cloud link, which deploy/dagster.yaml limits (egress never saturates a link).
+EGRESS_ASSETS = frozenset({"backups", "backup_copies"})
+
+
+def _run_tags_for(fleet: Fleet) -> Callable[[Sequence[str], str], dict[str, str]]:
+    def tags(assets: Sequence[str], database: str) -> dict[str, str]:
+        return dict(link_run_tags(fleet, database)) if EGRESS_ASSETS.intersection(assets) else {}
+
+    return tags
+
+
+def _run_config_for(fleet: Fleet, executor: str) -> Callable[[str], dict[str, Any]] | None:
+    """The k8s executor's per-step pod sizes for a run of one database (other executors take none)."""
+    if executor != "k8s":
+        return None
+    return lambda database: {"execution": {"config": {"per_step_k8s_config": per_step_k8s_config(
+        fleet.database(database))}}}
+
+
 def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
     fleet_file = fleet_file or fleet_path_from_env()
     fleet = load_fleet_once(fleet_file)
@@ -61,8 +84,10 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
     checks = build_checks(assets_by_name, partitions)
     job_specs = load_job_specs(_spec_dir("PLATFORM_JOBS_DIR", "jobs"))
     partitioned_assets = {name for name, asset in assets_by_name.items() if asset.partitions_def is not None}
+    executor = os.environ.get("PLATFORM_EXECUTOR", "multiprocess")
     jobs = build_jobs(job_specs, set(assets_by_name), build_disaster_restore_job,
-                      database_partitions=partitions, partitioned_assets=partitioned_assets)
+                      database_partitions=partitions, partitioned_assets=partitioned_assets,
+                      run_tags_for=_run_tags_for(fleet), run_config_for=_run_config_for(fleet, executor))
     partitioned = {
         spec.name for spec in job_specs
         if isinstance(spec, AssetJobSpec)
@@ -86,7 +111,7 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
                                      webhook_url_secret=os.environ.get("PLATFORM_ALERT_WEBHOOK", "")),
             "metrics": MetricsResource(pushgateway_url=os.environ.get("PLATFORM_PUSHGATEWAY_URL", "")),
         },
-        executor=select_executor(os.environ.get("PLATFORM_EXECUTOR", "multiprocess")),
+        executor=select_executor(executor),
     )
 
 

@@ -302,12 +302,16 @@ def build_jobs(
     *,
     database_partitions: dg.PartitionsDefinition | None = None,
     partitioned_assets: Collection[str] = (),
+    run_tags_for: Callable[[Sequence[str], str], Mapping[str, str]] | None = None,
+    run_config_for: Callable[[str], Mapping[str, Any]] | None = None,
 ) -> list[DagsterJob]:
     """One Dagster job per spec: an asset job, or ``disaster_restore_job_factory(name, description)``.
 
     An asset job selecting any of ``partitioned_assets`` (partitioned by ``database_partitions``)
     tags each run with its database (:data:`DATABASE_RUN_TAG`), however it is launched: by a
-    schedule, from the Launchpad, by a backfill or a retry.
+    schedule, from the Launchpad, by a backfill or a retry; ``run_tags_for(assets, database)``
+    adds tags to such a run (the cross-cloud links it uses) and ``run_config_for(database)``
+    gives its run config (the executor's per-step pod sizes).
 
     Raises :class:`SpecError` listing every duplicate job name and every asset not in ``asset_names``.
     """
@@ -340,13 +344,22 @@ def build_jobs(
                     selection=dg.AssetSelection.assets(*spec.assets),
                     description=spec.description or None,
                     config=dg.PartitionedConfig(
-                        database_partitions, run_config_for_partition_key_fn=lambda _key: {},
-                        tags_for_partition_key_fn=database_run_tags) if per_database else None,
+                        database_partitions,
+                        run_config_for_partition_key_fn=lambda key: dict(run_config_for(key)) if run_config_for else {},
+                        tags_for_partition_key_fn=_run_tags(spec.assets, run_tags_for)) if per_database else None,
                 )
             )
     if findings:
         raise SpecError(render_findings(findings))
     return jobs
+
+
+def _run_tags(assets: Sequence[str], extra: Callable[[Sequence[str], str], Mapping[str, str]] | None
+              ) -> Callable[[str], dict[str, str]]:
+    def tags(partition_key: str) -> dict[str, str]:
+        return {**(extra(assets, partition_key) if extra else {}), **database_run_tags(partition_key)}
+
+    return tags
 
 
 def build_schedules(

@@ -6,6 +6,7 @@ Layers, lowest first (a module may import its own package and the packages liste
     errors, clock
     declarations, fleet
     postgres, storage, secrets          (each alone: none imports another)
+    kube                                (what each step's pod needs, from the fleet: plain values)
     crypto                              (ciphers and key services; Vault's client from secrets)
     backups                             (manifests, taking, copying, restoring, drilling)
     stores.py, providers.py             (fleet entries -> open stores; environment -> providers)
@@ -40,6 +41,8 @@ ALLOWED: dict[str, set[str]] = {
     "reporting": {"errors", "clock", "fleet", "storage", "backups", "observability"},
     "protection": {"errors", "clock", "fleet", "postgres", "storage", "secrets", "crypto", "backups", "stores",
                    "providers", "observability", "reporting"},
+    # what each step's pod needs, from the fleet: plain values the Dagster layer turns into op tags
+    "kube": {"errors", "fleet"},
 }
 CORE = set(ALLOWED)
 

@@ -11,6 +11,7 @@ import pytest
 from broken import newest_manifest_garbled
 from conftest import SOURCE_DB, make_stores
 from fleetfiles import write_fleet
+from kube import as_in_a_pod
 from pg import fingerprint
 
 from platform_orchestration.alerts import FileAlertSink
@@ -291,14 +292,16 @@ def test_production_instance_config_keeps_runs_in_postgresql(tmp_path, target_cl
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPOSITORY_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    as_in_a_pod(monkeypatch, tmp_path)  # its run launcher loads the in-cluster config
     for name, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(target_cluster.port),
                         "DAGSTER_PG_USERNAME": "postgres", "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
                         "DAGSTER_PG_DB": "dagster_storage"}.items():
         monkeypatch.setenv(name, value)
 
     with dg.DagsterInstance.from_config(str(home)) as production_instance:
-        assert production_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits == [
-            {"key": DATABASE_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+        limits = production_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+        assert limits[0] == {"key": DATABASE_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        assert all(limit["key"].startswith("platform/egress-") for limit in limits[1:])  # one per cloud link
 
         @dg.op
         def noop() -> None: ...

@@ -13,6 +13,7 @@ import dagster as dg
 
 from platform_orchestration.backups.catalog import describe_all
 from platform_orchestration.backups.compliance import DatabaseCompliance
+from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.resources import FleetResource, MetricsResource
 
 GROUP = "fleet_protection"
@@ -47,6 +48,7 @@ def compliance_table(assessments: list[DatabaseCompliance]) -> dg.MetadataValue:
 
 def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS,
+              op_tags=k8s_op_tags("clusters"),
               description="The fleet's PostgreSQL clusters, observed: reachable, server version, role.")
     def clusters(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
         with fleet.protection() as protection:
@@ -64,6 +66,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
         })
 
     @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS, partitions_def=partitions,
+              op_tags=k8s_op_tags("databases"),
               deps=[clusters], description="One database of the fleet: size, tables, server.")
     def databases(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
         name = context.partition_key
@@ -78,6 +81,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
         })
 
     @dg.asset(group_name=GROUP, kinds={"postgres", "zstd"}, owners=OWNERS, partitions_def=partitions,
+              op_tags=k8s_op_tags("backups"),
               deps=[databases],
               description="A logical backup (pg_dump, zstd, SHA-256) written to every required store at once.")
     def backups(context: dg.AssetExecutionContext, fleet: FleetResource,
@@ -112,6 +116,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
         })
 
     @dg.asset(group_name=GROUP, kinds={"s3", "azure", "gcs"}, owners=OWNERS, partitions_def=partitions,
+              op_tags=k8s_op_tags("backup_copies"),
               deps=[backups],
               description="A verified copy of the latest backup in every store the policy requires; "
                           "missing copies are made from a verified one.")
@@ -132,6 +137,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
         })
 
     @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS, partitions_def=partitions,
+              op_tags=k8s_op_tags("restore_drills"),
               deps=[backup_copies],
               description="A restore drill: the latest backup from one store (rotating across clouds) "
                           "restored into a throwaway cluster, row counts checked, RTO and RPO measured.")
@@ -162,6 +168,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset(group_name=GROUP, kinds={"s3", "azure", "gcs"}, owners=OWNERS, partitions_def=partitions,
+              op_tags=k8s_op_tags("retention"),
               deps=[backup_copies],
               description="The retention policy applied in every store of the policy: backups it no "
                           "longer keeps deleted (manifest first), the newest always kept, locked "
@@ -197,6 +204,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
     # Dagster's freshness machinery fits here (one unpartitioned asset, refreshed hourly); the
     # per-database RPO is judged from the stores by the notice_stale_backups sensor (sensors/remedies.py).
     @dg.asset(group_name=GROUP, kinds={"json", "html"}, owners=OWNERS, deps=[restore_drills],
+              op_tags=k8s_op_tags("compliance_report"),
               freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2),
                                                               warn_window=timedelta(minutes=90)),
               description="Compliance evidence for the whole fleet: per database, RPO, copies, drills, "

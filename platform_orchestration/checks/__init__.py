@@ -19,6 +19,7 @@ from platform_orchestration.backups.compliance import (
     DRILL_PASSED_WITHIN_CADENCE,
     DYNAMIC_CREDENTIALS_USED,
 )
+from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.resources import FleetResource
 
 # check name -> (guarded asset, description), in the order of the flow (results are reported so)
@@ -46,6 +47,7 @@ def build_checks(assets_by_name: dict[str, dg.AssetsDefinition],
 
     # can_subset: a job that materializes only some of the guarded assets selects only their checks.
     @dg.multi_asset_check(specs=specs, can_subset=True, name="database_protection_checks",
+                          op_tags=k8s_op_tags("database_protection_checks"),
                           description="The five findings of one database's assessment, from the stores.")
     def database_protection_checks(context: dg.AssetCheckExecutionContext, fleet: FleetResource):
         with fleet.protection() as protection:

@@ -34,6 +34,7 @@ from pydantic import (
 from platform_orchestration.declarations import Loc, format_field_path
 from platform_orchestration.errors import PlatformError
 from platform_orchestration.fleet.durations import format_duration, parse_duration
+from platform_orchestration.fleet.sizes import format_size, parse_size
 
 __all__ = [
     "AzureStoreSpec",
@@ -181,6 +182,13 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]
 """A positive :class:`~datetime.timedelta` written as ``90s``, ``30m``, ``6h``, ``1d``, ``2w``, ``1h30m``."""
+
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    PlainSerializer(format_size, return_type=str, when_used="json"),
+]
+"""A positive number of bytes written as ``512MiB``, ``40GiB``, ``2TiB`` or a bare integer."""
 
 
 def _reject_blank_path(value: object) -> object:
@@ -434,6 +442,9 @@ class Database(_FrozenSpec):
     password: SecretRef | None = None
     credentials: SecretRef | None = None
     policy: Identifier
+    # The raw (uncompressed) pg_dump output a backup of it is expected to produce, as the latest
+    # manifest's raw_bytes reports it: sizes the pods of its backups, drills and restores.
+    expected_dump_size: ByteSize | None = None
 
     @property
     def uses_dynamic_credentials(self) -> bool:
@@ -614,6 +625,15 @@ class Fleet(_FrozenSpec):
     def cluster_for(self, database_name: str) -> Cluster:
         """The cluster hosting ``database_name``."""
         return self.cluster(self.database(database_name).cluster)
+
+    def serving(self, cluster_names: Sequence[str]) -> Fleet:
+        """This fleet as one deployment protecting only ``cluster_names`` sees it: those
+        clusters and their databases, every store and policy. :class:`UnknownNameError` names
+        a cluster the fleet does not have."""
+        wanted = [self.cluster(name).name for name in cluster_names]
+        return self.model_copy(update={
+            "clusters": tuple(c for c in self.clusters if c.name in wanted),
+            "databases": tuple(d for d in self.databases if d.cluster in wanted)})
 
 
 # --- cross references ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from platform_orchestration.errors import PlatformError
+from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.protection import restore_target
 from platform_orchestration.resources import FleetResource
@@ -44,7 +45,7 @@ def _target_connection(config: DisasterRestoreConfig) -> PgConnection:
 
 @dg.op(description="Restore a backup (latest by default) from a store into a target database, "
                    "refusing a non-empty target unless replace is set; verifies row counts.",
-       tags={"kind": "postgres"})
+       tags={"kind": "postgres", **k8s_op_tags("restore_from_backup")})
 def restore_from_backup(context: dg.OpExecutionContext, config: DisasterRestoreConfig,
                      fleet: FleetResource) -> dg.Output[dict]:
     target = _target_connection(config)
@@ -77,7 +78,7 @@ def build_disaster_restore_job(name: str, description: str) -> dg.JobDefinition:
 
 @dg.op(description="Rewrap every backup's data key under the newest version of the key-encryption "
                    "key (after a rotation), in every store, without touching the backup data.",
-       tags={"kind": "vault"})
+       tags={"kind": "vault", **k8s_op_tags("rewrap_data_keys")})
 def rewrap_data_keys(context: dg.OpExecutionContext, fleet: FleetResource) -> dg.Output[dict]:
     with fleet.protection() as protection:
         report = protection.rewrap_all()

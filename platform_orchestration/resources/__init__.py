@@ -13,7 +13,7 @@ import dagster as dg
 from platform_orchestration.alerts import FileAlertSink
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.errors import PlatformError, one_line
-from platform_orchestration.fleet import Fleet, load_fleet
+from platform_orchestration.fleet import Fleet, UnknownNameError, load_fleet
 from platform_orchestration.observability.metrics import PushFailed, push_run_metrics
 from platform_orchestration.observability.notify import (
     AlertmanagerReceiver,
@@ -39,12 +39,27 @@ _fleets: dict[str, tuple[tuple[object, ...], Fleet]] = {}
 _fleets_lock = threading.Lock()
 
 
+FLEET_CLUSTERS_ENV = "PLATFORM_FLEET_CLUSTERS"
+"""Comma-separated cluster names: this deployment protects only their databases (one deployment
+beside each cluster, deploy/argocd); unset, the whole fleet."""
+
+
 def load_fleet_once(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Fleet:
     """The fleet file at `path`, read and validated once per process for as long as the file
     (its mtime, size and inode) and the environment its ``${VAR}``s read are unchanged: the
     Definitions build and every step of an in-process run share one load, instead of paying
-    for it (seconds at 10,000 databases) each time. An edited file is read again."""
+    for it (seconds at 10,000 databases) each time. An edited file is read again. With
+    PLATFORM_FLEET_CLUSTERS set, the fleet as the deployment serving those clusters sees it."""
     environ = os.environ if environ is None else environ
+    serving = [name.strip() for name in environ.get(FLEET_CLUSTERS_ENV, "").split(",") if name.strip()]
+    fleet = _load_fleet_once(path, environ)
+    try:
+        return fleet.serving(serving) if serving else fleet
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"{FLEET_CLUSTERS_ENV}: {exc} in {fleet.source}") from None
+
+
+def _load_fleet_once(path: str | os.PathLike[str], environ: Mapping[str, str]) -> Fleet:
     name = os.fspath(path)
     try:
         stat = os.stat(name)
