@@ -179,8 +179,10 @@ def test_a_backup_of_one_partition_launched_from_the_ui_succeeds(browser_page, u
     page.locator(".CodeMirror").first.wait_for(timeout=30_000)
     partition = page.get_by_placeholder("Partition")
     partition.click()
-    partition.fill(SOURCE_DB)
-    page.get_by_role("menuitem", name=SOURCE_DB, exact=True).click()
+    # Typed key by key (the suggestion list filters on key events); the list of partitions is
+    # fetched after the page loads, which can take a while on a loaded machine.
+    partition.press_sequentially(SOURCE_DB, delay=50)
+    page.get_by_role("menuitem", name=SOURCE_DB, exact=True).click(timeout=90_000)
     page.get_by_role("button", name="Launch Run").click()
     page.wait_for_url("**/runs/**", timeout=60_000)
     run_id = page.url.rstrip("/").split("/runs/")[1].split("?")[0].split("/")[0]
