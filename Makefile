@@ -73,7 +73,7 @@ bench-stores: install node_modules/.installed
 ## Fleet scale: status, assessment, fleet load and Definitions at 100-10,000 synthetic databases,
 ## with store calls per database (a few minutes; S3=100 adds a moto-server run).
 bench-fleet: install
-	$(BIN)/python -m benchmarks.fleet $(if $(S3),--s3 $(S3))
+	$(BIN)/python -m benchmarks.fleet $(if $(S3),--s3 $(S3)) $(if $(STATUS),--status-only $(STATUS))
 
 clean: demo-stop
 	rm -rf var

@@ -727,20 +727,31 @@ class WholeRun:
     compared: list[WholeSample] = field(default_factory=list)  # another checkout's CLI (--compare-with)
 
 
-def _write_bench_fleet(path: Path, cluster: LocalCluster, database: str, store: Path) -> None:
+def _write_bench_fleet(path: Path, cluster: LocalCluster, database: str, store: Path,
+                       s3_endpoint: str | None = None) -> None:
+    s3 = (f"""  - name: bench-s3
+    kind: s3
+    bucket: {S3_BUCKET}
+    region: us-east-1
+    endpoint_url: {s3_endpoint}
+    credentials:
+      access_key_id: {{env: BENCH_AWS_ACCESS_KEY_ID}}
+      secret_access_key: {{env: BENCH_AWS_SECRET_ACCESS_KEY}}
+""" if s3_endpoint else "")
     path.write_text(f"""\
-# Written by benchmarks/backup_restore.py: one database of a throwaway server, one local store.
+# Written by benchmarks/backup_restore.py: one database of a throwaway server, one local store
+# (and a bucket of the S3 emulator, for verify).
 clusters:
   - {{name: bench-pg, cloud: local, region: loopback, role: primary}}
 stores:
   - {{name: bench, kind: local, cloud: local, path: {store}}}
-databases:
+{s3}databases:
   - {{name: {database}, cluster: bench-pg, dsn: "postgresql://postgres@127.0.0.1:{cluster.port}/{database}",
      policy: bench}}
 policies:
   - name: bench
     rpo: 1h
-    stores: [bench]
+    stores: [bench{", bench-s3" if s3_endpoint else ""}]
     drill: {{every: 1d, rto: 1h}}
     retention: {{keep_last: 1}}
 """)
@@ -860,6 +871,14 @@ def _tree_rss_bytes(root: int) -> int:
 
 
 _READ_LOOP = "import sys\nwith open(sys.argv[1], 'rb', buffering=0) as f:\n    while f.read(1 << 20): pass\n"
+# One plain boto3 read of an object, 1 MiB at a time, as a user without platform-dr would.
+_S3_READ = """import sys, boto3
+client = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                      aws_access_key_id="bench", aws_secret_access_key="bench")
+for _ in client.get_object(Bucket=sys.argv[2], Key=sys.argv[3])["Body"].iter_chunks(1 << 20):
+    pass
+"""
+S3_BUCKET = "bench-backups"
 
 
 @dataclass(frozen=True)
@@ -880,6 +899,8 @@ class WholeRestoreRun:
     pg_restore_seconds: list[float] = field(default_factory=list)
     verifies: list[CliSample] = field(default_factory=list)
     read_seconds: list[float] = field(default_factory=list)
+    s3_verifies: list[CliSample] = field(default_factory=list)
+    s3_read_seconds: list[float] = field(default_factory=list)
 
 
 def _cli_with_peaks(args: Sequence[str], env: dict[str, str], peak_file: Path) -> CliSample:
@@ -902,12 +923,14 @@ def _cli_with_peaks(args: Sequence[str], env: dict[str, str], peak_file: Path) -
 
 
 def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *, repeat: int,
-                        jobs: int, key_dir: Path) -> WholeRestoreRun:
+                        jobs: int, key_dir: Path, s3_endpoint: str | None = None) -> WholeRestoreRun:
     """On the whole-process database `whole_<kind>` (still in `source`): `platform-dr restore DB
     --target-dsn fresh --jobs N` (default settings: encrypted, one local store) against
     CREATE DATABASE + `pg_restore -jN --no-owner --no-privileges` of a plain -Fc file of the
     same database into a fresh database of the same target server; and `platform-dr verify DB`
-    against reading the stored object once (a Python read loop, interpreter start included)."""
+    against reading the stored object once (a Python read loop, interpreter start included);
+    with `s3_endpoint` (moto server), `platform-dr verify DB --store bench-s3` against one plain
+    boto3 read of the same object (interpreter start and boto3's import included)."""
     name = f"whole_{kind}"
     work = WORK_DIR / f"{name}_restore"
     shutil.rmtree(work, ignore_errors=True)
@@ -916,9 +939,15 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
     tools = client_tools_for(source.install.major)
     store = work / "store"
     fleet = work / "fleet.yaml"
+    # The backup goes to both stores; restore and local verify use a fleet without the S3 store,
+    # so that their process does not import boto3 for nothing (as an all-local fleet's would not).
+    fleet_s3 = work / "fleet-s3.yaml"
     _write_bench_fleet(fleet, source, name, store)
-    env = _cli_env(PLATFORM_LOCAL_KEK=str(key_dir / "kek"))
-    backup_id = _timed_process((*CLI, "--fleet", str(fleet), "backup", name), env)[1].split()[0]
+    _write_bench_fleet(fleet_s3, source, name, store, s3_endpoint)
+    env = _cli_env(PLATFORM_LOCAL_KEK=str(key_dir / "kek"), BENCH_AWS_ACCESS_KEY_ID="bench",
+                   BENCH_AWS_SECRET_ACCESS_KEY="bench")
+    backup_id = _timed_process((*CLI, "--fleet", str(fleet_s3 if s3_endpoint else fleet), "backup", name),
+                               env)[1].split()[0]
     manifest = json.loads((store / "backups" / name / backup_id / "manifest.json").read_text())
     stored_path = store / "backups" / name / backup_id / "dump.pgdump.zst"
     plain = work / "plain.dump"
@@ -962,16 +991,43 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
         _settle([source, target])
         run.read_seconds.append(_timed_process((sys.executable, "-c", _READ_LOOP, str(stored_path)), env)[0].seconds)
 
+    def verify_s3() -> None:
+        _settle([source, target])
+        run.s3_verifies.append(_cli_with_peaks(["--fleet", str(fleet_s3), "verify", name, "--store", "bench-s3"],
+                                               env, peak_file))
+
+    def read_s3() -> None:
+        _settle([source, target])
+        run.s3_read_seconds.append(_timed_process(
+            (sys.executable, "-c", _S3_READ, str(s3_endpoint), S3_BUCKET,
+             str(stored_path.relative_to(store))), env)[0].seconds)
+
     baseline(timed=False)  # untimed: the target creates its WAL segments, the cache warms
     ours(timed=False)
     contenders = [(f"pg_restore -j{jobs}", baseline), (f"platform-dr restore {name}", ours),
                   (f"platform-dr verify {name}", verify), ("read the stored object once", read_once)]
+    if s3_endpoint:
+        contenders += [(f"platform-dr verify {name} --store bench-s3", verify_s3),
+                       ("one boto3 read of the S3 object", read_s3)]
     for round_ in range(repeat):
         for what, operation in _rotated(contenders, round_):
             log(f"{name}: round {round_ + 1}/{repeat}: {what}")
             operation()
     shutil.rmtree(work, ignore_errors=True)
     return run
+
+
+def _start_moto(log_dir: Path):  # noqa: ANN202 - an emulators.Emulator
+    """moto server on a free port, with the bucket the whole-process fleets use."""
+    import boto3
+
+    from platform_orchestration import emulators
+    from platform_orchestration.postgres.cluster import free_port
+
+    moto = emulators.moto_server(free_port()).start(log_dir / "logs")
+    boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                 aws_secret_access_key="bench").create_bucket(Bucket=S3_BUCKET)
+    return moto
 
 
 def summarise_whole_restore(run: WholeRestoreRun) -> dict[str, Any]:
@@ -989,6 +1045,11 @@ def summarise_whole_restore(run: WholeRestoreRun) -> dict[str, Any]:
         "read_seconds": _stats(run.read_seconds),
         "ratio_verify_vs_read": verify / _median(run.read_seconds),
         "verify_peak_rss_bytes": max(s.peak_rss_bytes for s in run.verifies),
+        **({"s3_verify_seconds": _stats([s.seconds for s in run.s3_verifies]),
+            "s3_read_seconds": _stats(run.s3_read_seconds),
+            "ratio_s3_verify_vs_read": _median([s.seconds for s in run.s3_verifies]) / _median(run.s3_read_seconds),
+            "s3_verify_peak_rss_bytes": max(s.peak_rss_bytes for s in run.s3_verifies)}
+           if run.s3_verifies else {}),
     }
 
 
@@ -1133,6 +1194,10 @@ def goals(sizes: Sequence[dict[str, Any]], startup: dict[str, Any] | None = None
         check(f"whole `platform-dr verify` <= {WHOLE_VERIFY_VS_READ_GOAL:.2f}x reading the stored bytes once, "
               f"{run['kind']} data", run, run["ratio_verify_vs_read"], WHOLE_VERIFY_VS_READ_GOAL,
               _x(run["ratio_verify_vs_read"]))
+        if "ratio_s3_verify_vs_read" in run:
+            check(f"whole `platform-dr verify` from S3 (moto) <= {WHOLE_VERIFY_VS_READ_GOAL:.2f}x one boto3 read, "
+                  f"{run['kind']} data", run, run["ratio_s3_verify_vs_read"], WHOLE_VERIFY_VS_READ_GOAL,
+                  _x(run["ratio_s3_verify_vs_read"]))
         peak = max(run["restore_peak_rss_bytes"], run["verify_peak_rss_bytes"])
         check(f"peak RSS of platform-dr restore/verify < {_mib(PEAK_RSS_GOAL_BYTES)}, {run['kind']} data",
               run, peak, PEAK_RSS_GOAL_BYTES, _mib(peak), strict=True)
@@ -1216,6 +1281,16 @@ def render(report: dict[str, Any], markdown: bool) -> str:
               _mib(w["verify_peak_rss_bytes"])]
              for w in report["whole_restore"]], markdown))
         out.append("")
+        if any("s3_verify_seconds" in w for w in report["whole_restore"]):
+            heading(f"{code('platform-dr verify DB --store bench-s3')} (moto server) vs one plain boto3 read "
+                    "of the same object (both whole processes)")
+            out.append(_table(
+                ["data", "stored", "boto3 read", "platform-dr verify", "ratio", "verify peak RSS"],
+                [[w["kind"], _mib(w["stored_bytes"]), _s(w["s3_read_seconds"]["median"]),
+                  _s(w["s3_verify_seconds"]["median"]), _x(w["ratio_s3_verify_vs_read"]),
+                  _mib(w["s3_verify_peak_rss_bytes"])]
+                 for w in report["whole_restore"] if "s3_verify_seconds" in w], markdown))
+            out.append("")
     if sizes:
         heading(f"Backup: take_backup (zstd-{default['level']}, {default['threads']} threads, one local "
                 "store; fsync, read-back checksum and manifest included)")
@@ -1337,6 +1412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-whole-restore", action="store_true",
                         help="skip the whole `platform-dr restore`/`verify` processes on the "
                              "whole-process databases (run by default, --quick too)")
+    parser.add_argument("--no-s3", action="store_true",
+                        help="skip verify against the S3 emulator (moto server) and its boto3 baseline")
     parser.add_argument("--startup-runs", type=int, default=20,
                         help="rounds of the start-up measurement; 0 skips it (default 20)")
     parser.add_argument("--compare-with", type=Path, metavar="CHECKOUT",
@@ -1372,7 +1449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup = bench_startup(args.startup_runs, compare)
     # The embedded default's key file must live outside the repository.
     key_dir = Path(tempfile.mkdtemp(prefix="bench-kek-"))
+    moto = None
     try:
+        s3_endpoint = None
+        if args.whole_gib > 0 and not args.no_whole_restore and not args.no_s3:
+            moto = _start_moto(key_dir)
+            s3_endpoint = moto.endpoint
         with ephemeral_cluster(SERVER_MAJOR) as source, ephemeral_cluster(SERVER_MAJOR) as target:
             machine = machine_info(source)
             if args.whole_gib > 0:
@@ -1381,13 +1463,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              key_dir=key_dir, compare=compare, keep=True))
                     if not args.no_whole_restore:
                         whole_restore.append(bench_whole_restore(source, target, kind, repeat=args.repeat,
-                                                                 jobs=args.jobs, key_dir=key_dir))
+                                                                 jobs=args.jobs, key_dir=key_dir,
+                                                                 s3_endpoint=s3_endpoint))
                     _drop_database(source, f"whole_{kind}")
             for index, size in enumerate([] if args.quick else args.sizes):
                 codecs = [default, *sweep] if index == 0 else [default]
                 runs.append(bench_size(source, target, size, repeat=args.repeat, jobs=args.jobs,
                                        codecs=codecs, default=default))
     finally:
+        if moto is not None:
+            moto.stop()
         shutil.rmtree(key_dir, ignore_errors=True)
     shutil.rmtree(WORK_DIR, ignore_errors=True)
 

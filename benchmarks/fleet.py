@@ -109,14 +109,63 @@ def time_fleet_load(fleet_file: Path, repeat: int) -> dict:
 
 
 def time_definitions(fleet_file: Path, repeat: int) -> float:
+    """build_definitions with the fleet file read afresh, and the repository resolved (every
+    job built and validated), as a code server does on load."""
     import platform_orchestration.definitions as definitions
     from platform_orchestration import resources
 
     def build() -> None:
         resources._fleets.clear()  # a fresh process's first build: the fleet file is read
-        definitions.build_definitions(fleet_file)
+        definitions.build_definitions(fleet_file).get_repository_def().get_all_jobs()
 
     return _median_seconds(build, repeat)
+
+
+def time_schedule_tick(fleet_file: Path, repeat: int, schedule: str = "critical_backups_hourly") -> dict:
+    """One tick of a repository schedule over the whole fleet: ``evaluate_tick`` with
+    ``dg.build_schedule_context`` on the real Definitions (what the scheduler daemon runs)."""
+    import dagster as dg
+
+    import platform_orchestration.definitions as definitions
+
+    repository = definitions.build_definitions(fleet_file).get_repository_def()
+    definition = repository.get_schedule_def(schedule)
+    tick = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
+    requests: list = []
+
+    def evaluate() -> None:
+        context = dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repository)
+        requests[:] = definition.evaluate_tick(context).run_requests
+
+    seconds = _median_seconds(evaluate, repeat)
+    return {"seconds": seconds, "runs": len(requests), "job": definition.job_name,
+            "largest_batch": max((len(r.run_config.get("ops", {}).get("batch", {}).get("config", {})
+                                      .get("databases", [None])) for r in requests), default=0)}
+
+
+def measure_partition_checks(fleet_file: Path, repeat: int) -> dict:
+    """What the check step of one partition does (``database_protection_checks``: open the
+    protection, assess the database once, one result per check), in a process that has the
+    fleet already (a run's steps share it): seconds, and its store calls."""
+    from platform_orchestration.fleet import load_fleet
+    from platform_orchestration.protection import FleetProtection
+    from platform_orchestration.storage import CountingStore, LocalObjectStore
+
+    fleet = load_fleet(fleet_file)
+    name = fleet.databases[len(fleet.databases) // 2].name
+    calls: dict[str, dict[str, int]] = {}
+
+    def check() -> None:
+        protection = FleetProtection(fleet)
+        counted = {spec.name: CountingStore(LocalObjectStore(spec.name, spec.path)) for spec in fleet.stores}
+        protection._open_stores.update(counted)
+        with protection:
+            assessment = protection.assess(name)
+        if not assessment.passed:
+            raise RuntimeError(f"checks of {name} failed: {assessment.findings}")
+        calls.update({store: dict(c.calls) for store, c in counted.items()})
+
+    return {"seconds": _median_seconds(check, repeat), "database": name, "calls": calls}
 
 
 def _s3_stores(databases: int, workdir: Path) -> dict:
@@ -152,6 +201,13 @@ def _s3_stores(databases: int, workdir: Path) -> dict:
         seed_stores(stores, database_names(databases))
         result = {"sequential": measure_assessment(fleet_file, 1, concurrency=1, open_store=open_store),
                   "parallel": measure_assessment(fleet_file, 1, concurrency=8, open_store=open_store)}
+        # Against a real cloud each call is a round trip: at 30 ms a call, the calls of one run
+        # spread over what is in flight at once (8 databases, each reading its 3 stores at once).
+        total = sum(sum(calls.values()) for calls in result["parallel"]["calls"].values())
+        in_flight = 8 * len(fleet.stores)
+        result["projection_30ms"] = {"calls": total, "sequential_seconds": total * 0.030,
+                                     "in_flight": in_flight, "parallel_seconds": total * 0.030 / in_flight,
+                                     "calls_per_database": total / databases}
         return result
     finally:
         server.stop()
@@ -164,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--before-src", type=Path, help="an older source tree to time status with")
     parser.add_argument("--s3", type=int, default=0, help="databases for the moto-server assessment (0: skip)")
+    parser.add_argument("--status-only", default="", help="more sizes for status alone (once), e.g. 10000")
     parser.add_argument("--output", type=Path, default=REPOSITORY_ROOT / "var" / "bench" / "fleet.json")
     args = parser.parse_args(argv)
 
@@ -171,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                      "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                  "load_average_at_start": os.getloadavg()},
                      "stores": list(STORE_NAMES), "status": {}, "assess_fleet": {}, "fleet_load": {},
-                     "definitions_build": {}}
+                     "definitions_build": {}, "partition_checks": {}, "schedule_tick": {}}
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as scratch:
         work = Path(scratch)
         for size in [int(text) for text in args.sizes.split(",") if text]:
@@ -186,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.before_src is not None and size == min(int(t) for t in args.sizes.split(",") if t):
                 _log(f"status at {size}, before")
                 results["status"][size]["before_seconds"] = time_status(fleet_file, 1, args.before_src)
+            _log(f"checks of one partition at {size}")
+            results["partition_checks"][size] = measure_partition_checks(fleet_file, args.repeat)
             _log(f"assess_fleet at {size}")
             results["assess_fleet"][size] = {
                 "parallel": measure_assessment(fleet_file, args.repeat, concurrency=8),
@@ -195,6 +254,16 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"fleet load and Definitions at {size}")
             results["fleet_load"][size] = time_fleet_load(fleet_file, args.repeat)
             results["definitions_build"][size] = {"seconds": time_definitions(fleet_file, args.repeat)}
+            results["schedule_tick"][size] = time_schedule_tick(fleet_file, args.repeat)
+        for size in [int(text) for text in args.status_only.split(",") if text]:
+            _log(f"seeding {size} databases x {len(STORE_NAMES)} stores")
+            fleet_file = write_fleet_file(work / f"status-{size}", size)
+            from platform_orchestration.fleet import load_fleet
+            from platform_orchestration.storage import LocalObjectStore
+            fleet = load_fleet(fleet_file)
+            seed_stores([LocalObjectStore(spec.name, spec.path) for spec in fleet.stores], database_names(size))
+            _log(f"status at {size}")
+            results["status"][size] = {"seconds": time_status(fleet_file, 1)}
         if args.s3:
             _log(f"assessment against moto S3 at {args.s3}")
             results["s3"] = {args.s3: _s3_stores(args.s3, work)}
@@ -223,15 +292,33 @@ def summary(results: dict) -> str:
         for mode in ("parallel", "sequential"):
             lines.append(f"| `assess_fleet` {mode} ({8 if mode == 'parallel' else 1} threads), local stores | {size} | {entry[mode]['seconds']:.2f} | "
                          f"{calls(entry[mode])} |")
+    for size, entry in results.get("partition_checks", {}).items():
+        per = next(iter(entry["calls"].values()))
+        lines.append(f"| checks of one partition (the check step's work) | {size} | {entry['seconds'] * 1000:.1f} ms | "
+                     + ", ".join(f"{count} {call}" for call, count in sorted(per.items())) + " |")
     for size, entry in results.get("s3", {}).items():
         for mode in ("parallel", "sequential"):
             lines.append(f"| `assess_fleet` {mode} ({8 if mode == 'parallel' else 1} threads), moto S3 | {size} | {entry[mode]['seconds']:.2f} | "
                          f"{calls(entry[mode])} |")
+        projection = entry["projection_30ms"]
+        in_flight = projection.get("in_flight", 8)
+        parallel = projection.get("parallel_seconds", projection.get("eight_threads_seconds"))
+        lines.append(f"| projection at 30 ms a call: {projection['calls']} calls, 1 / {in_flight} in flight | {size} | "
+                     f"{projection['sequential_seconds']:.1f} / {parallel:.1f} | |")
+        per_database = projection.get("calls_per_database", projection["calls"] / int(size))
+        for databases in (1000, 10000):
+            calls_then = per_database * databases
+            lines.append(f"| projection at 30 ms a call: {calls_then:.0f} calls, {in_flight} / {4 * in_flight} in flight "
+                         f"(8 / 32 databases at once) | {databases} | "
+                         f"{calls_then * 0.030 / in_flight:.0f} / {calls_then * 0.030 / (4 * in_flight):.0f} | (linear in databases) |")
     for size, entry in results["fleet_load"].items():
         lines.append(f"| fleet load, libyaml (pure Python) | {size} | {entry['libyaml_seconds']:.2f} "
                      f"({entry['pure_python_seconds']:.2f}) | |")
     for size, entry in results["definitions_build"].items():
-        lines.append(f"| Definitions build | {size} | {entry['seconds']:.2f} | |")
+        lines.append(f"| Definitions build (fleet load, repository resolved) | {size} | {entry['seconds']:.2f} | |")
+    for size, entry in results.get("schedule_tick", {}).items():
+        lines.append(f"| schedule tick, critical_backups_hourly: {entry['runs']} runs of {entry['job']} "
+                     f"(largest {entry['largest_batch']} databases) | {size} | {entry['seconds']:.3f} | |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from platform_orchestration.backups.index import refresh_index
 from platform_orchestration.backups.manifest import backup_prefix, drill_key
 from platform_orchestration.storage import CountingStore, LocalObjectStore, ObjectStore, write_bytes
 
@@ -62,14 +63,15 @@ def _stamp(moment: datetime) -> str:
 
 
 def seed_stores(stores: Sequence[ObjectStore], databases: Sequence[str], *, backups: int = 3,
-                now: datetime | None = None) -> None:
+                now: datetime | None = None, index: bool = True) -> None:
     """`backups` backups (an hour apart, the newest an hour old) and one passed drill record of
-    the newest, for every database, in every store."""
+    the newest, for every database, in every store; with `index`, each database's catalog
+    index brought up to date as the writers do (refresh_index after the last write)."""
     now = now or datetime.now(timezone.utc)
     manifest = json.loads((FIXTURES / "encrypted_manifest.json").read_text())
     drill = json.loads((FIXTURES / "drill_record.json").read_text())
-    for index, database in enumerate(databases):
-        suffix = f"{index:06x}"[-6:]
+    for number, database in enumerate(databases):
+        suffix = f"{number:06x}"[-6:]
         ids = []
         for generation in range(backups):
             taken = now - timedelta(hours=backups - generation)
@@ -92,3 +94,5 @@ def seed_stores(stores: Sequence[ObjectStore], databases: Sequence[str], *, back
                       "source_store": stores[0].name, "started_at": _stamp(drill_at),
                       "finished_at": _stamp(drill_at + timedelta(seconds=5))}
             _put(store, drill_key(database, drill_id), json.dumps(record).encode())
+            if index:
+                refresh_index(store, database)

@@ -20,6 +20,7 @@ from platform_orchestration.checks import build_checks
 from platform_orchestration.fleet import Fleet, fleet_path_from_env
 from platform_orchestration.kube import link_run_tags, per_step_k8s_config
 from platform_orchestration.ops import build_disaster_restore_job
+from platform_orchestration.ops.batches import batch_executor, build_batch_job
 from platform_orchestration.resources import (
     AlertsResource,
     FleetResource,
@@ -93,8 +94,19 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
         if isinstance(spec, AssetJobSpec)
         and any(assets_by_name[name].partitions_def is not None for name in spec.assets)
     }
+    asset_job_specs = {spec.name: spec for spec in job_specs if isinstance(spec, AssetJobSpec)}
+    batch_jobs: dict[str, dg.JobDefinition] = {}
+
+    def batch_job_for(name: str) -> dg.JobDefinition:
+        if name not in batch_jobs:
+            spec = asset_job_specs[name]
+            # Multiprocess runs fork their steps from a preloaded server; in_process and k8s as chosen.
+            batch_jobs[name] = build_batch_job(name, spec.assets, spec.description,
+                                               batch_executor() if executor == "multiprocess" else None)
+        return batch_jobs[name]
+
     schedules = build_schedules(load_schedule_specs(_spec_dir("PLATFORM_SCHEDULES_DIR", "schedules")),
-                                jobs, fleet, partitioned)
+                                jobs, fleet, partitioned, batch_job_for)
     secrets = SecretsResource.from_environment()
     alerts_file = os.environ.get("PLATFORM_ALERTS_FILE") or str(REPOSITORY_ROOT / "var" / "alerts.jsonl")
     return dg.Definitions(

@@ -419,14 +419,16 @@ class FleetProtection:
             database=database, policy=policy.name, stores=self.stores_for(database), rpo=policy.rpo,
             drill_every=policy.drill.every, rto=policy.drill.rto, now=now or self.clock(),
             requires_dynamic_credentials=self.fleet.database(database).uses_dynamic_credentials,
+            stores_at_once=any(self.fleet.store(name).kind != "local" for name in policy.stores),
         )
 
     def assess_fleet(self, now: datetime | None = None, *, concurrency: int | None = None) -> list[DatabaseCompliance]:
         """Every database's assessment at one `now`, in fleet order; each database lists each
-        of its stores once for backups and once for drill records, and reads each manifest once.
+        of its stores once for backups and once for drill records, and reads its catalog index
+        once (and only the manifests the index lacks).
 
         Up to `concurrency` databases are read at once (else ``$PLATFORM_STORE_CONCURRENCY``,
-        else 8 when a cloud store is involved). The work on a cloud store is waiting on round
+        else 8 when a cloud store is involved), each reading its cloud stores in parallel. The work on a cloud store is waiting on round
         trips, which threads overlap; on local stores it is parsing under the GIL, which threads
         only slow down (measured: benchmarks/README.md), so local-only fleets default to one."""
         now = now or self.clock()

@@ -212,6 +212,9 @@ DatabaseSelection: TypeAlias = Annotated[
 """Which databases a partitioned job runs for: ``all``, a list of names, or ``{policy: NAME}``."""
 
 
+DEFAULT_BATCH_SIZE = 100
+
+
 class ScheduleSpec(_NamedSpec):
     """When a job runs, and for a per-database job, for which databases."""
 
@@ -223,6 +226,10 @@ class ScheduleSpec(_NamedSpec):
     description: str = ""
     databases: DatabaseSelection = "all"
     running_by_default: bool = True
+    # A per-database job's tick selecting more databases than this runs them in batches of this
+    # many (ops/batches.py: each database still its own steps, partition and failure) instead of
+    # one run per database; 0: one run per database however many.
+    batch_size: Annotated[int, Field(ge=0)] = DEFAULT_BATCH_SIZE
 
 
 class SchedulesFile(_Strict):
@@ -367,8 +374,11 @@ def build_schedules(
     jobs: Sequence[DagsterJob],
     fleet: Fleet,
     partitioned_jobs: Collection[str],
+    batch_job_for: Callable[[str], DagsterJob] | None = None,
 ) -> list[dg.ScheduleDefinition]:
-    """One Dagster schedule per spec; a job in ``partitioned_jobs`` gets one run per selected database.
+    """One Dagster schedule per spec; a job in ``partitioned_jobs`` gets one run per selected
+    database, or, when more are selected than the spec's ``batch_size`` and ``batch_job_for``
+    is given, one run of ``batch_job_for(job name)`` per batch (see :func:`fleet_batches`).
 
     Raises :class:`SpecError` listing every duplicate schedule name, every unknown job, policy or
     database, and every database selection on a job that does not run per database.
@@ -385,9 +395,13 @@ def build_schedules(
         if problems:
             continue
         try:
-            schedules.append(
-                _schedule(spec, jobs_by_name[spec.job], _selected_databases(spec, fleet), spec.job in partitioned_jobs)
-            )
+            databases = _selected_databases(spec, fleet)
+            partitioned = spec.job in partitioned_jobs
+            if partitioned and batch_job_for is not None and 0 < spec.batch_size < len(databases):
+                schedules.append(_batched_schedule(spec, batch_job_for(spec.job),
+                                                   fleet_batches(fleet, databases, spec.batch_size)))
+            else:
+                schedules.append(_schedule(spec, jobs_by_name[spec.job], databases, partitioned))
         except dg.DagsterInvalidDefinitionError as exc:  # anything Dagster refuses that the model let through
             findings.append(spec._finding((), str(exc)))
     if findings:
@@ -409,6 +423,9 @@ def _schedule_problems(
                 f"job {spec.job!r} runs once for the whole fleet, not per database; remove databases",
             )
         ]
+    if "batch_size" in spec.model_fields_set and spec.job not in partitioned_jobs:
+        return [spec._finding(("batch_size",), f"job {spec.job!r} runs once for the whole fleet, "
+                                               "not per database; remove batch_size")]
     if isinstance(databases, PolicySelection):
         known_policies = [policy.name for policy in fleet.policies]
         if databases.policy not in known_policies:
@@ -446,5 +463,38 @@ def _schedule(spec: ScheduleSpec, job: DagsterJob, databases: list[str], partiti
             return [dg.RunRequest(run_key=f"{spec.name}:{tick}")]
         # One run per database: a slow or failing database never holds the others back.
         return [dg.RunRequest(run_key=f"{spec.name}:{db}:{tick}", partition_key=db) for db in databases]
+
+    return _evaluate
+
+
+def fleet_batches(fleet: Fleet, selected: Sequence[str], batch_size: int) -> list[tuple[str, list[str]]]:
+    """The selected databases in batches: the fleet's databases cut in fleet order into groups
+    of `batch_size`, each group keeping only the selected ones (empty ones dropped). Groups are
+    cut from the whole fleet, not the selection, so one database is in the same batch, under the
+    same tag (``<first>..<last>`` of the group), on every tick of every schedule with that
+    batch size: the one-run-per-batch limit (deploy/dagster.yaml) keeps two of them apart."""
+    chosen = set(selected)
+    names = [database.name for database in fleet.databases]
+    batches = []
+    for start in range(0, len(names), batch_size):
+        group = names[start:start + batch_size]
+        members = [name for name in group if name in chosen]
+        if members:
+            batches.append((f"{group[0]}..{group[-1]}", members))
+    return batches
+
+
+def _batched_schedule(spec: ScheduleSpec, job: DagsterJob, batches: list[tuple[str, list[str]]]
+                      ) -> dg.ScheduleDefinition:
+    from platform_orchestration.ops.batches import BATCH_RUN_TAG, batch_run_config
+
+    status = dg.DefaultScheduleStatus.RUNNING if spec.running_by_default else dg.DefaultScheduleStatus.STOPPED
+
+    @dg.schedule(name=spec.name, cron_schedule=spec.cron, execution_timezone=spec.timezone, job=job,
+                 description=spec.description or None, default_status=status)
+    def _evaluate(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+        tick = context.scheduled_execution_time.isoformat()
+        return [dg.RunRequest(run_key=f"{spec.name}:{tag}:{tick}", run_config=batch_run_config(members),
+                              tags={BATCH_RUN_TAG: tag}) for tag, members in batches]
 
     return _evaluate

@@ -18,6 +18,7 @@ from broken import garble
 from conftest import SOURCE_DB
 from pg import both_majors, flip_byte, kill_children_named, row_counts, table_fingerprints
 
+from platform_orchestration.backups.index import index_key
 from platform_orchestration.backups.catalog import (
     find_backup,
     latest_backup,
@@ -101,7 +102,7 @@ def test_backup_lands_in_every_store(backup, stores):
         assert listed.backup_id == outcome.manifest.backup_id
         assert listed.manifest.copy_info.store == store.name
         assert _objects(store) == [outcome.manifest.dump_key, outcome.manifest.globals_key,
-                                   outcome.manifest.manifest_key]
+                                   outcome.manifest.manifest_key, index_key(SOURCE_DB)]
 
 
 def test_stored_dump_is_compressed(backup, stores):
@@ -146,7 +147,7 @@ def test_killed_backup_leaves_nothing_visible(backup, stores, source_db):
         assert list(Path(store.root).rglob(".partial-*")), "killed after the stream finished"
         assert [b.backup_id for b in list_backups(store, SOURCE_DB)] == [first.backup_id]
         assert latest_backup(store, SOURCE_DB).backup_id == first.backup_id
-        assert _objects(store) == [first.dump_key, first.globals_key, first.manifest_key]
+        assert _objects(store) == [first.dump_key, first.globals_key, first.manifest_key, index_key(SOURCE_DB)]
     assert find_backup(stores, SOURCE_DB).backup_id == first.backup_id
 
 

@@ -21,6 +21,7 @@ from platform_orchestration.postgres.cluster import free_port
 from platform_orchestration.protection import TARGET_PASSWORD_RULE, FleetProtection
 from platform_orchestration.resources import AlertsResource
 from platform_orchestration.sensors import report_failed_runs
+from platform_orchestration.ops.batches import BATCH_RUN_TAG
 from platform_orchestration.specs import DATABASE_RUN_TAG
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -300,8 +301,10 @@ def test_production_instance_config_keeps_runs_in_postgresql(tmp_path, target_cl
 
     with dg.DagsterInstance.from_config(str(home)) as production_instance:
         limits = production_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
-        assert limits[0] == {"key": DATABASE_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
-        assert all(limit["key"].startswith("platform/egress-") for limit in limits[1:])  # one per cloud link
+        assert limits[:2] == [
+            {"key": DATABASE_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+            {"key": BATCH_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+        assert limits[2:] and all(limit["key"].startswith("platform/egress-") for limit in limits[2:])  # one per cloud link
 
         @dg.op
         def noop() -> None: ...
@@ -424,3 +427,48 @@ def test_rewrap_job_moves_every_manifest_to_the_newest_key_version(tmp_path, sou
     for manifest in manifests:
         assert f'"key_version": {newest}' in manifest.read_text()
     assert {p: p.read_bytes() for p in dumps_before} == dumps_before
+
+
+def test_a_batched_run_backs_up_each_database_as_its_own_steps_partition_and_failure(
+        tmp_path, source_cluster, source_db, instance, monkeypatch):
+    """A schedule selecting more databases than its batch_size: one run per batch, in which the
+    reachable database is backed up, copied and checked on its own partition while the
+    unreachable one fails only its own steps."""
+    fleet = write_fleet(tmp_path, source_cluster, SOURCE_DB)
+    ghost = f"    dsn: postgresql://postgres@127.0.0.1:{free_port()}/ghost\n"
+    extra = "".join(f"  - name: {name}\n    cluster: test-pg\n{ghost}    policy: critical\n"
+                    for name in ("ghost_a", "ghost_b"))
+    fleet.write_text(fleet.read_text().replace("policies:", extra + "policies:", 1))
+    schedules = tmp_path / "schedules"
+    schedules.mkdir()
+    (schedules / "s.yaml").write_text("schedules:\n  - name: hourly\n    job: take_backups\n"
+                                      "    cron: \"0 * * * *\"\n    batch_size: 2\n")
+    monkeypatch.setenv("PLATFORM_SCHEDULES_DIR", str(schedules))
+    defs = build_definitions(fleet)
+    repository = defs.get_repository_def()
+    schedule = repository.get_schedule_def("hourly")
+    assert schedule.job_name == "take_backups_batched"
+    tick = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
+    requests = schedule.evaluate_tick(
+        dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repository)).run_requests
+    assert [r.tags[BATCH_RUN_TAG] for r in requests] == [f"{SOURCE_DB}..ghost_a", "ghost_b..ghost_b"]
+    first = requests[0]
+    assert first.run_config["ops"]["batch"]["config"]["databases"] == [SOURCE_DB, "ghost_a"]
+
+    result = repository.get_job("take_backups_batched").execute_in_process(
+        run_config={**first.run_config, **QUIET}, instance=instance, tags=first.tags, raise_on_error=False)
+    assert not result.success
+    failed = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE}
+    assert failed == {"batch_databases[ghost_a]"}
+    succeeded = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SUCCESS}
+    assert {f"batch_databases[{SOURCE_DB}]", f"batch_backups[{SOURCE_DB}]", f"batch_backup_copies[{SOURCE_DB}]",
+            f"take_backups_batched_checks[{SOURCE_DB}]"} <= succeeded
+    assert not any("ghost_a" in key for key in succeeded)
+    # Recorded on the real assets' partitions, as a per-database run would record them.
+    materialized = {(e.asset_key.to_user_string(), e.partition) for e in result.get_asset_materialization_events()}
+    assert materialized == {("databases", SOURCE_DB), ("backups", SOURCE_DB), ("backup_copies", SOURCE_DB)}
+    assert instance.get_materialized_partitions(dg.AssetKey("backups")) == {SOURCE_DB}
+    checks = {(e.check_name, e.partition, e.passed) for e in result.get_asset_check_evaluations()}
+    assert checks == {("backup_within_rpo", SOURCE_DB, True), ("backups_encrypted", SOURCE_DB, True),
+                      ("dynamic_credentials_used", SOURCE_DB, True),
+                      ("copies_in_required_stores", SOURCE_DB, True)}

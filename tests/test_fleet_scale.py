@@ -145,12 +145,14 @@ def test_a_missing_fleet_file_is_reported_not_cached(tmp_path: Path) -> None:
 # --- what an assessment costs in store calls ------------------------------------------------------
 
 
-def _protection(tmp_path: Path, databases: int) -> tuple[FleetProtection, dict[str, CountingStore]]:
-    """A protection of a synthetic fleet whose stores are seeded and wrapped in counters."""
+def _protection(tmp_path: Path, databases: int, *, index: bool = True
+                ) -> tuple[FleetProtection, dict[str, CountingStore]]:
+    """A protection of a synthetic fleet whose stores are seeded (with the catalog index the
+    writers keep, unless `index` is false) and wrapped in counters."""
     fleet = load_fleet(write_fleet_file(tmp_path, databases))
     protection = FleetProtection(fleet)
     counted = {spec.name: CountingStore(LocalObjectStore(spec.name, spec.path)) for spec in fleet.stores}
-    seed_stores(list(counted.values()), database_names(databases))
+    seed_stores(list(counted.values()), database_names(databases), index=index)
     for store in counted.values():
         store.reset()
     protection._open_stores.update(counted)
@@ -158,14 +160,17 @@ def _protection(tmp_path: Path, databases: int) -> tuple[FleetProtection, dict[s
 
 
 @pytest.mark.parametrize("databases", [2, 6])
+@pytest.mark.parametrize("index", [True, False], ids=["indexed", "no-index"])
 def test_a_fleet_assessment_lists_each_store_once_for_backups_and_once_for_drills_per_database(
-        tmp_path: Path, databases: int) -> None:
-    protection, counted = _protection(tmp_path, databases)
+        tmp_path: Path, databases: int, index: bool) -> None:
+    protection, counted = _protection(tmp_path, databases, index=index)
     assessments = protection.assess_fleet(concurrency=3)
     assert all(assessment.passed for assessment in assessments), [a.findings for a in assessments if not a.passed]
     for store in counted.values():
-        # Three manifests and one drill record per database: each read once.
-        assert dict(store.calls) == {"list": 2 * databases, "read": 4 * databases}
+        # With the catalog index: its one GET per database. Without: the GET that finds no
+        # index, then three manifests and one drill record per database, each read once.
+        reads = 1 if index else 1 + 4
+        assert dict(store.calls) == {"list": 2 * databases, "read": reads * databases}
         assert sorted(store.prefixes) == sorted(
             [f"backups/{name}/" for name in database_names(databases)]
             + [f"drills/{name}/" for name in database_names(databases)])
@@ -195,3 +200,40 @@ def test_ensure_copies_lists_each_store_once(tmp_path: Path) -> None:
     report = protection.ensure_copies(database_names(1)[0])
     assert report.already_present == ("aws", "azure", "gcp") and not report.failed
     assert all(store.calls["list"] == 1 for store in counted.values())
+
+
+# --- runs that scale with the fleet ---------------------------------------------------------------
+
+
+def test_an_hourly_tick_over_a_large_fleet_asks_for_one_run_per_batch_not_per_database(tmp_path: Path) -> None:
+    import dagster as dg
+    from datetime import datetime, timezone
+
+    from platform_orchestration.definitions import build_definitions
+    from platform_orchestration.ops.batches import BATCH_RUN_TAG
+
+    names = database_names(250)
+    repository = build_definitions(write_fleet_file(tmp_path, 250)).get_repository_def()
+    assert "take_backups_batched" in {job.name for job in repository.get_all_jobs()}  # validates op names
+    tick = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
+    for schedule_name, job in (("critical_backups_hourly", "take_backups_batched"),
+                               ("prune_backups_nightly", "prune_backups_batched"),
+                               ("restore_drills_daily", "run_restore_drills_batched")):
+        schedule = repository.get_schedule_def(schedule_name)
+        assert schedule.job_name == job
+        requests = schedule.evaluate_tick(
+            dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repository)).run_requests
+        batches = [r.run_config["ops"]["batch"]["config"]["databases"] for r in requests]
+        assert [len(batch) for batch in batches] == [100, 100, 50]
+        assert [name for batch in batches for name in batch] == names  # each once, in fleet order
+        assert [r.tags[BATCH_RUN_TAG] for r in requests] == [
+            f"{names[0]}..{names[99]}", f"{names[100]}..{names[199]}", f"{names[200]}..{names[249]}"]
+        assert len({r.run_key for r in requests}) == 3
+
+
+def test_batch_mapping_keys_are_the_names_where_dagster_allows_and_stay_unique() -> None:
+    from platform_orchestration.ops.batches import mapping_keys
+
+    assert mapping_keys(["orders", "orders-eu", "orders_eu", "a.b"]) == ["orders", "orders_eu_1", "orders_eu", "a_b_3"]
+    keys = mapping_keys(["x-1", "x_1", "x.1"])
+    assert len(set(keys)) == 3 and all(key.replace("_", "").isalnum() for key in keys)

@@ -205,3 +205,16 @@ def test_duplicate_schedule_name_in_one_file_points_at_the_line(tmp_path: Path, 
     assert schedule_errors(tmp_path, fleet) == [
         f"{path}:5: schedules[1].name: duplicate schedule name 'hourly' (first defined at line 2)"
     ]
+
+
+def test_batch_size_on_a_job_that_runs_once_for_the_fleet(tmp_path: Path, fleet: Fleet) -> None:
+    path = write(tmp_path, "s.yaml", schedule(batch_size="10").replace("take_backups", "refresh_compliance"))
+    assert schedule_errors(tmp_path, fleet) == [
+        f"{path}:5: schedules[0].batch_size: job 'refresh_compliance' runs once for the whole fleet, "
+        "not per database; remove batch_size"]
+
+
+def test_a_negative_batch_size(tmp_path: Path, fleet: Fleet) -> None:
+    path = write(tmp_path, "s.yaml", schedule(batch_size="-1"))
+    assert schedule_errors(tmp_path, fleet) == [
+        f"{path}:5: schedules[0].batch_size: expected a number of at least 0, got -1"]

@@ -16,10 +16,13 @@ from store_backends import upload_keys
 
 from platform_orchestration.backups.catalog import latest_backup, list_backups
 from platform_orchestration.backups.copy import copy_backup
+from platform_orchestration.backups.index import read_catalog
 from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.take import BackupFailed
 from platform_orchestration.storage import (
+    ConditionalWrites,
     ObjectNotFound,
+    PreconditionFailed,
     StoreError,
     read_bytes,
     write_bytes,
@@ -119,6 +122,39 @@ def test_listing_a_prefix_that_is_not_a_whole_directory_name_matches_names_start
     assert _keys(store, "backups/orders/1/man") == ["backups/orders/1/manifest.json"]
 
 
+def test_a_listing_etag_changes_when_an_object_is_rewritten_and_matches_the_version_read(backend):
+    store = backend.new_store()
+    write_bytes(store, "catalog/a.json", b"one")
+    [first] = store.list("catalog/")
+    assert first.etag
+    assert store.read_versioned("catalog/a.json") == (b"one", first.etag)
+    write_bytes(store, "catalog/a.json", b"two")  # same size, maybe the same second
+    [second] = store.list("catalog/")
+    assert second.etag and second.etag != first.etag
+
+
+def test_conditional_writes_create_only_if_absent_and_replace_only_the_version_read(backend):
+    """The compare-and-swap the catalog index relies on. The GCS emulator does not enforce
+    generation preconditions (RECIPES.md): there only the successful paths are checked."""
+    store = backend.new_store()
+    assert isinstance(store, ConditionalWrites)
+    enforced = backend.kind != "gcs"
+    store.write_if("catalog/db.json", b"v1", None)
+    _data, v1 = store.read_versioned("catalog/db.json")
+    if enforced:
+        with pytest.raises(PreconditionFailed):
+            store.write_if("catalog/db.json", b"lost", None)  # another writer created it first
+    store.write_if("catalog/db.json", b"v2", v1)
+    data, v2 = store.read_versioned("catalog/db.json")
+    assert data == b"v2" and v2 != v1
+    if enforced:
+        with pytest.raises(PreconditionFailed):
+            store.write_if("catalog/db.json", b"stale", v1)  # written on an outdated read
+        assert read_bytes(store, "catalog/db.json") == b"v2"
+    with pytest.raises(ObjectNotFound):
+        store.read_versioned("catalog/missing.json")
+
+
 def test_delete_removes_and_deleting_a_missing_object_is_fine(backend):
     store = backend.new_store()
     write_bytes(store, "d/x", b"1")
@@ -140,6 +176,11 @@ def test_a_backup_lands_verifies_and_copies_across_backends(backend, backup, loc
     other = backend.new_store()
     copy_backup(latest_backup(local, SOURCE_DB), other)
     assert [b.backup_id for b in list_backups(other, SOURCE_DB)] == [outcome.manifest.backup_id]
+    # The backup and each copy left the catalog index current: readers need none of the manifests.
+    for written in (store, local, other):
+        view = read_catalog(written, SOURCE_DB)
+        assert (view.index, view.read_directly) == ("current", 0), written.name
+        assert [b.backup_id for b in view.backups.backups] == [outcome.manifest.backup_id]
 
 
 # --- leftovers of killed writers -------------------------------------------------------------

@@ -7,13 +7,17 @@ Per-database assets are partitioned by database name, so each database's history
 checks and failures are visible on their own.
 """
 
+import logging
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import dagster as dg
 
 from platform_orchestration.backups.catalog import describe_all
 from platform_orchestration.backups.compliance import DatabaseCompliance
 from platform_orchestration.kube import k8s_op_tags
+from platform_orchestration.protection import FleetProtection
 from platform_orchestration.resources import FleetResource, MetricsResource
 
 GROUP = "fleet_protection"
@@ -46,6 +50,130 @@ def compliance_table(assessments: list[DatabaseCompliance]) -> dg.MetadataValue:
                             "credentials"], rows)
 
 
+Metadata = dict[str, Any]
+
+
+def database_metadata(protection: FleetProtection, name: str, log: logging.Logger) -> Metadata:
+    spec = protection.fleet.database(name)
+    observed = protection.observe_database(name)
+    return {
+        "cluster": spec.cluster, "policy": spec.policy, "server_version": observed.server_version,
+        "size_bytes": dg.MetadataValue.int(observed.size_bytes), "tables": dg.MetadataValue.int(observed.tables),
+        "connection": protection.connection_for(name).display(),
+    }
+
+
+def backup_metadata(protection: FleetProtection, name: str, log: logging.Logger) -> Metadata:
+    outcome = protection.backup(name)
+    manifest = outcome.manifest
+    for store, reason in outcome.failed_stores.items():
+        log.warning(f"backup {manifest.backup_id}: no copy in {store}: {reason}")
+    return {
+        "backup_id": manifest.backup_id,
+        "lsn": manifest.lsn,
+        "server_version": manifest.server.version,
+        "dump_tool": manifest.dump.tool,
+        "raw_bytes": dg.MetadataValue.int(manifest.dump.raw_bytes),
+        "stored_bytes": dg.MetadataValue.int(manifest.dump.stored_bytes),
+        "compression_ratio": dg.MetadataValue.float(
+            round(manifest.dump.raw_bytes / max(manifest.dump.stored_bytes, 1), 2)),
+        "seconds": dg.MetadataValue.float(round(outcome.seconds, 2)),
+        "throughput_mib_s": dg.MetadataValue.float(
+            round(manifest.dump.raw_bytes / 2**20 / max(outcome.seconds, 1e-6), 1)),
+        "sha256": manifest.dump.sha256,
+        "tables": dg.MetadataValue.int(len(manifest.row_counts)),
+        "rows": dg.MetadataValue.int(sum(manifest.row_counts.values())),
+        "stored_in": ", ".join(outcome.stored_in),
+        "failed_stores": ", ".join(outcome.failed_stores) or "none",
+        "encryption": (f"{manifest.encryption.scheme}, data key wrapped by {manifest.encryption.key_service} "
+                       f"v{manifest.encryption.key_version}") if manifest.encryption else "none",
+        "credentials": manifest.credentials or "unrecorded",
+    }
+
+
+def copies_metadata(protection: FleetProtection, name: str, log: logging.Logger) -> Metadata:
+    report = protection.ensure_copies(name)
+    if report.failed:
+        raise dg.Failure(
+            description=f"backup {report.backup_id} of {name}: copies failed: "
+            + "; ".join(f"{store}: {reason}" for store, reason in report.failed.items()),
+            metadata={"failed_stores": ", ".join(report.failed)},
+        )
+    return {
+        "backup_id": report.backup_id,
+        "already_present": ", ".join(report.already_present) or "none",
+        "copied_now": ", ".join(report.copied) or "none",
+        "verified_copies": dg.MetadataValue.int(len(report.already_present) + len(report.copied)),
+    }
+
+
+def drill_metadata(protection: FleetProtection, name: str, log: logging.Logger,
+                   source_store: str | None = None) -> Metadata:
+    record = protection.drill(name, source_store)
+    for broken in record.passed_over:
+        log.warning(f"drill {record.drill_id}: passed over newer {broken}")
+    metadata = {
+        "drill_id": record.drill_id, "backup_id": record.backup_id or "none",
+        "source_store": record.source_store, "passed": record.passed,
+        "rto_seconds": dg.MetadataValue.float(round(record.rto_seconds or 0.0, 2)),
+        "rto_target_seconds": dg.MetadataValue.float(record.rto_target_seconds),
+        "rpo_seconds": dg.MetadataValue.float(round(record.rpo_seconds or 0.0, 1)),
+        "tables_verified": dg.MetadataValue.int(record.tables_verified),
+        "rows_verified": dg.MetadataValue.int(record.rows_verified),
+        "passed_over": "; ".join(record.passed_over) or "none",
+    }
+    if not record.passed:
+        # The failed drill is already recorded as evidence in every store; failing the run
+        # is what makes the failure sensor and the on-call hear about it.
+        raise dg.Failure(description=f"restore drill {record.drill_id} of {name} "
+                                     f"failed: {record.failure}", metadata=metadata)
+    return metadata
+
+
+def retention_metadata(protection: FleetProtection, name: str, log: logging.Logger) -> Metadata:
+    report = protection.prune(name)
+    for line in report.lines():
+        log.info(line)
+    rows = [[s.store, ", ".join(s.deleted) or "-", len(s.kept),
+             "; ".join(lock.describe(s.store) for lock in s.locked) or "-",
+             len(s.orphans_removed), "; ".join(s.failures) or "-"] for s in report.stores]
+    metadata = {
+        "deleted_count": dg.MetadataValue.int(report.deleted_count),
+        "kept_count": dg.MetadataValue.int(report.kept_count),
+        "locked_count": dg.MetadataValue.int(report.locked_count),
+        "orphans_removed": dg.MetadataValue.int(report.orphans_removed_count),
+        # Incomplete uploads and empty directories of killed writes, and the bytes they held.
+        "leftovers_removed": dg.MetadataValue.int(report.uploads_discarded_count
+                                                  + report.directories_removed_count),
+        "leftover_bytes_removed": dg.MetadataValue.int(report.discarded_bytes),
+        "drill_records_deleted": dg.MetadataValue.int(report.drills_deleted_count),
+        "kept_backups": ", ".join(report.plan.kept_ids) or "none",
+        "stores": _markdown_table(["store", "deleted", "kept", "locked", "orphans removed", "errors"], rows),
+    }
+    if report.failures:
+        # What could be pruned was; failing the run gets the rest in front of the on-call.
+        raise dg.Failure(description=f"retention of {name}: " + "; ".join(report.failures), metadata=metadata)
+    return metadata
+
+
+MaterializeOne = Callable[[FleetProtection, str, logging.Logger], Metadata]
+
+# What materialising one partition of each per-database asset does: shared by the assets
+# (one run per database) and the batched jobs (ops/batches.py, one step per database).
+PER_DATABASE: dict[str, MaterializeOne] = {
+    "databases": database_metadata,
+    "backups": backup_metadata,
+    "backup_copies": copies_metadata,
+    "restore_drills": drill_metadata,
+    "retention": retention_metadata,
+}
+
+
+def _materialize(context: dg.AssetExecutionContext, fleet: FleetResource, body: MaterializeOne) -> dg.MaterializeResult:
+    with fleet.protection() as protection:
+        return dg.MaterializeResult(metadata=body(protection, context.partition_key, context.log))
+
+
 def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS,
               op_tags=k8s_op_tags("clusters"),
@@ -69,16 +197,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               op_tags=k8s_op_tags("databases"),
               deps=[clusters], description="One database of the fleet: size, tables, server.")
     def databases(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        name = context.partition_key
-        with fleet.protection() as protection:
-            spec = protection.fleet.database(name)
-            observed = protection.observe_database(name)
-            connection = protection.connection_for(name).display()
-        return dg.MaterializeResult(metadata={
-            "cluster": spec.cluster, "policy": spec.policy, "server_version": observed.server_version,
-            "size_bytes": dg.MetadataValue.int(observed.size_bytes), "tables": dg.MetadataValue.int(observed.tables),
-            "connection": connection,
-        })
+        return _materialize(context, fleet, database_metadata)
 
     @dg.asset(group_name=GROUP, kinds={"postgres", "zstd"}, owners=OWNERS, partitions_def=partitions,
               op_tags=k8s_op_tags("backups"),
@@ -86,34 +205,11 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               description="A logical backup (pg_dump, zstd, SHA-256) written to every required store at once.")
     def backups(context: dg.AssetExecutionContext, fleet: FleetResource,
                 metrics: MetricsResource) -> dg.MaterializeResult:
-        with fleet.protection() as protection:
-            outcome = protection.backup(context.partition_key)
-        manifest = outcome.manifest
-        metrics.push(context.log, database=context.partition_key, step="backup", duration_seconds=outcome.seconds,
-                     stored_bytes=manifest.dump.stored_bytes)
-        for store, reason in outcome.failed_stores.items():
-            context.log.warning(f"backup {manifest.backup_id}: no copy in {store}: {reason}")
-        return dg.MaterializeResult(metadata={
-            "backup_id": manifest.backup_id,
-            "lsn": manifest.lsn,
-            "server_version": manifest.server.version,
-            "dump_tool": manifest.dump.tool,
-            "raw_bytes": dg.MetadataValue.int(manifest.dump.raw_bytes),
-            "stored_bytes": dg.MetadataValue.int(manifest.dump.stored_bytes),
-            "compression_ratio": dg.MetadataValue.float(
-                round(manifest.dump.raw_bytes / max(manifest.dump.stored_bytes, 1), 2)),
-            "seconds": dg.MetadataValue.float(round(outcome.seconds, 2)),
-            "throughput_mib_s": dg.MetadataValue.float(
-                round(manifest.dump.raw_bytes / 2**20 / max(outcome.seconds, 1e-6), 1)),
-            "sha256": manifest.dump.sha256,
-            "tables": dg.MetadataValue.int(len(manifest.row_counts)),
-            "rows": dg.MetadataValue.int(sum(manifest.row_counts.values())),
-            "stored_in": ", ".join(outcome.stored_in),
-            "failed_stores": ", ".join(outcome.failed_stores) or "none",
-            "encryption": (f"{manifest.encryption.scheme}, data key wrapped by {manifest.encryption.key_service} "
-                           f"v{manifest.encryption.key_version}") if manifest.encryption else "none",
-            "credentials": manifest.credentials or "unrecorded",
-        })
+        result = _materialize(context, fleet, backup_metadata)
+        metadata = result.metadata or {}
+        metrics.push(context.log, database=context.partition_key, step="backup",
+                     duration_seconds=metadata["seconds"].value, stored_bytes=metadata["stored_bytes"].value)
+        return result
 
     @dg.asset(group_name=GROUP, kinds={"s3", "azure", "gcs"}, owners=OWNERS, partitions_def=partitions,
               op_tags=k8s_op_tags("backup_copies"),
@@ -121,20 +217,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               description="A verified copy of the latest backup in every store the policy requires; "
                           "missing copies are made from a verified one.")
     def backup_copies(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        with fleet.protection() as protection:
-            report = protection.ensure_copies(context.partition_key)
-        if report.failed:
-            raise dg.Failure(
-                description=f"backup {report.backup_id} of {context.partition_key}: copies failed: "
-                + "; ".join(f"{store}: {reason}" for store, reason in report.failed.items()),
-                metadata={"failed_stores": ", ".join(report.failed)},
-            )
-        return dg.MaterializeResult(metadata={
-            "backup_id": report.backup_id,
-            "already_present": ", ".join(report.already_present) or "none",
-            "copied_now": ", ".join(report.copied) or "none",
-            "verified_copies": dg.MetadataValue.int(len(report.already_present) + len(report.copied)),
-        })
+        return _materialize(context, fleet, copies_metadata)
 
     @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS, partitions_def=partitions,
               op_tags=k8s_op_tags("restore_drills"),
@@ -143,29 +226,11 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
                           "restored into a throwaway cluster, row counts checked, RTO and RPO measured.")
     def restore_drills(context: dg.AssetExecutionContext, fleet: FleetResource, metrics: MetricsResource,
                        config: DrillConfig) -> dg.MaterializeResult:
-        with fleet.protection() as protection:
-            record = protection.drill(context.partition_key, config.source_store or None)
-        if record.passed:
-            metrics.push(context.log, database=context.partition_key, step="drill",
-                         duration_seconds=record.rto_seconds or 0.0)
-        for broken in record.passed_over:
-            context.log.warning(f"drill {record.drill_id}: passed over newer {broken}")
-        metadata = {
-            "drill_id": record.drill_id, "backup_id": record.backup_id or "none",
-            "source_store": record.source_store, "passed": record.passed,
-            "rto_seconds": dg.MetadataValue.float(round(record.rto_seconds or 0.0, 2)),
-            "rto_target_seconds": dg.MetadataValue.float(record.rto_target_seconds),
-            "rpo_seconds": dg.MetadataValue.float(round(record.rpo_seconds or 0.0, 1)),
-            "tables_verified": dg.MetadataValue.int(record.tables_verified),
-            "rows_verified": dg.MetadataValue.int(record.rows_verified),
-            "passed_over": "; ".join(record.passed_over) or "none",
-        }
-        if not record.passed:
-            # The failed drill is already recorded as evidence in every store; failing the run
-            # is what makes the failure sensor and the on-call hear about it.
-            raise dg.Failure(description=f"restore drill {record.drill_id} of {context.partition_key} "
-                                         f"failed: {record.failure}", metadata=metadata)
-        return dg.MaterializeResult(metadata=metadata)
+        result = _materialize(context, fleet, lambda protection, name, log: drill_metadata(
+            protection, name, log, source_store=config.source_store or None))
+        metrics.push(context.log, database=context.partition_key, step="drill",
+                     duration_seconds=(result.metadata or {})["rto_seconds"].value)  # a failed drill raised
+        return result
 
     @dg.asset(group_name=GROUP, kinds={"s3", "azure", "gcs"}, owners=OWNERS, partitions_def=partitions,
               op_tags=k8s_op_tags("retention"),
@@ -175,31 +240,7 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
                           "(immutable) objects reported and kept, orphan dumps and leftovers of killed "
                           "writes swept, drill records past the policy's drill retention deleted.")
     def retention(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        with fleet.protection() as protection:
-            report = protection.prune(context.partition_key)
-        for line in report.lines():
-            context.log.info(line)
-        rows = [[s.store, ", ".join(s.deleted) or "-", len(s.kept),
-                 "; ".join(lock.describe(s.store) for lock in s.locked) or "-",
-                 len(s.orphans_removed), "; ".join(s.failures) or "-"] for s in report.stores]
-        metadata = {
-            "deleted_count": dg.MetadataValue.int(report.deleted_count),
-            "kept_count": dg.MetadataValue.int(report.kept_count),
-            "locked_count": dg.MetadataValue.int(report.locked_count),
-            "orphans_removed": dg.MetadataValue.int(report.orphans_removed_count),
-            # Incomplete uploads and empty directories of killed writes, and the bytes they held.
-            "leftovers_removed": dg.MetadataValue.int(report.uploads_discarded_count
-                                                      + report.directories_removed_count),
-            "leftover_bytes_removed": dg.MetadataValue.int(report.discarded_bytes),
-            "drill_records_deleted": dg.MetadataValue.int(report.drills_deleted_count),
-            "kept_backups": ", ".join(report.plan.kept_ids) or "none",
-            "stores": _markdown_table(["store", "deleted", "kept", "locked", "orphans removed", "errors"], rows),
-        }
-        if report.failures:
-            # What could be pruned was; failing the run gets the rest in front of the on-call.
-            raise dg.Failure(description=f"retention of {context.partition_key}: "
-                                         + "; ".join(report.failures), metadata=metadata)
-        return dg.MaterializeResult(metadata=metadata)
+        return _materialize(context, fleet, retention_metadata)
 
     # Dagster's freshness machinery fits here (one unpartitioned asset, refreshed hourly); the
     # per-database RPO is judged from the stores by the notice_stale_backups sensor (sensors/remedies.py).

@@ -15,8 +15,9 @@ so "newer" is decidable without reading it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -159,24 +160,29 @@ class BackupChoice:
 
 
 def read_backups(store: ObjectStore, database: str | None = None, *,
-                 listed: Iterable[ObjectInfo] | None = None) -> BackupListing:
+                 listed: Iterable[ObjectInfo] | None = None,
+                 known: Mapping[str, Mapping[str, Any]] | None = None) -> BackupListing:
     """Backups with a readable manifest in `store` (of `database`, else of every database),
     oldest first, and the manifests that could not be read or describe another key: those
     cannot be restored from, so they are not backups, and they are reported, not dropped.
     `listed`: the store's listing of the database's backups prefix when the caller already
-    took it (it is not listed again)."""
+    took it (it is not listed again). `known`: manifests already read, by key, for listed
+    keys whose listing matched (the catalog index, backups/index.py); each is used instead of
+    a GET when it parses and describes its key, else the manifest is read from the store."""
     found: list[StoredBackup] = []
     unreadable: list[UnreadableObject] = []
     for info in (store.list(backups_prefix(database)) if listed is None else listed):
         if not is_manifest_key(info.key):
             continue
-        try:
-            manifest = BackupManifest.from_json(read_bytes(store, info.key), f"store {store.name}: {info.key}")
-        except ObjectNotFound:
-            continue  # pruned while we listed
-        except ManifestError as exc:
-            unreadable.append(UnreadableObject(store.name, info.key, exc.reason))
-            continue
+        manifest = _known_manifest(known, info.key)
+        if manifest is None:
+            try:
+                manifest = BackupManifest.from_json(read_bytes(store, info.key), f"store {store.name}: {info.key}")
+            except ObjectNotFound:
+                continue  # pruned while we listed
+            except ManifestError as exc:
+                unreadable.append(UnreadableObject(store.name, info.key, exc.reason))
+                continue
         if manifest.manifest_key != info.key:
             unreadable.append(UnreadableObject(store.name, info.key,
                                                f"manifest describes {manifest.manifest_key}"))
@@ -184,6 +190,19 @@ def read_backups(store: ObjectStore, database: str | None = None, *,
         found.append(StoredBackup(store, manifest))
     return BackupListing(tuple(sorted(found, key=lambda b: (b.manifest.database, b.backup_id))),
                          tuple(sorted(unreadable, key=lambda u: u.key)))
+
+
+def _known_manifest(known: Mapping[str, Mapping[str, Any]] | None, key: str) -> BackupManifest | None:
+    """The manifest `known` holds for `key`, if it parses and describes that key; else None
+    (the caller reads the stored one: a bad cache entry is never taken for a bad manifest)."""
+    document = known.get(key) if known else None
+    if document is None:
+        return None
+    try:
+        manifest = BackupManifest.model_validate(document)
+    except ValidationError:
+        return None
+    return manifest if manifest.manifest_key == key else None
 
 
 def read_backups_or_report(store: ObjectStore, database: str | None = None) -> BackupListing:
@@ -198,11 +217,12 @@ def read_backups_or_report(store: ObjectStore, database: str | None = None) -> B
 
 
 def list_backups(store: ObjectStore, database: str | None = None, *,
-                 listed: Iterable[ObjectInfo] | None = None) -> list[StoredBackup]:
+                 listed: Iterable[ObjectInfo] | None = None,
+                 known: Mapping[str, Mapping[str, Any]] | None = None) -> list[StoredBackup]:
     """The readable backups of :func:`read_backups`, for callers that act only on what can be
     read (retention, tests); each manifest that could not be read is logged as a warning.
     Whatever reports to an operator uses :func:`read_backups` and names them."""
-    listing = read_backups(store, database, listed=listed)
+    listing = read_backups(store, database, listed=listed, known=known)
     for broken in listing.unreadable:
         log.warning("skipping unreadable manifest: %s", broken.describe())
     return list(listing.backups)
@@ -267,28 +287,43 @@ def find_backup(stores: Iterable[ObjectStore], database: str, backup_id: str | N
     return select_backup(stores, database, backup_id, store_name).stored
 
 
-def read_drills(store: ObjectStore, database: str) -> DrillListing:
+def read_drills(store: ObjectStore, database: str, *, listed: Iterable[ObjectInfo] | None = None,
+                known: Mapping[str, Mapping[str, Any]] | None = None) -> DrillListing:
     """Drill records of `database` in `store`, oldest first, and those that cannot be read
-    (or describe another key), reported rather than dropped."""
+    (or describe another key), reported rather than dropped. `listed` and `known` as for
+    :func:`read_backups`."""
     records: list[DrillRecord] = []
     unreadable: list[UnreadableObject] = []
-    for info in store.list(drills_prefix(database)):
+    for info in (store.list(drills_prefix(database)) if listed is None else listed):
         if not info.key.endswith(".json"):
             continue
-        try:
-            record = DrillRecord.model_validate_json(read_bytes(store, info.key))
-        except ObjectNotFound:
-            continue
-        except ValidationError as exc:
-            unreadable.append(UnreadableObject(store.name, info.key,
-                                               f"unreadable drill record: {first_problem(exc)}"))
-            continue
+        record = _known_record(known, info.key)
+        if record is None:
+            try:
+                record = DrillRecord.model_validate_json(read_bytes(store, info.key))
+            except ObjectNotFound:
+                continue
+            except ValidationError as exc:
+                unreadable.append(UnreadableObject(store.name, info.key,
+                                                   f"unreadable drill record: {first_problem(exc)}"))
+                continue
         if record.key != info.key:
             unreadable.append(UnreadableObject(store.name, info.key, f"drill record describes {record.key}"))
             continue
         records.append(record)
     return DrillListing(tuple(sorted(records, key=lambda r: r.drill_id)),
                         tuple(sorted(unreadable, key=lambda u: u.key)))
+
+
+def _known_record(known: Mapping[str, Mapping[str, Any]] | None, key: str) -> DrillRecord | None:
+    document = known.get(key) if known else None
+    if document is None:
+        return None
+    try:
+        record = DrillRecord.model_validate(document)
+    except ValidationError:
+        return None
+    return record if record.key == key else None
 
 
 def list_drills(store: ObjectStore, database: str) -> list[DrillRecord]:
@@ -302,10 +337,15 @@ def list_drills(store: ObjectStore, database: str) -> list[DrillRecord]:
 def drill_history(stores: Iterable[ObjectStore], database: str) -> DrillListing:
     """Every drill of `database` recorded in any of `stores`, once each, oldest first; and
     every record, in any store, that could not be read."""
+    return merge_drills(read_drills(store, database) for store in stores)
+
+
+def merge_drills(listings: Iterable[DrillListing]) -> DrillListing:
+    """The drill listings of several stores as one: each drill once (the first store's
+    record), oldest first, and every record that could not be read, in any store."""
     by_id: dict[str, DrillRecord] = {}
     unreadable: list[UnreadableObject] = []
-    for store in stores:
-        listing = read_drills(store, database)
+    for listing in listings:
         unreadable += listing.unreadable
         for record in listing.records:
             by_id.setdefault(record.drill_id, record)

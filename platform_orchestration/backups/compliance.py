@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from platform_orchestration.backups.catalog import (
     UnreadableObject,
     describe_all,
-    drill_history,
-    read_backups,
+    merge_drills,
     record_everywhere,
 )
+from platform_orchestration.backups.index import read_catalog
 from platform_orchestration.backups.manifest import (
     BackupManifest,
     evidence_key,
@@ -113,14 +114,23 @@ def assess_database(
     rto: timedelta,
     now: datetime,
     requires_dynamic_credentials: bool = False,
+    stores_at_once: bool = False,
 ) -> DatabaseCompliance:
-    """The five findings for `database` in its policy's `stores`, at `now` (the worker's clock)."""
+    """The five findings for `database` in its policy's `stores`, at `now` (the worker's clock).
+    `stores_at_once`: read the stores in parallel (one thread each), for cloud stores where the
+    work is waiting on round trips."""
     held_by: dict[str, list[str]] = {}
     manifest_of: dict[str, BackupManifest] = {}
     unencrypted: list[str] = []
     broken_manifests: list[UnreadableObject] = []
-    for store in stores:
-        listing = read_backups(store, database)
+    # 2 LIST + 1 GET per store with a current index
+    if stores_at_once and len(stores) > 1:
+        with ThreadPoolExecutor(max_workers=len(stores), thread_name_prefix="assess-store") as pool:
+            views = list(pool.map(lambda store: read_catalog(store, database), stores))
+    else:
+        views = [read_catalog(store, database) for store in stores]
+    for store, view in zip(stores, views):
+        listing = view.backups
         broken_manifests += listing.unreadable
         for stored in listing.backups:
             held_by.setdefault(stored.backup_id, []).append(store.name)
@@ -128,7 +138,7 @@ def assess_database(
             encryption = stored.manifest.encryption
             if encryption is None or not encryption.key_version:
                 unencrypted.append(f"{stored.backup_id} in {store.name}")
-    drills = drill_history(stores, database)
+    drills = merge_drills(view.drills for view in views)
     findings: list[Finding] = []
 
     latest_id = max(held_by) if held_by else None

@@ -25,6 +25,7 @@ from platform_orchestration.backups.integrity import (
     checked_stored_chunks,
     stored_checksum_matches,
 )
+from platform_orchestration.backups.index import refresh_index_quietly
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.clock import Clock, utc_now
 from platform_orchestration.errors import PlatformError
@@ -64,6 +65,7 @@ def copy_backup(source: StoredBackup, target: ObjectStore, *,
         write_bytes(target, manifest.manifest_key, copied.to_json())
     except (BackupCorrupt, StoreError, ObjectNotFound) as exc:
         raise CopyFailed(f"{what} failed: {exc}") from exc
+    refresh_index_quietly(target, manifest.database)
     return StoredBackup(target, copied)
 
 

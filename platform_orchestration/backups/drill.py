@@ -24,6 +24,7 @@ from platform_orchestration.backups.catalog import (
 )
 from platform_orchestration.backups.encryption import require_key_provider
 from platform_orchestration.backups.integrity import BackupCorrupt
+from platform_orchestration.backups.index import refresh_index_quietly
 from platform_orchestration.backups.manifest import DrillRecord, new_drill_id
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.backups.restore import (
@@ -94,7 +95,7 @@ def run_restore_drill(
         require_key_provider(source, stored.manifest, keys)  # before a cluster is started for nothing
         with ephemeral_cluster(min_major=stored.manifest.server.major, parent_dir=workdir) as cluster:
             result = restore_backup(stored, cluster.connection(f"drill_{database}"), jobs=2,
-                                    progress=progress, workdir=workdir, keys=keys)
+                                    progress=progress, workdir=workdir, keys=keys, throwaway_target=True)
             fields["restored_on"] = f"PostgreSQL {cluster.install.version}"
         fields.update(rto_seconds=result.recovery_seconds, tables_verified=result.tables_verified,
                       rows_verified=result.rows_verified)
@@ -110,5 +111,8 @@ def run_restore_drill(
         started_at=started_at, finished_at=clock(), rto_target_seconds=rto_target.total_seconds(),
         rpo_target_seconds=rpo_target.total_seconds(), **fields,
     )
-    record_everywhere(stores, record.key, record.to_json(), f"drill {record.drill_id} of {database}")
+    recorded = record_everywhere(stores, record.key, record.to_json(), f"drill {record.drill_id} of {database}")
+    for store in stores:
+        if store.name in recorded.stored_in:
+            refresh_index_quietly(store, database)
     return record

@@ -1,11 +1,16 @@
 """Restoring a stored backup into a PostgreSQL database, and proving what was restored.
 
-Order matters for safety: the target is inspected and every refusal is made first; then the
-backup is fetched, checksum-verified, decrypted (every segment authenticated) and
-decompressed to a private work file *before* the target is touched, so a refused target,
-or a corrupt, tampered-with or unreachable backup, or one whose key cannot be had, never
-costs the target anything. The work file lets pg_restore run in parallel (-j), which a
-pipe cannot.
+Order matters for safety: the target is inspected and every refusal is made first. Into an
+existing database (in place, or `replace`), and with `with_globals`, the backup is then
+fetched, checksum-verified, decrypted (every segment authenticated) and decompressed to a
+private work file *before* the target is touched, so a refused target, or a corrupt,
+tampered-with or unreachable backup, or one whose key cannot be had, never costs the target
+anything. Into a database the restore creates, an encrypted backup is restored while it is
+fetched (_OverlappedRestore): pg_restore is only given authenticated bytes, the database is
+created once the archive's TOC has arrived (so a wrong key or a broken head create nothing),
+and a failure found later (a truncated object, a checksum or size mismatch, pg_restore
+failing, row counts that do not match) drops that database again: nothing is left behind.
+The work file lets pg_restore run in parallel (-j), which a pipe cannot.
 
 Targets, as a DBA gives them:
 
@@ -46,19 +51,32 @@ Statements that fail are reported in the result, not fatal; failing to connect i
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import psycopg
 from psycopg import sql
 
+from platform_orchestration.backups.archive_toc import (
+    SECTION_DATA,
+    BlockFinder,
+    SECTION_NONE,
+    ArchiveToc,
+    TocEntry,
+    TocIncomplete,
+    TocUnsupported,
+    read_toc,
+)
 from platform_orchestration.backups.catalog import StoredBackup
 from platform_orchestration.backups.encryption import require_key_provider
 from platform_orchestration.backups.integrity import BackupCorrupt, checked_stored_chunks, decompressed, globals_sql
@@ -257,8 +275,43 @@ def _prepare_database(target: PgConnection, state: _TargetState, owner: str | No
     return "dropped and recreated" if state.exists else "created"
 
 
+class _Growing:
+    """The work file as the fetch writes it: how many bytes are on disk, and whether the fetch
+    is still running, ended with every check passed ("complete"), or failed."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.size = 0
+        self.state = "running"
+
+    def grew(self, size: int) -> None:
+        with self._changed:
+            self.size = size
+            self._changed.notify_all()
+
+    def end(self, state: str) -> None:
+        with self._changed:
+            self.state = state
+            self._changed.notify_all()
+
+    def wait(self, beyond: int, timeout: float | None = None) -> tuple[int, str]:
+        """(size, state) once the file is larger than `beyond` bytes or the fetch has ended."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.size > beyond or self.state != "running", timeout)
+            return self.size, self.state
+
+
+class _FetchStopped(Exception):
+    """The fetch was told to stop (the restore it fed failed)."""
+
+
 def _fetch_to_file(stored: StoredBackup, path: Path, progress: ProgressListener,
-                   keys: DataKeyProvider | None) -> None:
+                   keys: DataKeyProvider | None, growing: _Growing | None = None,
+                   stop: threading.Event | None = None) -> None:
+    """Fetch, check and decompress the backup into `path`. With `growing`, every write is
+    published as it lands (for readers that follow the file); the fetch only counts as
+    complete when this returns, after the checksum, the last AEAD segment, the zstd frame and
+    the size have all been checked."""
     manifest = stored.manifest
     raw = 0
     with open(path, "wb") as out:
@@ -267,6 +320,11 @@ def _fetch_to_file(stored: StoredBackup, path: Path, progress: ProgressListener,
                                   keys):
             out.write(chunk)
             raw += len(chunk)
+            if growing is not None:
+                out.flush()
+                growing.grew(raw)
+                if stop is not None and stop.is_set():
+                    raise _FetchStopped
     if raw != manifest.dump.raw_bytes:
         raise BackupCorrupt(f"backup {manifest.backup_id} of {manifest.database} in store "
                             f"{stored.store.name}: decompressed size {raw} differs from the "
@@ -332,6 +390,323 @@ def _restore_passes(pg_restore: str, archive: Path, scratch: Path, jobs: int, in
     return [[*parallel, f"--use-list={first}"], [f"--use-list={last}"]]
 
 
+def _run_passes(command: Sequence[str], tools_version: str, pg_restore: str, archive: Path, scratch: Path,
+                jobs: int, into: str, env: dict[str, str], partial: str) -> None:
+    """The classic restore of a complete work file: `_restore_passes`, one after the other."""
+    for pass_command in _restore_passes(pg_restore, archive, scratch, jobs, into):
+        result = subprocess.run([*command, *pass_command, str(archive)], capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            raise RestoreFailed(f"{into}: pg_restore {tools_version} exited with {result.returncode} "
+                                f"({partial}): {one_line(result.stderr.strip()[-2000:])}")
+
+
+# TOC entries pg_restore applies on connecting, or only with --create: never in a list.
+_CONNECTION_ENTRIES = frozenset({"ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE", "DATABASE PROPERTIES"})
+
+
+def _is_rls(entry: TocEntry) -> bool:
+    """The entries _RLS_ENTRY finds in a listing: enabling RLS, policies, their comments."""
+    return entry.desc in ("ROW SECURITY", "POLICY") or (entry.desc == "COMMENT" and entry.tag.startswith("POLICY "))
+
+
+_SCHEMA_LIKE_DATA = frozenset({"SEQUENCE SET", "BLOB METADATA"})
+
+
+def _is_acl(entry: TocEntry) -> bool:
+    return entry.desc in ("ACL", "DEFAULT ACL")
+
+
+@dataclass(frozen=True)
+class _Phases:
+    """An archive's entries as an overlapped restore runs them, each group in TOC order."""
+
+    schema: tuple[TocEntry, ...]     # everything before the data (pre-data, its comments)
+    blocks: tuple[TocEntry, ...]     # data entries with a data block, restored as they arrive
+    data: tuple[TocEntry, ...]       # the rest of the data section, after the fetch
+    post: tuple[TocEntry, ...]       # indexes, constraints, triggers, ACLs..., in parallel
+    last: tuple[TocEntry, ...]       # row-level security, held back (see _restore_passes)
+
+
+def _phases(toc: ArchiveToc) -> _Phases | None:
+    """The phases of `toc`, or None when its entries are not in pg_dump's order (pre-data,
+    data, post-data; SECTION_NONE entries sit beside their object): then the classic way."""
+    entries = [e for e in toc.entries if e.desc not in _CONNECTION_ENTRIES]
+    sections = [e.section for e in entries if e.section != SECTION_NONE]
+    if sections != sorted(sections):
+        return None
+    rls = tuple(e for e in entries if _is_rls(e))
+    entries = [e for e in entries if not _is_rls(e)]
+    first_data = next((i for i, e in enumerate(entries) if e.section >= SECTION_DATA), len(entries))
+    schema = tuple(e for e in entries[:first_data] if not _is_acl(e))
+    data = [e for e in entries if e.section == SECTION_DATA]
+    # Data entries without a block that need no table data go with the schema: sequence
+    # values, and large objects' creation (BLOB METADATA, PostgreSQL 17 on), which must come
+    # before their contents (BLOBS). Blocks are fed as they arrive up to any other entry
+    # without a block (of a kind not known here); from there on, in TOC order after the fetch.
+    early = [e for e in data if not e.has_data and e.desc in _SCHEMA_LIKE_DATA]
+    data = [e for e in data if e not in early]
+    other = next((i for i, e in enumerate(data) if not e.has_data), len(data))
+    taken = {e.dump_id for e in (*schema, *early, *data)}
+    return _Phases(schema=(*schema, *early), blocks=tuple(data[:other]), data=tuple(data[other:]),
+                   post=tuple(e for e in entries if e.dump_id not in taken), last=rls)
+
+
+# pg_restore's stdin pipe: fewer, larger writes than the default 64 KiB.
+_PIPE_BYTES = 1024 * 1024
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_POLL_SECONDS = 0.02
+# Consecutive data blocks starting within this many bytes of the first go to one pg_restore
+# (fed them in one stream), so that thousands of small tables do not cost a process each.
+_GROUP_BYTES = 64 * 1024 * 1024
+_FIND_STEP_BYTES = 4 * 1024 * 1024
+
+
+class _OverlappedRestore:
+    """A restore into a database it creates, run while the backup is still being fetched.
+
+    The fetch writes the work file in a thread of its own. Once the archive's TOC is on disk
+    (it comes first: pg_dump wrote it to a pipe), the database is created and the schema
+    restored (`pg_restore --use-list` of the pre-data entries, fed the TOC on stdin); then the
+    first data block is restored as it arrives (one pg_restore fed the growing file on stdin,
+    which restores that one entry and exits). When the fetch is complete (checksum, every AEAD
+    segment, zstd frame and size checked), the rest of the data, then the post-data, then
+    row-level security are restored from the work file with -j, as `_restore_passes` would.
+
+    What pg_restore sees before the fetch ends is authenticated (every AEAD segment is, before
+    its plaintext is handed on), but a truncated or replaced object is only known at the end:
+    so this only ever runs into a database it creates (or on a throwaway server), and on any
+    failure everything it started is stopped and the caller drops that database."""
+
+    def __init__(self, *, stored: StoredBackup, archive: Path, scratch: Path, progress: ProgressListener,
+                 keys: DataKeyProvider | None, command: Sequence[str], version: str, pg_restore: str,
+                 jobs: int, env: dict[str, str], into: str, create: Callable[[], object]) -> None:
+        self._stored, self._archive, self._scratch = stored, archive, scratch
+        self._progress, self._keys = progress, keys
+        self._command, self._version, self._pg_restore = list(command), version, pg_restore
+        self._jobs, self._env, self._into, self._create = max(1, jobs), env, into, create
+        self._growing = _Growing()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._passes: list[tuple[subprocess.Popen[bytes], str, Path]] = []
+        self._feeders: list[threading.Thread] = []
+        self.created = False
+        self.fetched_at = 0.0
+
+    def run(self) -> None:
+        fetcher = threading.Thread(target=self._fetch, name="restore-fetch", daemon=True)
+        fetcher.start()
+        try:
+            self._restore()
+        except BaseException:
+            self._stop.set()
+            for process, _, _ in self._passes:
+                if process.poll() is None:
+                    process.kill()
+            for process, _, _ in self._passes:
+                process.wait()
+            fetcher.join()
+            for feeder in self._feeders:
+                feeder.join()
+            raise
+        fetcher.join()
+        for feeder in self._feeders:
+            feeder.join()
+
+    def _fetch(self) -> None:
+        try:
+            _fetch_to_file(self._stored, self._archive, self._progress, self._keys, self._growing, self._stop)
+            self.fetched_at = time.monotonic()
+            self._growing.end("complete")
+        except BaseException as exc:  # raised in the restoring thread (_check)
+            self._error = exc
+            self._growing.end("failed")
+
+    def _restore(self) -> None:
+        toc = self._wait_for_toc()
+        phases = _phases(toc) if toc is not None else None
+        self._create()
+        self.created = True
+        if phases is None or toc is None:  # an archive this cannot follow: the classic way
+            self._wait_for_fetch()
+            self._progress("restore", 0)
+            _run_passes(self._command, self._version, self._pg_restore, self._archive, self._scratch,
+                        self._jobs, self._into, self._env, _DROPPED)
+            return
+        if phases.schema:
+            self._wait([self._start("schema", phases.schema, feed=((0, toc.end),))])
+        finder = BlockFinder(toc, phases.blocks)
+        finding = threading.Thread(target=self._find_blocks, args=(finder, toc.end), name="restore-blocks",
+                                   daemon=True)
+        finding.start()
+        self._feeders.append(finding)
+        running: list[subprocess.Popen[bytes]] = []
+        done = 0  # phases.blocks[:done] are being restored
+        while done < len(phases.blocks):
+            self._check()
+            found = len(finder.starts)
+            if done >= found and finder.stopped:
+                break
+            if done >= found or sum(p.poll() is None for p in running) >= self._jobs:
+                time.sleep(_POLL_SECONDS)
+                continue
+            upto = done + 1
+            while upto < found and finder.starts[upto] - finder.starts[done] < _GROUP_BYTES:
+                upto += 1
+            running.append(self._start("data", phases.blocks[done:upto],
+                                       feed=((0, toc.end), (finder.starts[done], None))))
+            done = upto
+        self._wait_for_fetch()
+        self._progress("restore", 0)
+        # What could not be fed as it arrived (and sequence values): from the complete file.
+        rest = {e.dump_id for e in (*phases.blocks[done:], *phases.data)}
+        if rest:
+            jobs = self._jobs - sum(p.poll() is None for p in running)
+            if jobs < 1:
+                self._wait(running)
+                jobs = self._jobs
+            running.append(self._start("data", [e for e in toc.entries if e.dump_id in rest], jobs=jobs))
+        self._wait(running)
+        if phases.post:
+            self._wait([self._start("post-data", phases.post, jobs=self._jobs)])
+        if phases.last:
+            self._wait([self._start("row-level security", phases.last)])
+
+    def _find_blocks(self, finder: BlockFinder, start: int) -> None:
+        """Follow the work file as it is written, telling `finder` where its data blocks start."""
+        source = os.open(self._archive, os.O_RDONLY)
+        pos = seen = start
+        try:
+            while not finder.stopped:
+                size, state = self._growing.wait(seen)
+                if state == "failed":
+                    return
+                while not finder.stopped and pos < size:
+                    data = os.pread(source, min(size - pos, _FIND_STEP_BYTES), pos)
+                    after = finder.feed(data, pos)
+                    more = len(data) == _FIND_STEP_BYTES and after > pos  # a full step read: go on
+                    pos = after
+                    if not more:
+                        break
+                if state == "complete":
+                    return  # all there is has been looked at
+                seen = size
+        finally:
+            finder.stopped = True
+            os.close(source)
+
+    def _wait_for_toc(self) -> ArchiveToc | None:
+        """The archive's TOC once it is on disk; None for an archive this cannot read (or a
+        complete file without one: pg_restore says what is wrong with it)."""
+        beyond = 0
+        while True:
+            size, state = self._growing.wait(beyond)
+            self._check()
+            with open(self._archive, "rb") as head:
+                written = head.read(size)
+            try:
+                return read_toc(written)
+            except TocIncomplete:
+                if state != "running":
+                    return None
+                beyond = 2 * size  # read again once it has doubled: a huge TOC is not parsed 100 times
+            except TocUnsupported:
+                return None
+
+    def _start(self, label: str, entries: Sequence[TocEntry], *, jobs: int = 1,
+               feed: tuple[tuple[int, int | None], ...] | None = None) -> subprocess.Popen[bytes]:
+        """pg_restore of `entries`: from the work file (which must be complete), or, with
+        `feed`, fed these (start, end) ranges of the work file on stdin, one after the other
+        (end None: to the end, following the file as it grows)."""
+        number = len(self._passes)
+        listing = self._scratch / f"pass-{number}.list"
+        listing.write_text("".join(f"{e.dump_id}\n" for e in entries))
+        stderr_path = self._scratch / f"pass-{number}.stderr"
+        argv = [*self._command, "--format=custom", f"--use-list={listing}"]
+        if jobs > 1:
+            argv.append(f"--jobs={jobs}")
+        if feed is None:
+            argv.append(str(self._archive))
+        with open(stderr_path, "wb") as stderr:
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=stderr, env=self._env)
+        self._passes.append((process, label, stderr_path))
+        if feed is not None:
+            assert process.stdin is not None
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(process.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
+            feeder = threading.Thread(target=self._feed, args=(process.stdin, feed),
+                                      name=f"restore-feed-{number}", daemon=True)
+            feeder.start()
+            self._feeders.append(feeder)
+        return process
+
+    def _feed(self, stdin: IO[bytes], ranges: tuple[tuple[int, int | None], ...]) -> None:
+        """Copy `ranges` of the work file into a pg_restore's stdin as the fetch writes them
+        (sendfile: no copy through Python, no GIL held). Stops when pg_restore has read what
+        it needed and exited (a broken pipe), at the end of the last range or of a complete
+        file, or when the fetch fails (pg_restore is then stopped by the restoring thread)."""
+        source = os.open(self._archive, os.O_RDONLY)
+        try:
+            for offset, limit in ranges:
+                while True:
+                    size, state = self._growing.wait(offset)
+                    if state == "failed":
+                        return
+                    end = size if limit is None else min(size, limit)
+                    while offset < end:
+                        offset += os.sendfile(stdin.fileno(), source, offset, end - offset)
+                    if limit is not None and offset >= limit:
+                        break
+                    if state == "complete" and offset >= size:
+                        return
+        except OSError:  # a broken pipe: pg_restore is done (or was stopped)
+            return
+        finally:
+            os.close(source)
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    def _check(self) -> None:
+        """Raise what went wrong: the fetch first (a broken backup is the cause of whatever
+        pg_restore then said), else the first pg_restore that failed."""
+        if self._growing.state == "failed" and self._error is not None and not isinstance(self._error, _FetchStopped):
+            raise self._error
+        for process, label, stderr in self._passes:
+            code = process.poll()
+            if code:
+                message = stderr.read_text(errors="replace").strip()[-2000:]
+                raise RestoreFailed(f"{self._into}: pg_restore {self._version} ({label}) exited with {code} "
+                                    f"({_DROPPED}): {one_line(message)}")
+
+    def _wait(self, processes: Sequence[subprocess.Popen[bytes]]) -> None:
+        while True:
+            self._check()
+            if all(p.poll() is not None for p in processes):
+                self._check()
+                return
+            time.sleep(_POLL_SECONDS)
+
+    def _wait_for_fetch(self) -> None:
+        while self._growing.state != "complete":
+            self._check()
+            self._growing.wait(1 << 62, timeout=_POLL_SECONDS)
+        self._check()
+
+
+_DROPPED = "the database this restore created is dropped again"
+_PARTIAL = "the target may hold a partial restore"
+
+
+def _drop_created(target: PgConnection, what: str, failure: BaseException) -> None:
+    """Drop the database this restore created, after a failure; if even that fails, say so."""
+    try:
+        with _maintenance(target, what) as (conn, _):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.dbname)))
+    except (psycopg.Error, RestoreFailed) as exc:
+        raise RestoreFailed(f"{one_line(failure)}; and dropping the database {target.dbname} this restore "
+                            f"created failed: {one_line(exc)}") from None
+
+
 def _refusal(stored: StoredBackup, target: PgConnection, state: _TargetState, replace: bool,
              with_globals: bool) -> str | None:
     """Why the target must not be restored into, or None (the module's rules, in order)."""
@@ -369,6 +744,7 @@ def restore_backup(
     keys: DataKeyProvider | None = None,
     restore_as: str | None = None,
     with_globals: bool = False,
+    throwaway_target: bool = False,
 ) -> RestoreResult:
     """Restore `stored` into `target`'s database and verify row counts; the module's
     docstring says which targets are restored in place, created, replaced or refused.
@@ -381,8 +757,15 @@ def restore_backup(
     Owners and grants are not restored unless `keep_owners`, because a drill or DR target
     rarely has the source's roles (`with_globals` brings them). An encrypted backup needs
     `keys` to unwrap its data key: without it BackupKeyUnavailable is raised before
-    anything is fetched, and a backup that fails authentication raises BackupCorrupt
-    before the target is touched. Every refusal (RestoreRefused) comes before the fetch.
+    anything is fetched. A backup found corrupt (checksum, authentication, truncation, size)
+    raises BackupCorrupt and costs the target nothing: an existing database is not touched
+    before the whole backup is verified, and one this restore creates (restored while it is
+    fetched, see _OverlappedRestore) is dropped again, as on any other failure. Every
+    refusal (RestoreRefused) comes before the fetch. `throwaway_target` (a drill's own
+    server) lets an unencrypted backup be restored while it is fetched too.
+
+    `fetch_seconds` of the result runs to the end of the fetch and `restore_seconds` from
+    there, so their sum stays the time to a restored database when the two overlap.
     """
     manifest = stored.manifest
     require_key_provider(stored.store, manifest, keys)
@@ -396,40 +779,60 @@ def restore_backup(
         raise RestoreRefused(f"refusing the {what}: {refusal}")
     tools = client_tools_for(max(state.major, manifest.dump.tool_major))
     into = f"{what} into {target.display()}"
+    command = [tools.tool("pg_restore"), "--exit-on-error", f"--dbname={target.dsn}"]
+    if restore_as:
+        command.append(f"--role={restore_as}")
+    if not keep_owners:
+        command += ["--no-owner", "--no-privileges"]
+    # Restoring while fetching is only for a database this restore creates (dropped again on
+    # any failure, so a backup found broken at its end leaves nothing behind), of an encrypted
+    # backup (what pg_restore is given before the end is authenticated) or on a throwaway
+    # server; never with globals (roles on the server would outlive the dropped database).
+    overlap = not state.exists and not with_globals and (manifest.encryption is not None or throwaway_target)
     scratch = Path(tempfile.mkdtemp(prefix="restore-", dir=workdir))
     applied: GlobalsApplied | None = None
+    created = False
     try:
-        started = time.monotonic()
-        archive = scratch / "dump.pgdump"
-        _fetch_to_file(stored, archive, progress, keys)
-        script = globals_sql(stored.store, manifest, keys) if with_globals else None
-        fetched = time.monotonic()
-        if script is not None:
-            progress("globals", 0)
-            try:
-                applied = apply_globals(script, state.reachable, tools)
-            except GlobalsError as exc:
-                raise RestoreFailed(f"{into}: {exc}") from None
-        progress("restore", 0)
-        action = _prepare_database(target, state, restore_as, what)
-        command = [tools.tool("pg_restore"), "--exit-on-error", f"--dbname={target.dsn}"]
-        if restore_as:
-            command.append(f"--role={restore_as}")
-        if not keep_owners:
-            command += ["--no-owner", "--no-privileges"]
-        for pass_command in _restore_passes(tools.tool("pg_restore"), archive, scratch, jobs, into):
-            result = subprocess.run([*command, *pass_command, str(archive)], capture_output=True, text=True,
-                                    env=target.tool_env())
-            if result.returncode != 0:
-                raise RestoreFailed(f"{into}: pg_restore {tools.version} exited with {result.returncode} "
-                                    f"(the target may hold a partial restore): "
-                                    f"{one_line(result.stderr.strip()[-2000:])}")
-        restored = time.monotonic()
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(scratch)
-    progress("verify", 0)
-    tables, rows = verify_row_counts(stored, target)
+        try:
+            started = time.monotonic()
+            archive = scratch / "dump.pgdump"
+            if overlap:
+                runner = _OverlappedRestore(
+                    stored=stored, archive=archive, scratch=scratch, progress=progress, keys=keys,
+                    command=command, version=tools.version, pg_restore=tools.tool("pg_restore"), jobs=jobs,
+                    env=target.tool_env(), into=into,
+                    create=lambda: _prepare_database(target, state, restore_as, what))
+                try:
+                    runner.run()
+                finally:
+                    created = runner.created
+                action: TargetAction = "created"
+                fetched = runner.fetched_at
+            else:
+                _fetch_to_file(stored, archive, progress, keys)
+                script = globals_sql(stored.store, manifest, keys) if with_globals else None
+                fetched = time.monotonic()
+                if script is not None:
+                    progress("globals", 0)
+                    try:
+                        applied = apply_globals(script, state.reachable, tools)
+                    except GlobalsError as exc:
+                        raise RestoreFailed(f"{into}: {exc}") from None
+                progress("restore", 0)
+                action = _prepare_database(target, state, restore_as, what)
+                created = action == "created"
+                _run_passes(command, tools.version, tools.tool("pg_restore"), archive, scratch, jobs, into,
+                            target.tool_env(), _DROPPED if created else _PARTIAL)
+            restored = time.monotonic()
+        finally:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(scratch)
+        progress("verify", 0)
+        tables, rows = verify_row_counts(stored, target)
+    except BaseException as failure:
+        if created:  # whatever failed, a database this restore created does not stay behind
+            _drop_created(target, into, failure)
+        raise
     verified = time.monotonic()
     return RestoreResult(
         backup_id=manifest.backup_id, database=manifest.database, store=stored.store.name,

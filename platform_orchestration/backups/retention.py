@@ -75,6 +75,7 @@ from platform_orchestration.backups.leftovers import (
     prefixes_written_for,
     sweep_leftovers,
 )
+from platform_orchestration.backups.index import indexed_documents, refresh_index_quietly
 from platform_orchestration.backups.manifest import (
     DUMP_OBJECT,
     GLOBALS_OBJECT,
@@ -82,6 +83,7 @@ from platform_orchestration.backups.manifest import (
     DrillRecord,
     backup_prefix,
     drill_key,
+    drills_prefix,
     dump_key,
     globals_key,
     manifest_key,
@@ -447,7 +449,9 @@ def _look(store: ObjectStore, database: str) -> _StoreView:
     view = _StoreView(store)
     try:
         view.objects = list(store.list(f"backups/{database}/"))
-        view.verified = list_backups(store, database, listed=view.objects)  # one listing, not two
+        # One listing, not two; the manifests the catalog index holds for it are not read again.
+        view.verified = list_backups(store, database, listed=view.objects,
+                                     known=indexed_documents(store, database, view.objects))
     except StoreError as exc:
         view.error = f"cannot list backups of {database}, nothing pruned here: {exc}"
     return view
@@ -479,6 +483,10 @@ def prune_database(database: str, stores: Sequence[ObjectStore], policy: Retenti
     ]
     if drills is not None:
         results = _with_drills_pruned(results, views, database, drills, now=now, dry_run=dry_run)
+    if not dry_run:
+        for view in views:  # what was deleted leaves the index (it would be ignored anyway)
+            if view.error is None:
+                refresh_index_quietly(view.store, database)
     return PruneReport(database=database, dry_run=dry_run, plan=plan, stores=tuple(results),
                        sweep_older_than=sweep_older_than)
 
@@ -490,7 +498,9 @@ def _with_drills_pruned(results: list[StorePrune], views: list[_StoreView], data
     for view in views:
         if view.error is None:
             try:
-                listings[view.store.name] = read_drills(view.store, database)
+                listed = list(view.store.list(drills_prefix(database)))
+                listings[view.store.name] = read_drills(
+                    view.store, database, listed=listed, known=indexed_documents(view.store, database, listed))
             except StoreError as exc:
                 listings[view.store.name] = f"cannot list drill records of {database}, none pruned here: {exc}"
     passed = [record.drill_id for listing in listings.values() if not isinstance(listing, str)

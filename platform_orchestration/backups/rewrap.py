@@ -7,6 +7,7 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Literal
 
+from platform_orchestration.backups.index import refresh_index_quietly
 from platform_orchestration.backups.manifest import BackupManifest, ManifestError
 from platform_orchestration.crypto import DataKeyProvider, KeyServiceError
 from platform_orchestration.errors import PlatformError
@@ -76,6 +77,7 @@ def rewrap_backup(store: ObjectStore, manifest: BackupManifest, keys: DataKeyPro
             store.delete(manifest.manifest_key)
             raise RewrapFailed(f"{what} failed: the dump disappeared meanwhile (pruned?); the "
                                "manifest was removed with it")
+        refresh_index_quietly(store, manifest.database)
     except ManifestError as exc:
         raise RewrapFailed(f"{what} failed: {exc}") from None
     except StoreError as exc:

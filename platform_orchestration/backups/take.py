@@ -35,6 +35,7 @@ from platform_orchestration.backups.integrity import (
     BackupCorrupt,
     stored_checksum_matches,
 )
+from platform_orchestration.backups.index import refresh_index_quietly
 from platform_orchestration.backups.manifest import (
     BackupManifest,
     DumpInfo,
@@ -262,6 +263,7 @@ def take_backup(
             stored_checksum_matches(store, manifest)  # the dump and the globals
             write_bytes(store, manifest.manifest_key, manifest.in_store(store.name, clock()).to_json())
             verified.append(store.name)
+            refresh_index_quietly(store, database)
         except (BackupCorrupt, StoreError) as exc:
             failed[store.name] = f"verify: {exc}"
             # The unverified dump must not linger where a copy could later be assumed.

@@ -18,6 +18,7 @@ from platform_orchestration.backups.compliance import (
     COPIES_IN_REQUIRED_STORES,
     DRILL_PASSED_WITHIN_CADENCE,
     DYNAMIC_CREDENTIALS_USED,
+    DatabaseCompliance,
 )
 from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.resources import FleetResource
@@ -32,6 +33,20 @@ _CHECKS = {
     DRILL_PASSED_WITHIN_CADENCE: (
         "restore_drills", "The last restore drill passed, under the RTO target, within the drill cadence."),
 }
+
+
+# The checks guarding each asset, for jobs (ops/batches.py) that report them themselves.
+CHECKS_OF_ASSET: dict[str, list[tuple[str, str]]] = {}
+for _name, (_asset, _description) in _CHECKS.items():
+    CHECKS_OF_ASSET.setdefault(_asset, []).append((_name, _description))
+
+
+def assessment_metadata(assessment: DatabaseCompliance) -> dict[str, str]:
+    """What every check result of one database's assessment carries beside its verdict."""
+    return {"database": assessment.database, "policy": assessment.policy,
+            "latest_backup_id": assessment.latest_backup_id or "none",
+            "latest_drill_id": assessment.latest_drill_id or "none",
+            "unreadable": describe_all(assessment.unreadable, limit=20) or "none"}
 
 
 def build_checks(assets_by_name: dict[str, dg.AssetsDefinition],
@@ -52,10 +67,7 @@ def build_checks(assets_by_name: dict[str, dg.AssetsDefinition],
     def database_protection_checks(context: dg.AssetCheckExecutionContext, fleet: FleetResource):
         with fleet.protection() as protection:
             assessment = protection.assess(context.partition_key)
-        metadata = {"database": assessment.database, "policy": assessment.policy,
-                    "latest_backup_id": assessment.latest_backup_id or "none",
-                    "latest_drill_id": assessment.latest_drill_id or "none",
-                    "unreadable": describe_all(assessment.unreadable, limit=20) or "none"}
+        metadata = assessment_metadata(assessment)
         for spec in specs:
             if spec.key not in context.selected_asset_check_keys:
                 continue

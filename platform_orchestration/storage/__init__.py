@@ -4,6 +4,7 @@ plain values; platform_orchestration/stores.py opens them from fleet entries."""
 from __future__ import annotations
 
 from platform_orchestration.storage.base import (
+    ConditionalWrites,
     Immutability,
     HasDirectories,
     IncompleteUpload,
@@ -12,6 +13,7 @@ from platform_orchestration.storage.base import (
     ObjectNotFound,
     ObjectStore,
     ObjectWriter,
+    PreconditionFailed,
     StoreError,
     read_bytes,
     write_bytes,
@@ -20,6 +22,7 @@ from platform_orchestration.storage.counting import CountingStore
 from platform_orchestration.storage.local import LocalObjectStore
 
 __all__ = [
+    "ConditionalWrites",
     "CountingStore",
     "HasDirectories",
     "IncompleteUpload",
@@ -30,6 +33,7 @@ __all__ = [
     "ObjectNotFound",
     "ObjectStore",
     "ObjectWriter",
+    "PreconditionFailed",
     "StoreError",
     "read_bytes",
     "write_bytes",

@@ -68,6 +68,7 @@ from platform_orchestration.storage.base import (
     ObjectLocked,
     ObjectNotFound,
     ObjectStore,
+    PreconditionFailed,
     StoreError,
     WriterLifecycle,
     check_key,
@@ -134,6 +135,11 @@ def _secrets_of(account_key: str | None, sas_token: str | None, connection_strin
         secrets += re.findall(r"sig=([^&;\s]+)", token)
         secrets += re.findall(r"(?:AccountKey|SharedAccessSignature)=([^;]+)", token, re.IGNORECASE)
     return secrets
+
+
+def _bare(etag: str | None) -> str | None:
+    """An ETag without its quotes: listings give it bare, downloads quoted."""
+    return etag.strip('"') if etag else etag
 
 
 def _without_query(url: str) -> str:
@@ -384,9 +390,34 @@ class AzureObjectStore:
         try:
             for blob in self._container.list_blobs(name_starts_with=self._name_prefix(prefix),
                                                    results_per_page=self.page_size):
-                yield ObjectInfo(self._key_of(blob.name), blob.size, blob.last_modified)
+                yield ObjectInfo(self._key_of(blob.name), blob.size, blob.last_modified, _bare(blob.etag))
         except AzureError as exc:
             raise self.failure(f"listing {prefix or '(all keys)'}", exc) from None
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """A small object's bytes and its ETag, in one GET."""
+        try:
+            downloader = self.blob_client(key).download_blob(max_concurrency=1)
+            return downloader.readall(), _bare(downloader.properties.etag)
+        except AzureError as exc:
+            if self._not_found(exc):
+                raise ObjectNotFound(f"store {self.name}: no object {key}") from None
+            raise self.failure(f"reading {key}", exc) from None
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> None:
+        """One Put Blob with an ETag condition (If-Match, or If-None-Match: * for None):
+        Azure refuses it (412, or 409 for an existing blob) when another writer got there first."""
+        condition: dict[str, Any] = ({"overwrite": False} if version is None else
+                                     {"overwrite": True, "etag": f'"{version}"',
+                                      "match_condition": MatchConditions.IfNotModified})
+        try:
+            self.blob_client(key).upload_blob(data, max_concurrency=1, **condition)
+        except (ResourceExistsError, ResourceModifiedError):
+            raise PreconditionFailed(f"store {self.name}: {key} changed since it was read") from None
+        except AzureError as exc:
+            if isinstance(exc, HttpResponseError) and exc.status_code in (409, 412):
+                raise PreconditionFailed(f"store {self.name}: {key} changed since it was read") from None
+            raise self.failure(f"writing {key}", exc) from None
 
     def delete(self, key: str) -> None:
         blob = self.blob_client(key)

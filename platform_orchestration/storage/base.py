@@ -28,6 +28,11 @@ class ObjectNotFound(StoreError):
     """The key does not exist in the store."""
 
 
+class PreconditionFailed(StoreError):
+    """A conditional write lost a race: the object changed, appeared or vanished since the
+    version the writer read (see :class:`ConditionalWrites`)."""
+
+
 class ObjectLocked(StoreError):
     """The store's immutability (e.g. S3 Object Lock) forbids deleting the object yet."""
 
@@ -51,6 +56,9 @@ class ObjectInfo:
     key: str
     size: int
     modified_at: datetime
+    # What the store says changes whenever the object is rewritten (S3/Azure ETag, GCS
+    # generation, the local file's inode and nanosecond mtime); None where it says nothing.
+    etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,23 @@ class ObjectStore(Protocol):
     def server_side_copy(self, source: ObjectStore, key: str) -> bool:
         """Copy `key` from `source` inside the provider, without the bytes passing through
         us, when both stores live where that is possible; False means "stream it"."""
+        ...
+
+
+@runtime_checkable
+class ConditionalWrites(Protocol):
+    """Compare-and-swap of small objects (the catalog index): every backend has it (S3
+    If-Match / If-None-Match, Azure ETag conditions, GCS generation preconditions, a
+    directory lock on the local filesystem). Versions are opaque strings, the same ones
+    :attr:`ObjectInfo.etag` gives in a listing."""
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """A small object's bytes and its version; ObjectNotFound if it does not exist."""
+        ...
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> None:
+        """Write a small object at once, only if its current version is `version` (None:
+        only if there is no object at `key`); PreconditionFailed if not."""
         ...
 
 

@@ -68,6 +68,14 @@ class CountingStore:
         self._count("server_side_copy")
         return self.inner.server_side_copy(getattr(source, "inner", source), key)
 
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        self._count("read")
+        return self.inner.read_versioned(key)  # type: ignore[attr-defined]
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> None:
+        self._count("write")
+        self.inner.write_if(key, data, version)  # type: ignore[attr-defined]
+
     def reset(self) -> None:
         with self._lock:
             self.calls.clear()

@@ -60,6 +60,7 @@ from platform_orchestration.storage.base import (
     ObjectLocked,
     ObjectNotFound,
     ObjectStore,
+    PreconditionFailed,
     StoreError,
     WriterLifecycle,
     check_key,
@@ -476,7 +477,8 @@ class GcsObjectStore:
             for blob in self._client.list_blobs(self._bucket, prefix=full_prefix, page_size=self.page_size,
                                                 retry=self._retry, timeout=self._timeout):
                 found.append(ObjectInfo(blob.name[strip:], int(blob.size or 0),
-                                        blob.updated or datetime.fromtimestamp(0, timezone.utc)))
+                                        blob.updated or datetime.fromtimestamp(0, timezone.utc),
+                                        str(blob.generation) if blob.generation is not None else None))
         except Exception as exc:  # noqa: BLE001 - every SDK failure becomes a StoreError
             raise self.failure("listing", prefix or "(all keys)", exc) from None
         yield from sorted(found, key=lambda info: info.key)
@@ -495,6 +497,38 @@ class GcsObjectStore:
                 raise ObjectLocked(f"store {self.name}: deleting {key} refused: the object is under "
                                    f"retention{f' until {until.isoformat()}' if until else ''}", until) from None
             raise self.failure("deleting", key, exc) from None
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """A small object's bytes and its generation (the download is pinned to it)."""
+        name = self.object_name(check_key(key))
+        blob = self.call(lambda: self._bucket.get_blob(name, retry=None, timeout=self._timeout),
+                         "reading", key)
+        if blob is None:
+            raise ObjectNotFound(f"store {self.name}: no object {key}")
+        generation = blob.generation  # taken now: a download may reset it from its headers
+        try:
+            data = blob.download_as_bytes(client=self._client, if_generation_match=generation,
+                                          retry=self._retry, timeout=self._timeout)
+        except (api_exceptions.NotFound, api_exceptions.PreconditionFailed):
+            # Replaced or removed between the two requests: read it afresh.
+            return self.read_versioned(key)
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes a StoreError
+            raise self.failure("reading", key, exc) from None
+        return data, str(generation)
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> None:
+        """One upload with ``ifGenerationMatch`` (0: only if absent): GCS refuses it with 412
+        when another writer got there first. The GCS emulator does not enforce generation
+        preconditions (RECIPES.md): against it the write always succeeds."""
+        blob = self._bucket.blob(self.object_name(check_key(key)))
+        try:
+            blob.upload_from_file(io.BytesIO(data), size=len(data), content_type=_content_type(key),
+                                  client=self._client, retry=self._retry, timeout=self._timeout,
+                                  checksum="crc32c", if_generation_match=0 if version is None else int(version))
+        except api_exceptions.PreconditionFailed:
+            raise PreconditionFailed(f"store {self.name}: {key} changed since it was read") from None
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes a StoreError
+            raise self.failure("writing", key, exc) from None
 
     def incomplete_uploads(self, prefix: str = "", *,
                            older_than: datetime | None = None) -> list[IncompleteUpload]:

@@ -8,6 +8,7 @@ no object, and partial files are invisible to listing. What a killed writer or p
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 from collections.abc import Iterator
@@ -20,12 +21,19 @@ from platform_orchestration.storage.base import (
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
+    PreconditionFailed,
     StoreError,
     WriterLifecycle,
     check_key,
 )
 
 _PARTIAL_MARK = ".partial-"
+
+
+def _version_of(stat: os.stat_result) -> str:
+    """A local object's version: a commit renames a new file into place, so the inode and
+    the nanosecond mtime change with every write (the size rides along)."""
+    return f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -132,7 +140,7 @@ class LocalObjectStore:
             except FileNotFoundError:  # deleted while we looked
                 continue
             found.append(ObjectInfo(f"{key_prefix}{name}", stat.st_size,
-                                    datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc)))
+                                    datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc), _version_of(stat)))
 
     def _top(self, prefix: str) -> Path:
         """The deepest directory holding every key that starts with `prefix`."""
@@ -234,6 +242,42 @@ class LocalObjectStore:
 
     def server_side_copy(self, source: ObjectStore, key: str) -> bool:
         return False  # a local copy through us is as fast as the disk
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        try:
+            with open(self.path_for(key), "rb") as handle:
+                return handle.read(), _version_of(os.fstat(handle.fileno()))
+        except FileNotFoundError:
+            raise ObjectNotFound(f"store {self.name}: no object {key}") from None
+        except OSError as exc:
+            raise StoreError(f"store {self.name}: reading {key} failed: {exc}") from exc
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> None:
+        """Compare and swap under an exclusive lock on the object's directory (flock: held by
+        this process only while it compares and renames; readers never wait, as a commit is
+        a rename). Every writer of the same store through this method takes the same lock,
+        on any machine that mounts it with working flock (local disks, NFSv4)."""
+        path = self.path_for(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise StoreError(f"store {self.name}: cannot write {key} under {self.root}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current: str | None = _version_of(path.stat())
+            except FileNotFoundError:
+                current = None
+            if current != version:
+                raise PreconditionFailed(
+                    f"store {self.name}: {key} changed since it was read (expected "
+                    f"{'no object' if version is None else 'version ' + version})")
+            with self.open_writer(key) as writer:
+                writer.write(data)
+                writer.commit()
+        finally:
+            os.close(fd)  # releases the lock
 
     def delete(self, key: str) -> None:
         path = self.path_for(key)

@@ -65,6 +65,7 @@ from platform_orchestration.storage.base import (
     ObjectLocked,
     ObjectNotFound,
     ObjectStore,
+    PreconditionFailed,
     StoreError,
     WriterLifecycle,
     check_key,
@@ -309,6 +310,9 @@ class S3ObjectStore:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             tcp_keepalive=True,
+            # One client is shared by a fleet assessment's threads (PLATFORM_STORE_CONCURRENCY,
+            # up to 32 and more): botocore's default pool of 10 would open and drop connections.
+            max_pool_connections=64,
             # We send Content-MD5 ourselves; the SDK's default CRC trailers are not understood
             # by every S3-compatible store.
             request_checksum_calculation="when_required",
@@ -423,9 +427,31 @@ class S3ObjectStore:
                     # Console-made "folders" are empty objects whose key ends in "/".
                     if not key or key.endswith("/"):
                         continue
-                    found.append(ObjectInfo(key, item["Size"], item["LastModified"].astimezone(timezone.utc)))
+                    found.append(ObjectInfo(key, item["Size"], item["LastModified"].astimezone(timezone.utc),
+                                            item.get("ETag")))
         # S3 lists in UTF-8 byte order (= code point order); not every S3-compatible store does.
         yield from sorted(found, key=lambda info: info.key)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """A small object's bytes and its ETag, in one GET."""
+        with self._sdk_errors("reading", key):
+            response = self._client.get_object(Bucket=self.bucket, Key=self.object_key(key))
+            try:
+                return response["Body"].read(), response["ETag"]
+            finally:
+                response["Body"].close()
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> None:
+        """One PUT with If-Match (or If-None-Match: *): S3 refuses it with 412 when another
+        writer got there first (409 when two conditional writes overlap)."""
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data,
+                                    ContentMD5=_content_md5(data), **condition)
+        except _SDK_ERRORS as exc:
+            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise PreconditionFailed(f"store {self.name}: {key} changed since it was read") from None
+            raise self.error("writing", key, exc) from exc
 
     def delete(self, key: str) -> None:
         """Remove the key and every version of it; a missing key is not an error. If any
