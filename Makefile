@@ -11,7 +11,7 @@ BARMAN_INSTALLED := $(BARMAN_VENV)/.installed
 BARMAN_SPEC := barman[cloud,azure,google,lz4,zstandard]==3.19.*
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install barman browser demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-stores bench-fleet chaos clean
+.PHONY: install barman browser monitoring-tools demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-stores bench-fleet chaos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,13 +52,21 @@ browser:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+## Debian's Prometheus, Pushgateway and Alertmanager for the monitoring tests (installed when
+## missing and we may: as root). The tests run them on loopback; nothing is started as a service.
+monitoring-tools:
+	@command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && \
+	  command -v prometheus-alertmanager >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-pushgateway prometheus-alertmanager >/dev/null)
+
 ## Node tools the tests run (Azurite, the Azure Blob emulator), as pinned in package-lock.json.
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
 ## The test suite: real PostgreSQL servers, a real dagster dev and Chromium, started by the tests.
-test: install browser node_modules/.installed
+test: install browser monitoring-tools node_modules/.installed
 	$(BIN)/python -m pytest
 
 ## deploy/requirements.lock: the runtime dependencies at the versions installed in .venv (the image installs it).

@@ -147,6 +147,15 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("status", help="compliance of every database (RPO, copies, drills, encryption)")
 
+    exporter = commands.add_parser("exporter", help="serve Prometheus metrics read from the stores")
+    exporter.add_argument("--port", type=int, default=9187, help="port to listen on (default 9187)")
+    exporter.add_argument("--address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    exporter.add_argument("--interval", type=float, default=30.0,
+                          help="read the stores at most every this many seconds (default 30)")
+
+    report = commands.add_parser("report", help="write the recoverability report (HTML + JSON) to the stores")
+    report.add_argument("--output", metavar="DIR", help="also write report.html and report.json into DIR")
+
     rewrap = commands.add_parser("rewrap", help="rewrap backup data keys under the newest key version")
     rewrap.add_argument("database", nargs="?", help="one database (default: all)")
     _lock_options(rewrap, override=True)
@@ -350,7 +359,41 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
         print(report.summary(), file=out)
         return 0 if report.ok else 1
 
+    if args.command == "exporter":
+        return _exporter_command(args, protection, out)
+
+    if args.command == "report":
+        return _report_command(args, protection, out)
+
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _exporter_command(args: argparse.Namespace, protection: FleetProtection, out: TextIO) -> int:
+    from platform_orchestration.observability.exporter import serve_exporter
+
+    serve_exporter(protection.recoverability, port=args.port, address=args.address,
+                   min_interval=args.interval, out=out)
+    return 0
+
+
+def _report_command(args: argparse.Namespace, protection: FleetProtection, out: TextIO) -> int:
+    from pathlib import Path
+
+    evidence = protection.record_compliance()
+    report = protection.record_report(evidence)
+    print(f"compliance {evidence.evidence_id}: {evidence.compliant} of {len(evidence.assessments)} databases "
+          f"compliant; report {report.html_key} and {report.json_key} in {', '.join(report.stored_in)}", file=out)
+    for location in report.locations:
+        print(f"  {location}", file=out)
+    for store, reason in report.failed_stores.items():
+        print(f"warning: report not written to {store}: {reason}", file=sys.stderr)
+    if args.output:
+        directory = Path(args.output)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "report.html").write_text(report.html)
+        (directory / "report.json").write_text(report.json_text)
+        print(f"also written to {directory / 'report.html'} and {directory / 'report.json'}", file=out)
+    return 0 if evidence.compliant == len(evidence.assessments) else 1
 
 
 def _what(args: argparse.Namespace) -> str:

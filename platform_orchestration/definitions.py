@@ -26,10 +26,11 @@ from platform_orchestration.ops.batches import batch_executor, build_batch_job
 from platform_orchestration.resources import (
     AlertsResource,
     FleetResource,
+    MetricsResource,
     SecretsResource,
     load_fleet_once,
 )
-from platform_orchestration.sensors import report_failed_runs
+from platform_orchestration.sensors import build_remedy_sensors, report_failed_runs
 from platform_orchestration.specs import (
     AssetJobSpec,
     build_jobs,
@@ -124,11 +125,14 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
         asset_checks=checks,
         jobs=jobs,
         schedules=schedules,
-        sensors=[report_failed_runs],
+        sensors=[report_failed_runs, *build_remedy_sensors({job.name: job for job in jobs})],
         resources={
             "fleet": FleetResource(fleet_file=str(Path(fleet_file).resolve()), secrets=secrets),
             "secrets": secrets,
-            "alerts": AlertsResource(alerts_file=alerts_file),
+            "alerts": AlertsResource(alerts_file=alerts_file,
+                                     alertmanager_url=os.environ.get("PLATFORM_ALERTMANAGER_URL", ""),
+                                     webhook_url_secret=os.environ.get("PLATFORM_ALERT_WEBHOOK", "")),
+            "metrics": MetricsResource(pushgateway_url=os.environ.get("PLATFORM_PUSHGATEWAY_URL", "")),
         },
         executor=select_executor(executor),
     )

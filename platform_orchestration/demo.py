@@ -200,6 +200,8 @@ def run_protection_flow(fleet_file: Path = DEMO_FLEET, out=sys.stdout) -> bool: 
             m = {k: v.value for k, v in report.items()}
             print(f"\ncompliance: {m['compliant_databases']} compliant, {m['non_compliant_databases']} not; "
                   f"evidence {m['evidence_key']} in {m['evidence_stores']}", file=out)
+            if "report" in m:
+                print(f"report: {m['report']}", file=out)
     return all_ok
 
 

@@ -70,6 +70,12 @@ from platform_orchestration.errors import InvalidDeclaration, PlatformError, one
 from platform_orchestration.fleet import Fleet
 from platform_orchestration.fleet.durations import format_duration
 from platform_orchestration.fleet.model import MIN_SWEEP_AGE
+from platform_orchestration.observability.recoverability import (
+    DatabaseRecoverability,
+    StoreFacts,
+    describe_immutability,
+    observe_recoverability,
+)
 from platform_orchestration.ownership import reap_abandoned
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.locks import DatabaseBusy, DatabaseLock, LockUnavailable
@@ -83,6 +89,7 @@ from platform_orchestration.physical.repository import Repository, repository_fo
 from platform_orchestration.physical.settings import server_settings
 from platform_orchestration.physical.tools import barman_tools
 from platform_orchestration.providers import providers_from_env
+from platform_orchestration.reporting import RecoverabilityReport, record_report
 from platform_orchestration.secrets import LocalSecretProvider, SecretProvider, SecretUnavailable
 from platform_orchestration.storage import ObjectStore, StoreError
 from platform_orchestration.stores import open_store
@@ -593,3 +600,25 @@ class FleetProtection:
         return assess_cluster(cluster=cluster, policy=policy.name, physical=policy.physical,  # type: ignore[arg-type]
                               drill=policy.drill, backups=backups, archive=archive, drills=drills,
                               now=now or self.clock(), unreadable=unreadable)
+    def recoverability(self, database: str | None = None, now: datetime | None = None, *,
+                       assessments: Sequence[DatabaseCompliance] | None = None) -> list[DatabaseRecoverability]:
+        """Each database's recoverability (one, or the fleet's in fleet order) at one `now`: the
+        assessment's findings with the figures per store and per cloud behind them (see
+        :mod:`platform_orchestration.observability.recoverability`). `assessments` made by the
+        caller at `now` are used instead of assessing again."""
+        now = now or self.clock()
+        if assessments is None:
+            assessments = [self.assess(database, now)] if database else self.assess_fleet(now)
+        facts = [StoreFacts(s.name, s.cloud, s.kind, describe_immutability(getattr(s, "immutability", None)))
+                 for s in self.fleet.stores]
+        return [observe_recoverability(
+            database=a.database, cluster=self.fleet.database(a.database).cluster,
+            policy=self.fleet.policy_for(a.database), stores=self.stores_for(a.database), facts=facts,
+            assessment=a, now=now) for a in assessments]
+
+    def record_report(self, evidence: ComplianceEvidence, *, run_id: str | None = None) -> RecoverabilityReport:
+        """Write the recoverability report (HTML and JSON) of one compliance run beside its
+        evidence in every store, from the assessments the evidence holds (same `now`)."""
+        views = self.recoverability(now=evidence.generated_at, assessments=evidence.assessments)
+        return record_report(views, self.all_stores(), evidence=evidence, fleet_file=str(self.fleet.source),
+                             run_id=run_id)

@@ -12,6 +12,7 @@ Layers, lowest first (a module may import its own package and the packages liste
     backups                             (manifests, taking, copying, restoring, drilling)
     physical                            (barman-cloud base backups, WAL archiving, PITR; beside backups)
     stores.py, providers.py             (fleet entries -> open stores; environment -> providers)
+    observability, reporting            (recoverability per store, remedies, metrics, alerts; the report)
     protection.py                       (FleetProtection: the one API of the core)
     cli.py and the Dagster layer        (call the core and format)
 """
@@ -41,8 +42,10 @@ ALLOWED: dict[str, set[str]] = {
     "physical": {"errors", "clock", "fleet", "postgres", "storage", "backups"},
     "stores": {"errors", "fleet", "storage", "secrets"},
     "providers": {"errors", "secrets", "crypto"},
+    "observability": {"errors", "clock", "fleet", "storage", "backups"},
+    "reporting": {"errors", "clock", "fleet", "storage", "backups", "observability"},
     "protection": {"errors", "clock", "fleet", "postgres", "storage", "secrets", "crypto", "backups", "stores",
-                   "providers", "physical", "ownership"},
+                   "providers", "physical", "ownership", "observability", "reporting"},
     # what each step's pod needs, from the fleet: plain values the Dagster layer turns into op tags
     "kube": {"errors", "fleet"},
 }

@@ -91,13 +91,35 @@ def test_webserver_serves_jobs_schedules_sensor_and_asset_graph(dagster_dev):
     assert {"protection_flow", "take_backups", "run_restore_drills", "refresh_compliance",
             "disaster_restore"} <= {j["name"] for j in repository["jobs"]}
     assert {"critical_backups_hourly", "restore_drills_daily"} <= {s["name"] for s in repository["schedules"]}
-    assert [s["name"] for s in repository["sensors"]] == ["report_failed_runs"]
+    assert sorted(s["name"] for s in repository["sensors"]) == ["escalate_failed_drills", "notice_stale_backups",
+                                                                "repair_missing_copies", "report_failed_runs"]
     upstream = {n["assetKey"]["path"][0]: {d["path"][0] for d in n["dependencyKeys"]}
                 for n in repository["assetNodes"]}
-    assert upstream["restore_drills"] == {"backup_copies"}
-    assert upstream["compliance_report"] == {"restore_drills"}
+    assert upstream == LINEAGE
 
 
+# Each asset's upstream assets: cluster -> database -> backup -> copies -> drill -> compliance,
+# with retention a side branch off the copies. The graph the UI draws, as its GraphQL serves it.
+LINEAGE = {"clusters": set(), "databases": {"clusters"}, "backups": {"databases"},
+           "backup_copies": {"backups"}, "restore_drills": {"backup_copies"},
+           "compliance_report": {"restore_drills"}, "retention": {"backup_copies"}}
+
+
+def test_the_ui_graph_has_exactly_the_protection_lineage_edges(dagster_dev):
+    """The asset graph endpoint the lineage view renders from: every edge, both directions."""
+    port, _entries = dagster_dev
+    data = _graphql(port, """{ assetNodes(group: {groupName: "fleet_protection", repositoryName: "__repository__",
+        repositoryLocationName: "platform_orchestration"}) { assetKey { path } isPartitioned
+        dependencyKeys { path } dependedByKeys { path } } }""")
+    nodes = {n["assetKey"]["path"][0]: n for n in data["assetNodes"]}
+    assert {name: {d["path"][0] for d in n["dependencyKeys"]} for name, n in nodes.items()} == LINEAGE
+    downstream = {name: {d["path"][0] for d in n["dependedByKeys"]} for name, n in nodes.items()}
+    assert downstream == {name: {child for child, parents in LINEAGE.items() if name in parents} for name in LINEAGE}
+    assert {name for name, n in nodes.items() if n["isPartitioned"]} == {
+        "databases", "backups", "backup_copies", "restore_drills", "retention"}
+
+
+ARTIFACTS = REPOSITORY_ROOT / "var" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -130,13 +152,54 @@ def _wait_for_run(port: int, run_id: str, timeout: float = 180) -> str:
     raise AssertionError(f"run {run_id} did not finish in {timeout}s")
 
 
-def test_asset_graph_shows_the_protection_lineage(browser_page, tmp_path):
+def test_asset_graph_shows_the_protection_lineage(browser_page):
+    """The rendered graph: every asset is a node on the canvas, and the layout (left to right)
+    puts each asset to the right of the ones it depends on."""
     port, page = browser_page
     page.goto(f"http://127.0.0.1:{port}/asset-groups/fleet_protection@platform_orchestration"
               ":platform_orchestration/lineage")
-    for asset in ("clusters", "databases", "backups", "backup_copies", "restore_drills", "compliance_report"):
-        page.get_by_text(asset, exact=True).first.wait_for(timeout=30_000)
-    page.screenshot(path=str(tmp_path / "asset-graph.png"))
+    canvas = page.locator("[data-svg-viewport]")
+    boxes = {}
+    for asset in LINEAGE:
+        node = canvas.get_by_text(asset, exact=True).first
+        node.wait_for(timeout=30_000)
+        boxes[asset] = node.bounding_box()
+    for asset, parents in LINEAGE.items():
+        for parent in parents:
+            assert boxes[asset]["x"] > boxes[parent]["x"] + boxes[parent]["width"] / 2, (parent, asset, boxes)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "asset-graph.png"))
+
+
+def test_a_backup_of_one_partition_launched_from_the_ui_succeeds(browser_page, ui_fleet):
+    """The take_backups Launchpad with the partition picked in the UI: the run backs up that one
+    database, its backups asset materializes for that partition, and the stores hold it."""
+    port, page = browser_page
+    page.goto(f"http://127.0.0.1:{port}/locations/platform_orchestration/jobs/take_backups/playground")
+    page.locator(".CodeMirror").first.wait_for(timeout=30_000)
+    partition = page.get_by_placeholder("Partition")
+    partition.click()
+    # Typed key by key (the suggestion list filters on key events); the list of partitions is
+    # fetched after the page loads, which can take a while on a loaded machine.
+    partition.press_sequentially(SOURCE_DB, delay=50)
+    page.get_by_role("menuitem", name=SOURCE_DB, exact=True).click(timeout=90_000)
+    page.get_by_role("button", name="Launch Run").click()
+    page.wait_for_url("**/runs/**", timeout=60_000)
+    run_id = page.url.rstrip("/").split("/runs/")[1].split("?")[0].split("/")[0]
+
+    assert _wait_for_run(port, run_id) == "SUCCESS"
+    run = _graphql(port, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ jobName tags {{ key value }} }} }} }}')
+    tags = {t["key"]: t["value"] for t in run["runOrError"]["tags"]}
+    assert run["runOrError"]["jobName"] == "take_backups"
+    assert tags["dagster/partition"] == SOURCE_DB and tags["platform/database"] == SOURCE_DB
+    events = _graphql(port, """{ assetOrError(assetKey: {path: ["backups"]}) { ... on Asset {
+        assetMaterializations(limit: 5) { runId partition metadataEntries { label
+        ... on TextMetadataEntry { text } } } } } }""")["assetOrError"]["assetMaterializations"]
+    [mine] = [e for e in events if e["runId"] == run_id]
+    assert mine["partition"] == SOURCE_DB
+    backup_id = next(e["text"] for e in mine["metadataEntries"] if e["label"] == "backup_id")
+    for store in ("aws", "azure", "gcp"):
+        assert (ui_fleet.parent / "stores" / store / "backups" / SOURCE_DB / backup_id / "manifest.json").exists()
 
 
 def test_disaster_restore_launched_from_the_launchpad_restores_the_database(

@@ -9,6 +9,7 @@ checks and failures are visible on their own.
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
@@ -17,10 +18,17 @@ from platform_orchestration.backups.catalog import describe_all
 from platform_orchestration.backups.compliance import DatabaseCompliance
 from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.protection import FleetProtection
-from platform_orchestration.resources import FleetResource
+from platform_orchestration.resources import FleetResource, MetricsResource
 
 GROUP = "fleet_protection"
 OWNERS = ["team:platform"]
+
+
+class DrillConfig(dg.Config):
+    """Which store to drill from; empty: the next one in rotation. The escalation sensor sets
+    it to drill again from another store after a failed drill."""
+
+    source_store: str = ""
 
 
 def database_partitions(database_names: list[str]) -> dg.StaticPartitionsDefinition:
@@ -99,8 +107,9 @@ def copies_metadata(protection: FleetProtection, name: str, log: logging.Logger)
     }
 
 
-def drill_metadata(protection: FleetProtection, name: str, log: logging.Logger) -> Metadata:
-    record = protection.drill(name)
+def drill_metadata(protection: FleetProtection, name: str, log: logging.Logger,
+                   source_store: str | None = None) -> Metadata:
+    record = protection.drill(name, source_store)
     for broken in record.passed_over:
         log.warning(f"drill {record.drill_id}: passed over newer {broken}")
     metadata = {
@@ -198,8 +207,13 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               op_tags=k8s_op_tags("backups"),
               deps=[databases],
               description="A logical backup (pg_dump, zstd, SHA-256) written to every required store at once.")
-    def backups(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        return _materialize(context, fleet, backup_metadata)
+    def backups(context: dg.AssetExecutionContext, fleet: FleetResource,
+                metrics: MetricsResource) -> dg.MaterializeResult:
+        result = _materialize(context, fleet, backup_metadata)
+        metadata = result.metadata or {}
+        metrics.push(context.log, database=context.partition_key, step="backup",
+                     duration_seconds=metadata["seconds"].value, stored_bytes=metadata["stored_bytes"].value)
+        return result
 
     @dg.asset(group_name=GROUP, kinds={"s3", "azure", "gcs"}, owners=OWNERS, partitions_def=partitions,
               op_tags=k8s_op_tags("backup_copies"),
@@ -214,8 +228,13 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
               deps=[backup_copies],
               description="A restore drill: the latest backup from one store (rotating across clouds) "
                           "restored into a throwaway cluster, row counts checked, RTO and RPO measured.")
-    def restore_drills(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
-        return _materialize(context, fleet, drill_metadata)
+    def restore_drills(context: dg.AssetExecutionContext, fleet: FleetResource, metrics: MetricsResource,
+                       config: DrillConfig) -> dg.MaterializeResult:
+        result = _materialize(context, fleet, lambda protection, name, log: drill_metadata(
+            protection, name, log, source_store=config.source_store or None))
+        metrics.push(context.log, database=context.partition_key, step="drill",
+                     duration_seconds=(result.metadata or {})["rto_seconds"].value)  # a failed drill raised
+        return result
 
     @dg.asset(group_name=GROUP, kinds={"s3", "azure", "gcs"}, owners=OWNERS, partitions_def=partitions,
               op_tags=k8s_op_tags("retention"),
@@ -229,16 +248,27 @@ def build_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDef
     def retention(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
         return _materialize(context, fleet, retention_metadata)
 
-    @dg.asset(group_name=GROUP, kinds={"json"}, owners=OWNERS, deps=[restore_drills],
+    # Dagster's freshness machinery fits here (one unpartitioned asset, refreshed hourly); the
+    # per-database RPO is judged from the stores by the notice_stale_backups sensor (sensors/remedies.py).
+    @dg.asset(group_name=GROUP, kinds={"json", "html"}, owners=OWNERS, deps=[restore_drills],
               op_tags=k8s_op_tags("compliance_report"),
+              freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2),
+                                                              warn_window=timedelta(minutes=90)),
               description="Compliance evidence for the whole fleet: per database, RPO, copies, drills, "
-                          "and every backup tied to the drills that restored it. Written to every store.")
+                          "and every backup tied to the drills that restored it; and the recoverability "
+                          "report (HTML + JSON) people read. Written to every store.")
     def compliance_report(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
         with fleet.protection() as protection:
             evidence = protection.record_compliance()
-        for store, reason in evidence.failed_stores.items():
+            report = protection.record_report(evidence, run_id=context.run.run_id)
+        for store, reason in {**evidence.failed_stores, **report.failed_stores}.items():
             context.log.warning(f"compliance evidence {evidence.evidence_id}: not written to {store}: {reason}")
+        links = {"report": dg.MetadataValue.url(report.locations[0])} if report.locations else {}
         return dg.MaterializeResult(metadata={
+            **links,
+            "report_html_key": report.html_key,
+            "report_json_key": report.json_key,
+            "report_stores": ", ".join(report.stored_in),
             "compliant_databases": dg.MetadataValue.int(evidence.compliant),
             "non_compliant_databases": dg.MetadataValue.int(len(evidence.assessments) - evidence.compliant),
             "evidence_key": evidence.key,

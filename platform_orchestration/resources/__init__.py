@@ -2,6 +2,7 @@
 shared with the CLI."""
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -13,6 +14,16 @@ from platform_orchestration.alerts import FileAlertSink
 from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.fleet import Fleet, UnknownNameError, load_fleet
+from platform_orchestration.observability.metrics import PushFailed, push_run_metrics
+from platform_orchestration.observability.notify import (
+    AlertmanagerReceiver,
+    Notification,
+    NotificationFailed,
+    Receiver,
+    WebhookReceiver,
+    parse_secret_reference,
+    send,
+)
 from platform_orchestration.protection import FleetProtection
 from platform_orchestration.providers import providers_from_env
 from platform_orchestration.secrets import SecretProvider
@@ -120,9 +131,61 @@ class FleetResource(dg.ConfigurableResource):
 
 
 class AlertsResource(dg.ConfigurableResource):
-    """Where failure alerts go (a JSON-lines file that an alert shipper follows)."""
+    """Where alerts go: always a JSON-lines file (that a log shipper can follow), and the
+    receivers configured: Alertmanager's API (`alertmanager_url`, PLATFORM_ALERTMANAGER_URL)
+    and/or a Slack-compatible webhook whose URL is a secret reference (`webhook_url_secret`,
+    PLATFORM_ALERT_WEBHOOK: env:NAME, file:/PATH or vault:PATH#KEY; the URL is resolved when
+    sending, never stored in config)."""
 
     alerts_file: str
+    alertmanager_url: str = ""
+    webhook_url_secret: str = ""
+    attempts: int = 4
+    backoff_seconds: float = 0.5
 
     def sink(self) -> FileAlertSink:
         return FileAlertSink(Path(self.alerts_file))
+
+    def receivers(self) -> list[Receiver]:
+        receivers: list[Receiver] = []
+        if self.alertmanager_url:
+            receivers.append(AlertmanagerReceiver(self.alertmanager_url))
+        if self.webhook_url_secret:
+            reference = parse_secret_reference(self.webhook_url_secret)
+
+            def resolve() -> str:
+                secrets, _keys = SecretsResource.from_environment().providers()
+                return secrets.resolve(reference)
+
+            receivers.append(WebhookReceiver(reference.describe(), resolve))
+        return receivers
+
+    def notify(self, notification: Notification) -> list[str]:
+        """Send to every receiver (with retries); returns the receivers it reached. Raises
+        NotificationFailed naming each receiver that could not be reached, after trying all."""
+        reached, failures = [], []
+        for receiver in self.receivers():
+            try:
+                send(receiver, notification, attempts=self.attempts, backoff=self.backoff_seconds)
+                reached.append(receiver.describe())
+            except PlatformError as exc:  # NotificationFailed, or the secret could not be resolved
+                failures.append(one_line(exc))
+        if failures:
+            raise NotificationFailed("; ".join(failures))
+        return reached
+
+
+class MetricsResource(dg.ConfigurableResource):
+    """Where runs push their metrics: a Prometheus Pushgateway (PLATFORM_PUSHGATEWAY_URL);
+    empty: no push (the exporter still reads everything from the stores)."""
+
+    pushgateway_url: str = ""
+
+    def push(self, log: logging.Logger | dg.DagsterLogManager, **figures: object) -> None:
+        """Push one step's figures; a Pushgateway that is down is a warning, never a failed backup."""
+        if not self.pushgateway_url:
+            return
+        try:
+            push_run_metrics(self.pushgateway_url, **figures)  # type: ignore[arg-type]
+        except PushFailed as exc:
+            log.warning(str(exc))
