@@ -20,6 +20,8 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 $(BARMAN_INSTALLED):
+	@$(BARMAN_PYTHON) -c 'import ensurepip' 2>/dev/null || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null)
 	$(BARMAN_PYTHON) -m venv $(BARMAN_VENV)
 	$(BARMAN_VENV)/bin/pip install --quiet --upgrade pip
 	$(BARMAN_VENV)/bin/pip install --quiet '$(BARMAN_SPEC)'
