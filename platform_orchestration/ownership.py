@@ -101,6 +101,7 @@ class ProcessIdentity:
     @classmethod
     def current(cls) -> ProcessIdentity:
         pid = os.getpid()
+        # 0: this machine cannot tell start times (no /proc); is_alive then answers None.
         return cls(_boot_id(), _pid_namespace(), pid, _start_ticks(pid) or 0)
 
     @classmethod
@@ -115,6 +116,8 @@ class ProcessIdentity:
         namespace, on another machine, or in an earlier boot of this one)."""
         if self.boot != _boot_id() or self.pid_namespace != _pid_namespace():
             return None
+        if not self.started or not Path(f"/proc/{os.getpid()}/stat").exists():
+            return None  # no start times here (no /proc): never take a process for gone
         return _start_ticks(self.pid) == self.started
 
     def token(self) -> str:

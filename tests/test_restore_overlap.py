@@ -241,6 +241,11 @@ def test_phases_cover_every_listed_entry_once_in_order_with_rls_held_back(backup
         read_toc(archive.read_bytes()[:toc.end - 1])
     with pytest.raises(TocUnsupported):
         read_toc(b"PGDMP\x01\x0d\x00" + archive.read_bytes()[8:toc.end])
+    head = bytearray(archive.read_bytes()[:toc.end])
+    assert head[5:7] == b"\x01\x0f" and head[11] == 0  # format 1.15: compression algorithm, none
+    head[11] = 1  # gzip inside pg_dump: block ends cannot be found by their marker
+    with pytest.raises(TocUnsupported, match="compressed by pg_dump"):
+        read_toc(bytes(head))
 
 
 def _walked_block_starts(data: bytes, toc) -> list[tuple[int, int]]:

@@ -89,10 +89,11 @@ def read_toc(data: bytes | memoryview) -> ArchiveToc:
     r.int_size, offset_size, form = r.byte(), r.byte(), r.byte()
     if form != _FORMAT_CUSTOM or not 1 <= r.int_size <= 8 or not 1 <= offset_size <= 8:
         raise TocUnsupported(f"archive format {form}, integer size {r.int_size}, offset size {offset_size}")
-    if version[:2] >= (1, 15):
-        r.byte()  # compression algorithm
-    else:
-        r.int()   # compression level
+    # Blocks are found by their end marker, which holds only in uncompressed data (take_backup
+    # always dumps -Z0, compressing on our side): anything else is restored from the whole file.
+    compression = r.byte() if version[:2] >= (1, 15) else r.int()  # algorithm, or zlib level
+    if compression != 0:
+        raise TocUnsupported(f"archive data compressed by pg_dump ({compression})")
     for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
         r.int()
     for _ in range(3):  # database name, server version, pg_dump version

@@ -36,8 +36,9 @@ LEFTOVER_GRACE = timedelta(days=1)
 
 def prefixes_written_for(database: str) -> tuple[str, ...]:
     """Every prefix the product writes to for `database` (see backups/manifest.py): its backups,
-    its drill records, and the fleet's evidence, which every database's prune sweeps too."""
-    return (f"backups/{database}/", f"drills/{database}/", "evidence/")
+    its drill records, its catalog index, and the fleet's evidence, which every database's prune
+    sweeps too."""
+    return (f"backups/{database}/", f"drills/{database}/", f"catalog/{database}.json", "evidence/")
 
 
 @dataclass(frozen=True)
