@@ -115,8 +115,18 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
                                                batch_executor() if executor == "multiprocess" else None)
         return batch_jobs[name]
 
+    run_tags_for = _run_tags_for(fleet)
+
+    def batch_run_tags_for(name: str, members: Sequence[str]) -> dict[str, str]:
+        # A batch sends data over every link any of its databases does (the queue's egress limits).
+        tags: dict[str, str] = {}
+        for database in members:
+            tags.update(run_tags_for(asset_job_specs[name].assets, database))
+        return tags
+
     schedules = build_schedules(load_schedule_specs(_spec_dir("PLATFORM_SCHEDULES_DIR", "schedules")),
                                 jobs, fleet, partitioned, batch_job_for=batch_job_for,
+                                batch_run_tags_for=batch_run_tags_for,
                                 cluster_partitioned_jobs=per_cluster, cluster_job_cadences=cadences)
     secrets = SecretsResource.from_environment()
     alerts_file = os.environ.get("PLATFORM_ALERTS_FILE") or str(REPOSITORY_ROOT / "var" / "alerts.jsonl")

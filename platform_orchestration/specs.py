@@ -404,6 +404,7 @@ def build_schedules(
     partitioned_jobs: Collection[str],
     *,
     batch_job_for: Callable[[str], DagsterJob] | None = None,
+    batch_run_tags_for: Callable[[str, Sequence[str]], Mapping[str, str]] | None = None,
     cluster_partitioned_jobs: Collection[str] = (),
     cluster_job_cadences: Mapping[str, str] = {},
 ) -> list[dg.ScheduleDefinition]:
@@ -438,8 +439,9 @@ def build_schedules(
             databases = _selected_databases(spec, fleet)
             partitioned = spec.job in partitioned_jobs
             if partitioned and batch_job_for is not None and 0 < spec.batch_size < len(databases):
-                schedules.append(_batched_schedule(spec, batch_job_for(spec.job),
-                                                   fleet_batches(fleet, databases, spec.batch_size)))
+                schedules.append(_batched_schedule(
+                    spec, batch_job_for(spec.job), fleet_batches(fleet, databases, spec.batch_size),
+                    (lambda members, job=spec.job: batch_run_tags_for(job, members)) if batch_run_tags_for else None))
             else:
                 schedules.append(_schedule(spec, jobs_by_name[spec.job], databases, partitioned))
         except dg.DagsterInvalidDefinitionError as exc:  # anything Dagster refuses that the model let through
@@ -574,7 +576,8 @@ def fleet_batches(fleet: Fleet, selected: Sequence[str], batch_size: int) -> lis
     return batches
 
 
-def _batched_schedule(spec: ScheduleSpec, job: DagsterJob, batches: list[tuple[str, list[str]]]
+def _batched_schedule(spec: ScheduleSpec, job: DagsterJob, batches: list[tuple[str, list[str]]],
+                      tags_for: Callable[[Sequence[str]], Mapping[str, str]] | None = None
                       ) -> dg.ScheduleDefinition:
     from platform_orchestration.ops.batches import BATCH_RUN_TAG, batch_run_config
 
@@ -585,6 +588,7 @@ def _batched_schedule(spec: ScheduleSpec, job: DagsterJob, batches: list[tuple[s
     def _evaluate(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
         tick = context.scheduled_execution_time.isoformat()
         return [dg.RunRequest(run_key=f"{spec.name}:{tag}:{tick}", run_config=batch_run_config(members),
-                              tags={BATCH_RUN_TAG: tag}) for tag, members in batches]
+                              tags={**(tags_for(members) if tags_for else {}), BATCH_RUN_TAG: tag})
+                for tag, members in batches]
 
     return _evaluate

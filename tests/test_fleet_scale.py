@@ -237,3 +237,32 @@ def test_batch_mapping_keys_are_the_names_where_dagster_allows_and_stay_unique()
     assert mapping_keys(["orders", "orders-eu", "orders_eu", "a.b"]) == ["orders", "orders_eu_1", "orders_eu", "a_b_3"]
     keys = mapping_keys(["x-1", "x_1", "x.1"])
     assert len(set(keys)) == 3 and all(key.replace("_", "").isalnum() for key in keys)
+
+
+def test_a_batched_run_carries_the_cloud_links_of_its_databases_and_its_steps_their_pod_resources(
+        tmp_path: Path) -> None:
+    """What a per-database run carries, a batched one carries too: the egress tags of every
+    link its databases send over (the run queue limits each link), and each step's op tag
+    with its pod's resources (dagster-k8s/config)."""
+    import dagster as dg
+    from datetime import datetime, timezone
+
+    from platform_orchestration.definitions import build_definitions
+    from platform_orchestration.kube import K8S_CONFIG_TAG, k8s_op_tags
+
+    fleet_file = write_fleet_file(tmp_path, 150)
+    # One store in another cloud than the cluster: every backup crosses local -> azure.
+    fleet_file.write_text(fleet_file.read_text().replace(
+        "{name: azure, kind: local, cloud: local", "{name: azure, kind: local, cloud: azure", 1))
+    repository = build_definitions(fleet_file).get_repository_def()
+    tick = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
+    context = dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repository)
+    backups = repository.get_schedule_def("critical_backups_hourly").evaluate_tick(context).run_requests
+    drills = repository.get_schedule_def("restore_drills_daily").evaluate_tick(context).run_requests
+    assert len(backups) == 2 and all(r.tags.get("platform/egress-local-azure") == "true" for r in backups)
+    assert drills and not any(key.startswith("platform/egress-") for r in drills for key in r.tags)
+    job = repository.get_job("take_backups_batched")
+    ops = {op.name: op for op in job.graph.iterate_op_defs()}
+    assert ops["batch_backups"].tags[K8S_CONFIG_TAG] == k8s_op_tags("backups")[K8S_CONFIG_TAG]
+    assert ops["take_backups_batched_checks"].tags[K8S_CONFIG_TAG] == \
+        k8s_op_tags("database_protection_checks")[K8S_CONFIG_TAG]

@@ -34,6 +34,7 @@ import dagster as dg
 
 from platform_orchestration.assets import PER_DATABASE
 from platform_orchestration.checks import CHECKS_OF_ASSET, assessment_metadata
+from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.resources import FleetResource
 
 BATCH_RUN_TAG = "platform/batch"
@@ -84,7 +85,9 @@ def _stage(asset: str) -> dg.OpDefinition:
     (op names are unique in a repository; the asset's own op already has the asset's name)."""
     materialize = PER_DATABASE[asset]
 
-    @dg.op(name=f"batch_{asset}", ins={"database": dg.In(str)}, out=dg.Out(str),
+    # The asset's own step resources (for a database of the default size: a batch's steps are
+    # not sized database by database yet, see README "Known limits").
+    @dg.op(name=f"batch_{asset}", ins={"database": dg.In(str)}, out=dg.Out(str), tags=k8s_op_tags(asset),
            description=f"One database's partition of asset {asset}, as the asset's own run would do it.")
     def stage(context: dg.OpExecutionContext, fleet: FleetResource, database: str):
         with fleet.protection() as protection:
@@ -99,6 +102,7 @@ def _checks(job_name: str, assets: Sequence[str]) -> dg.OpDefinition:
     guarded = [(asset, name) for asset in assets for name, _description in CHECKS_OF_ASSET.get(asset, [])]
 
     @dg.op(name=f"{job_name}_checks", ins={"database": dg.In(str)}, out={},
+           tags=k8s_op_tags("database_protection_checks"),
            description="The checks of the assets this job materialised, for one database (one assessment).")
     def checks(context: dg.OpExecutionContext, fleet: FleetResource, database: str):
         with fleet.protection() as protection:
