@@ -55,3 +55,21 @@ def test_copy_repair_names_the_backup_and_the_stores_and_staleness_the_rpo():
     assert plan_staleness(_view()) == []
     [stale] = plan_staleness(_view(age=timedelta(hours=2)))
     assert stale.key == "backup:orders:B2" and "over its RPO of 3600s" in stale.reason
+
+
+def test_a_drill_from_another_store_keeps_the_pod_sizes_of_its_database_on_kubernetes(tmp_path, monkeypatch):
+    """A run request's run config replaces its partition's in Dagster 1.13: the drill-elsewhere
+    request must carry the database's per-step pod sizes (k8s executor) under the store it names."""
+    from platform_orchestration.definitions import build_definitions
+    from platform_orchestration.observability.remedies import Remedy
+    from platform_orchestration.sensors.remedies import _run_request
+
+    monkeypatch.setenv("PLATFORM_EXECUTOR", "k8s")  # the executor is only built, never started here
+    repository = build_definitions().get_repository_def()
+    database = repository.get_job("run_restore_drills").partitions_def.get_partition_keys()[0]
+    request = _run_request(Remedy(kind="drill_elsewhere", database=database, key="k", reason="r", store="azure-eu"),
+                           repository)
+    sized = repository.get_job("run_restore_drills").get_run_config_for_partition_key(database)
+    assert sized["execution"]["config"]["per_step_k8s_config"]["restore_drills"]
+    assert request.run_config["execution"] == sized["execution"]
+    assert request.run_config["ops"]["restore_drills"]["config"] == {"source_store": "azure-eu"}

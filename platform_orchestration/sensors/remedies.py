@@ -64,11 +64,25 @@ def cursor_of(keys: Sequence[str]) -> str:
     return json.dumps({"handled": list(keys)[-CURSOR_KEYS_KEPT:]})
 
 
-def _run_request(remedy: Remedy) -> dg.RunRequest:
+def _merged(base: Mapping, extra: Mapping) -> dict:
+    """`base` with `extra` laid over it, mappings merged key by key."""
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = (_merged(merged[key], value) if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+                       else value)
+    return merged
+
+
+def _run_request(remedy: Remedy, repository: dg.RepositoryDefinition | None = None) -> dg.RunRequest:
+    job_name = REMEDY_JOBS[remedy.kind]
     run_config: dict = {}
     if remedy.kind == "drill_elsewhere":
-        run_config = {"ops": {"restore_drills": {"config": {"source_store": remedy.store}}}}
-    return dg.RunRequest(run_key=remedy.key, job_name=REMEDY_JOBS[remedy.kind], partition_key=remedy.database,
+        # A request's run config replaces its partition's (Dagster 1.13), so the partition's own
+        # (the k8s executor's per-step pod sizes of this database) is laid under the store chosen.
+        partition = (repository.get_job(job_name).get_run_config_for_partition_key(remedy.database)
+                     if repository is not None and repository.has_job(job_name) else {})
+        run_config = _merged(partition, {"ops": {"restore_drills": {"config": {"source_store": remedy.store}}}})
+    return dg.RunRequest(run_key=remedy.key, job_name=job_name, partition_key=remedy.database,
                          run_config=run_config, tags={REMEDY_TAG: remedy.kind})
 
 
@@ -100,7 +114,7 @@ def evaluate_remedies(context: dg.SensorEvaluationContext, views: Sequence[Datab
                 told.append(f"{remedy.key} -> {', '.join(reached) or 'log only'}")
                 context.log.warning(remedy.reason)
             if remedy.kind in REMEDY_JOBS:
-                requests.append(_run_request(remedy))
+                requests.append(_run_request(remedy, context.repository_def))
                 context.log.info(f"requesting {REMEDY_JOBS[remedy.kind]} for {remedy.database}: {remedy.reason}")
             handled.append(remedy.key)
             seen.add(remedy.key)
