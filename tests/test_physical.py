@@ -5,6 +5,8 @@ the chosen point; a deleted segment is reported and a restore past it fails."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +25,7 @@ from platform_orchestration.physical.pitr import (
     restore_to_point,
     stop_restored,
 )
-from platform_orchestration.postgres.cluster import free_port
+from platform_orchestration.postgres.cluster import STAND_IN_DIR_ENV, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +125,10 @@ def test_a_deleted_segment_is_reported_and_a_restore_past_it_fails(s3_backend, t
         with pytest.raises(PitrFailed, match="recovery stopped before it could promote: .*recovery target"):
             restore_to_point(archived.tools, archived.repository, RecoveryTarget(time=point), tmp_path / "unchecked",
                              backups=backups)
+        # A restore that failed keeps its cluster for inspection (its server stopped by itself at
+        # the end of recovery); a private tmp_path puts it in a stand-in, which the test removes.
+        for kept in Path(os.environ.get(STAND_IN_DIR_ENV) or "/nonexistent").glob("unchecked-*"):
+            shutil.rmtree(kept)
 
 
 def test_a_restore_never_writes_over_a_directory_in_use_or_a_listening_port(s3_backend, tmp_path: Path) -> None:
@@ -175,3 +181,4 @@ def test_a_pitr_drill_brings_back_the_marker_and_nothing_after_it(s3_backend, tm
                                 connection=connection, record_stores=[evidence],
                                 rto_target=timedelta(minutes=10), rpo_target=timedelta(minutes=5))
         assert not failed.passed and "missing from the repository" in failed.failure
+
