@@ -9,6 +9,7 @@ size, times. The bytes stored come from listing the backup's objects in the stor
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -77,19 +78,33 @@ class BaseBackupOutcome:
         return self.backup.cluster_bytes / 2**20 / self.seconds if self.seconds > 0 else 0.0
 
 
+# Variables of a repository's environment that hold no secret (shown as they are in errors).
+NOT_SECRET = frozenset({"AWS_DEFAULT_REGION", "STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE", "GOOGLE_CLOUD_PROJECT"})
+
+
 def scrub(text: str, repository: Repository, *extra: str | None) -> str:
     """``text`` with every credential of ``repository`` (and ``extra`` secrets) blanked."""
-    for secret in [*repository.environment.values(), *extra]:
+    values = [value for env in (repository.environment, repository.server_environment or {})
+              for name, value in env.items() if name not in NOT_SECRET] + list(extra)
+    # A connection string's key or signature may be echoed alone.
+    parts = [part.split("=", 1)[1] for value in values if value and ";" in value
+             for part in value.split(";") if part.startswith(("AccountKey=", "SharedAccessSignature="))]
+    for secret in sorted({*(v for v in values if v), *parts}, key=len, reverse=True):
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
 
 
 def run_tool(tools: BarmanTools, repository: Repository, tool: str, arguments: Sequence[str], *,
-             what: str, timeout: float, extra_env: dict[str, str] | None = None) -> str:
+             what: str, timeout: float, extra_env: dict[str, str] | None = None,
+             die_with_parent: bool = False) -> str:
     """Run ``barman-cloud-<tool>`` against ``repository``; its stdout, or PhysicalBackupFailed
-    naming ``what`` failed and the tool's last words (credentials blanked)."""
+    naming ``what`` failed and the tool's last words (credentials blanked). With
+    ``die_with_parent`` the tool is SIGKILLed by the kernel if this process dies (a throwaway
+    restore, whose directory the reaper then removes, must not be written to after that)."""
     command = [*tools.command(tool), *repository.connection_options(), *arguments]
+    if die_with_parent and shutil.which("setpriv") is not None:
+        command = ["setpriv", "--pdeathsig", "SIGKILL", *command]
     with tool_environment(repository) as env:
         env.update(extra_env or {})
         try:
