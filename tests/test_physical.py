@@ -182,3 +182,73 @@ def test_a_pitr_drill_brings_back_the_marker_and_nothing_after_it(s3_backend, tm
                                 rto_target=timedelta(minutes=10), rpo_target=timedelta(minutes=5))
         assert not failed.passed and "missing from the repository" in failed.failure
 
+
+
+_DRILL_HOLDER = """
+import json, sys, time
+sys.path.insert(0, {tests!r})
+from datetime import timedelta
+from physical_support import repository_on
+from stores_s3 import DUMMY_CREDENTIALS
+import platform_orchestration.physical.drill as drill
+from platform_orchestration.fleet.model import S3StoreSpec
+from platform_orchestration.ownership import ProcessIdentity, leases
+from platform_orchestration.physical.tools import barman_tools
+from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.stores import store_from_spec
+
+spec = S3StoreSpec.model_validate({spec!r})
+store = store_from_spec(spec, DUMMY_CREDENTIALS)
+repository = repository_on(spec, DUMMY_CREDENTIALS, "pg-a", {dsn!r})
+
+def hold(port, dbname, drill_id):  # the restored server is up: report it, and wait to be killed
+    [lease] = [l for l in leases() if l.owner == ProcessIdentity.current() and l.kind == "pitr-drill"]
+    print(json.dumps({{"paths": lease.paths, "postmaster": lease.server["pid"], "port": port}}), flush=True)
+    time.sleep(600)
+
+drill._phases_restored = hold
+drill.run_pitr_drill(tools=barman_tools(), repository=repository, store=store, connection=PgConnection({dsn!r}),
+                     record_stores=[store], rto_target=timedelta(minutes=10), rpo_target=timedelta(minutes=5))
+"""
+
+
+def test_a_pitr_drill_killed_with_sigkill_leaves_nothing_the_reaper_misses(s3_backend) -> None:
+    """The drill's restored cluster is a throwaway like the logical drills' ones: leased before
+    it is made, its server dies with the drill (parent-death signal), and `platform-dr cleanup`'s
+    reaper removes its directories (as root, the stand-in under /var/tmp too)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from platform_orchestration.ownership import leases, reap_abandoned
+
+    with archived_cluster(s3_backend, 16) as archived:
+        connection = archived.cluster.connection()
+        take_base_backup(archived.tools, archived.repository, connection)
+        script = _DRILL_HOLDER.format(tests=str(Path(__file__).parent), spec=archived.spec.model_dump(mode="json"),
+                                      dsn=connection.dsn)
+        holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            held = json.loads(holder.stdout.readline())
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+        paths = [Path(p) for p in held["paths"]]  # the drill's scratch directory and its restored cluster's
+        assert len(paths) == 2 and all(p.name.startswith("pg-ephemeral-") and p.is_dir() for p in paths)
+        deadline = time.monotonic() + 10
+        while _alive(held["postmaster"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(held["postmaster"]), "the restored server outlived its drill"
+
+        reaped = reap_abandoned()
+        assert set(held["paths"]) <= set(reaped.paths_removed) and not any(p.exists() for p in paths)
+        assert not any(set(held["paths"]) & set(lease.paths) for lease in leases())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
