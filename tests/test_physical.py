@@ -154,6 +154,12 @@ def test_a_bad_target_is_refused_with_what_was_expected(text: str, message: str)
 
 
 def test_a_pitr_drill_brings_back_the_marker_and_nothing_after_it(s3_backend, tmp_path: Path) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from platform_orchestration.ownership import leases, reap_abandoned
     from platform_orchestration.physical.drill import pitr_drill_history, run_pitr_drill
     from platform_orchestration.storage import LocalObjectStore
 
@@ -172,6 +178,28 @@ def test_a_pitr_drill_brings_back_the_marker_and_nothing_after_it(s3_backend, tm
                                                        "ORDER BY written_at")] == ["marker", "after"]
         history, unreadable = pitr_drill_history([evidence, archived.store], "pg-a")
         assert [r.drill_id for r in history] == [record.drill_id] and unreadable == []
+
+        # A drill SIGKILLed while its restored server runs: the server dies with it (a parent-death
+        # signal) and the reaper (what `platform-dr cleanup` runs) removes its directories (as
+        # root, the stand-in under /var/tmp too), as for the logical drills' throwaway servers.
+        script = _DRILL_HOLDER.format(tests=str(Path(__file__).parent), spec=archived.spec.model_dump(mode="json"),
+                                      dsn=connection.dsn)
+        holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            held = json.loads(holder.stdout.readline())
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+        paths = [Path(p) for p in held["paths"]]  # the drill's scratch directory and its restored cluster's
+        assert len(paths) == 2 and all(p.name.startswith("pg-ephemeral-") and p.is_dir() for p in paths)
+        deadline = time.monotonic() + 10
+        while _alive(held["postmaster"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(held["postmaster"]), "the restored server outlived its drill"
+
+        reaped = reap_abandoned()
+        assert set(held["paths"]) <= set(reaped.paths_removed) and not any(p.exists() for p in paths)
+        assert not any(set(held["paths"]) & set(lease.paths) for lease in leases())
 
         # A segment lost from the repository: the next drill fails, and says why.
         newest = sorted(i.key for i in archived.store.list(archived.repository.wals_prefix)
@@ -210,40 +238,6 @@ drill._phases_restored = hold
 drill.run_pitr_drill(tools=barman_tools(), repository=repository, store=store, connection=PgConnection({dsn!r}),
                      record_stores=[store], rto_target=timedelta(minutes=10), rpo_target=timedelta(minutes=5))
 """
-
-
-def test_a_pitr_drill_killed_with_sigkill_leaves_nothing_the_reaper_misses(s3_backend) -> None:
-    """The drill's restored cluster is a throwaway like the logical drills' ones: leased before
-    it is made, its server dies with the drill (parent-death signal), and `platform-dr cleanup`'s
-    reaper removes its directories (as root, the stand-in under /var/tmp too)."""
-    import json
-    import signal
-    import subprocess
-    import sys
-
-    from platform_orchestration.ownership import leases, reap_abandoned
-
-    with archived_cluster(s3_backend, 16) as archived:
-        connection = archived.cluster.connection()
-        take_base_backup(archived.tools, archived.repository, connection)
-        script = _DRILL_HOLDER.format(tests=str(Path(__file__).parent), spec=archived.spec.model_dump(mode="json"),
-                                      dsn=connection.dsn)
-        holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-        try:
-            held = json.loads(holder.stdout.readline())
-        finally:
-            holder.send_signal(signal.SIGKILL)
-            holder.wait()
-        paths = [Path(p) for p in held["paths"]]  # the drill's scratch directory and its restored cluster's
-        assert len(paths) == 2 and all(p.name.startswith("pg-ephemeral-") and p.is_dir() for p in paths)
-        deadline = time.monotonic() + 10
-        while _alive(held["postmaster"]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(held["postmaster"]), "the restored server outlived its drill"
-
-        reaped = reap_abandoned()
-        assert set(held["paths"]) <= set(reaped.paths_removed) and not any(p.exists() for p in paths)
-        assert not any(set(held["paths"]) & set(lease.paths) for lease in leases())
 
 
 def _alive(pid: int) -> bool:
