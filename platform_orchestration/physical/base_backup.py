@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -214,8 +215,13 @@ def backup_name_for(now: datetime) -> str:
 
 
 def take_base_backup(tools: BarmanTools, repository: Repository, connection: PgConnection, *,
-                     jobs: int = 2, clock: Clock = utc_now, store: ObjectStore | None = None) -> BaseBackupOutcome:
+                     jobs: int = 2, clock: Clock = utc_now,
+                     store: ObjectStore | Future[ObjectStore] | None = None) -> BaseBackupOutcome:
     """Take a base backup of the server behind ``connection`` into ``repository``.
+
+    ``store`` (the repository's store, or a future of it being opened while barman-cloud-backup
+    runs) is where barman's record of the backup is read back from; without it,
+    barman-cloud-backup-list is asked.
 
     Runs on the server's host. A failure leaves no backup marked DONE (barman writes
     ``backup.info`` with status DONE last), and raises PhysicalBackupFailed."""
@@ -229,6 +235,8 @@ def take_base_backup(tools: BarmanTools, repository: Repository, connection: PgC
               repository.url, repository.server_name],
              what=what, timeout=BACKUP_TIMEOUT_SECONDS, extra_env=extra_env)
     seconds = time.monotonic() - started
+    if isinstance(store, Future):
+        store = store.result()
     # barman's own record, read from the store by our client (one listing, one read), not by a
     # second barman-cloud process (barman-cloud-backup-list cost 1.5 s a backup here, +14%).
     taken = (_taken_from_store(store, repository, name) if store is not None else
