@@ -27,7 +27,7 @@ from platform_orchestration.backups.catalog import record_everywhere
 from platform_orchestration.backups.manifest import FORMAT_VERSION, new_drill_id
 from platform_orchestration.clock import Clock, utc_now
 from platform_orchestration.errors import PlatformError, one_line
-from platform_orchestration.ownership import Lease
+from platform_orchestration.ownership import Lease, reap_abandoned
 from platform_orchestration.physical.archiving import archive_status, switch_and_wait_archived
 from platform_orchestration.physical.base_backup import list_base_backups
 from platform_orchestration.physical.pitr import RecoveryTarget, restore_to_point, stop_restored
@@ -132,7 +132,9 @@ def run_pitr_drill(*, tools: BarmanTools, repository: Repository, store: ObjectS
     fields: dict = {"passed": False}
     # The restored cluster is a throwaway, leased like an ephemeral cluster: named before it is
     # made, its server and barman-cloud-restore die with us, and the reaper removes what a
-    # killed drill left (the scratch directory and, as root, its stand-in under /var/tmp).
+    # killed drill left (the scratch directory and, as root, its stand-in under /var/tmp); it
+    # runs first here, as before every logical drill's throwaway cluster.
+    reap_abandoned()
     scratch = Path(workdir or tempfile.gettempdir()) / f"pg-ephemeral-pitr-{drill_id.lower()}"
     lease = Lease.take("pitr-drill", [scratch])
     scratch.mkdir(mode=0o700)
