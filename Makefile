@@ -11,7 +11,7 @@ BARMAN_INSTALLED := $(BARMAN_VENV)/.installed
 BARMAN_SPEC := barman[cloud,azure,google,lz4,zstandard]==3.19.*
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install barman browser monitoring-tools demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-stores bench-fleet chaos clean
+.PHONY: install barman browser monitoring-tools demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-physical bench-stores bench-fleet chaos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,11 @@ argocd-clusters: install
 ## Benchmarks against pg_dump/pg_restore baselines (by hand, a few minutes).
 bench: install
 	$(BIN)/python -m benchmarks.backup_restore $(if $(QUICK),--quick)
+
+## Physical backups (barman-cloud) against barman-cloud-backup by hand, pg_basebackup and a logical
+## restore of the same 1 GiB database, and WAL archiving under pgbench (about 10 minutes; GIB=0.2 for a quick look).
+bench-physical: install
+	$(BIN)/python -m benchmarks.physical $(if $(GIB),--gib $(GIB))
 
 ## Cross-cloud copy and fan-out against plain SDK transfers, on the emulators (a few minutes).
 bench-stores: install node_modules/.installed

@@ -543,8 +543,12 @@ class FleetProtection:
     def base_backup(self, cluster: str, *, jobs: int = 2) -> BaseBackupOutcome:
         """A base backup of ``cluster`` now (barman-cloud-backup on this host)."""
         repository = self.physical_repository(cluster)
-        return take_base_backup(barman_tools(), repository, self.physical_connection(cluster), jobs=jobs,
-                                clock=self.clock, store=self.store(repository.store))
+        # The store's client (boto3 & co., about 0.3 s to import and build) is opened while
+        # barman-cloud-backup runs: it is only needed afterwards, to read barman's record.
+        connection, tools = self.physical_connection(cluster), barman_tools()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            store = pool.submit(self.store, repository.store)
+            return take_base_backup(tools, repository, connection, jobs=jobs, clock=self.clock, store=store)
 
     def list_base_backups(self, cluster: str | None = None) -> dict[str, list[BaseBackup]]:
         """{cluster: its base backups, oldest first} for one physical cluster or all of them."""

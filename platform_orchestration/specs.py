@@ -173,13 +173,13 @@ class AssetJobSpec(_NamedSpec):
 
 
 class OperatorJobSpec(_NamedSpec):
-    """An operator job built in code: the disaster restore (configured from the Launchpad),
-    or the rewrap of backup data keys after a key rotation."""
+    """An operator job built in code: the disaster restore and the point-in-time restore
+    (configured from the Launchpad), or the rewrap of backup data keys after a key rotation."""
 
     _noun: ClassVar[str] = "job"
 
     description: str = ""
-    kind: Literal["disaster_restore", "rewrap_keys"]
+    kind: Literal["disaster_restore", "rewrap_keys", "restore_pitr"]
 
 
 def _job_kind(value: object) -> str:
@@ -190,7 +190,7 @@ def _job_kind(value: object) -> str:
 
 JobSpec: TypeAlias = Annotated[
     Annotated[AssetJobSpec, Tag("assets")] | Annotated[OperatorJobSpec, Tag("disaster_restore")]
-    | Annotated[OperatorJobSpec, Tag("rewrap_keys")],
+    | Annotated[OperatorJobSpec, Tag("rewrap_keys")] | Annotated[OperatorJobSpec, Tag("restore_pitr")],
     Discriminator(_job_kind),
 ]
 
@@ -362,6 +362,10 @@ def build_jobs(
                 from platform_orchestration.ops import build_rewrap_keys_job
 
                 jobs.append(build_rewrap_keys_job(spec.name, spec.description))
+            elif spec.kind == "restore_pitr":
+                from platform_orchestration.ops.physical import build_restore_pitr_job
+
+                jobs.append(build_restore_pitr_job(spec.name, spec.description))
             else:
                 jobs.append(disaster_restore_job_factory(spec.name, spec.description))
         else:

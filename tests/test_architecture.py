@@ -39,7 +39,7 @@ ALLOWED: dict[str, set[str]] = {
     "crypto": {"errors", "secrets"},
     "backups": {"errors", "clock", "fleet", "postgres", "storage", "crypto", "ownership", "__init__"},
     # Physical backups (barman-cloud): above backups (drill ids, evidence writing), below protection; takes plain values and open stores.
-    "physical": {"errors", "clock", "fleet", "postgres", "storage", "backups"},
+    "physical": {"errors", "clock", "fleet", "postgres", "storage", "backups", "ownership"},
     "stores": {"errors", "fleet", "storage", "secrets"},
     "providers": {"errors", "secrets", "crypto"},
     "observability": {"errors", "clock", "fleet", "storage", "backups"},

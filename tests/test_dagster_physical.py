@@ -19,8 +19,7 @@ from platform_orchestration.specs import CLUSTER_RUN_TAG, ScheduleSpec, SpecErro
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
-def test_base_backup_job_runs_per_cluster_with_lsns_in_metadata_and_checks(s3_backend, tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def _physical_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_S3_KEY_ID", "testing")
     monkeypatch.setenv("TEST_S3_SECRET", SECRET)
     # The physical schedules only: the logical ones name the demo's policies.
@@ -28,6 +27,11 @@ def test_base_backup_job_runs_per_cluster_with_lsns_in_metadata_and_checks(s3_ba
     schedules_dir.mkdir()
     shutil.copy(REPOSITORY_ROOT / "schedules" / "physical.yaml", schedules_dir)
     monkeypatch.setenv("PLATFORM_SCHEDULES_DIR", str(schedules_dir))
+
+
+def test_base_backup_job_runs_per_cluster_with_lsns_in_metadata_and_checks(s3_backend, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _physical_only(tmp_path, monkeypatch)
     with archived_cluster(s3_backend, 16) as archived, dg.instance_for_test() as instance:
         fleet = physical_fleet(tmp_path, archived.spec.bucket, s3_backend.endpoint, archived.cluster.port)
         defs = build_definitions(fleet)
@@ -60,3 +64,61 @@ def test_base_backup_job_runs_per_cluster_with_lsns_in_metadata_and_checks(s3_ba
             build_schedules([slow], list(defs.jobs), defs.resources["fleet"].load(), set(),
                             cluster_partitioned_jobs={"take_base_backups"},
                             cluster_job_cadences={"take_base_backups": "base_backup"})
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    return " ".join(e.step_failure_data.user_failure_data.description or ""
+                    for e in result.all_events if e.is_step_failure)
+
+
+def test_the_restore_pitr_job_refuses_what_the_cli_refuses_and_restores_to_an_lsn(
+        s3_backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Launchpad's point-in-time restore runs FleetProtection.restore_pitr as the CLI does:
+    the same refusals in the same words, then a new cluster with exactly the rows at the LSN."""
+    import psycopg
+
+    from platform_orchestration.physical.archiving import switch_and_wait_archived
+    from platform_orchestration.physical.base_backup import take_base_backup
+    from platform_orchestration.physical.pitr import _server_install
+    from platform_orchestration.postgres.cluster import LocalCluster
+
+    _physical_only(tmp_path, monkeypatch)
+    with archived_cluster(s3_backend, 16) as archived, dg.instance_for_test() as instance:
+        connection = archived.cluster.connection()
+        take_base_backup(archived.tools, archived.repository, connection)
+        with psycopg.connect(connection.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE job_probe AS SELECT 1 AS id")
+            (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            conn.execute("INSERT INTO job_probe VALUES (2)")
+        switch_and_wait_archived(connection, archived.store, archived.repository)
+        job = build_definitions(physical_fleet(tmp_path, archived.spec.bucket, s3_backend.endpoint,
+                                               archived.cluster.port)).resolve_job_def("restore_pitr")
+
+        def launch(**config: object) -> dg.ExecuteInProcessResult:
+            config = {"cluster": "pg-a", "target_dir": str(tmp_path / "restored"), **config}
+            return job.execute_in_process(run_config={**QUIET, "ops": {"restore_to_point_in_time": {
+                "config": config}}}, instance=instance, raise_on_error=False)
+
+        assert "expected latest, an LSN like 0/3000060, or an ISO time" in _failure(launch(to="yesterday"))
+        occupied = tmp_path / "occupied"
+        occupied.mkdir()
+        (occupied / "PG_VERSION").write_text("16\n")
+        assert "is not empty: a point-in-time restore never writes over" in _failure(
+            launch(to="latest", target_dir=str(occupied)))
+        assert f"port {archived.cluster.port} is in use" in _failure(launch(to="latest", port=archived.cluster.port))
+        assert not (tmp_path / "restored").exists()
+
+        restored = launch(to=lsn)
+        assert restored.success, _failure(restored)
+        summary = restored.output_for_node("restore_to_point_in_time")
+        [materialized] = [e for e in restored.all_events if e.event_type_value == "STEP_OUTPUT"]
+        metadata = {k: v.value for k, v in materialized.event_specific_data.metadata.items()}
+        try:
+            assert metadata["rto_seconds"] >= metadata["restore_seconds"] > 0 and metadata["target"] == f"LSN {lsn}"
+            with psycopg.connect(f"host=127.0.0.1 port={summary['port']} user=postgres", autocommit=True) as conn:
+                assert conn.execute("SELECT id FROM job_probe").fetchall() == [(1,)]
+        finally:
+            kept = LocalCluster(Path(summary["data_dir"]).parent, summary["port"], _server_install(16))
+            kept.stop()
+            shutil.rmtree(kept.base_dir)
+        assert SECRET not in str(restored.all_events)

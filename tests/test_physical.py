@@ -154,6 +154,12 @@ def test_a_bad_target_is_refused_with_what_was_expected(text: str, message: str)
 
 
 def test_a_pitr_drill_brings_back_the_marker_and_nothing_after_it(s3_backend, tmp_path: Path) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from platform_orchestration.ownership import leases, reap_abandoned
     from platform_orchestration.physical.drill import pitr_drill_history, run_pitr_drill
     from platform_orchestration.storage import LocalObjectStore
 
@@ -173,6 +179,28 @@ def test_a_pitr_drill_brings_back_the_marker_and_nothing_after_it(s3_backend, tm
         history, unreadable = pitr_drill_history([evidence, archived.store], "pg-a")
         assert [r.drill_id for r in history] == [record.drill_id] and unreadable == []
 
+        # A drill SIGKILLed while its restored server runs: the server dies with it (a parent-death
+        # signal) and the reaper (what `platform-dr cleanup` runs) removes its directories (as
+        # root, the stand-in under /var/tmp too), as for the logical drills' throwaway servers.
+        script = _DRILL_HOLDER.format(tests=str(Path(__file__).parent), spec=archived.spec.model_dump(mode="json"),
+                                      dsn=connection.dsn)
+        holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            held = json.loads(holder.stdout.readline())
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+        paths = [Path(p) for p in held["paths"]]  # the drill's scratch directory and its restored cluster's
+        assert len(paths) == 2 and all(p.name.startswith("pg-ephemeral-") and p.is_dir() for p in paths)
+        deadline = time.monotonic() + 10
+        while _alive(held["postmaster"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(held["postmaster"]), "the restored server outlived its drill"
+
+        reaped = reap_abandoned()
+        assert set(held["paths"]) <= set(reaped.paths_removed) and not any(p.exists() for p in paths)
+        assert not any(set(held["paths"]) & set(lease.paths) for lease in leases())
+
         # A segment lost from the repository: the next drill fails, and says why.
         newest = sorted(i.key for i in archived.store.list(archived.repository.wals_prefix)
                         if Segment.parse(i.key.rsplit("/", 1)[-1]))[-1]
@@ -182,3 +210,39 @@ def test_a_pitr_drill_brings_back_the_marker_and_nothing_after_it(s3_backend, tm
                                 rto_target=timedelta(minutes=10), rpo_target=timedelta(minutes=5))
         assert not failed.passed and "missing from the repository" in failed.failure
 
+
+
+_DRILL_HOLDER = """
+import json, sys, time
+sys.path.insert(0, {tests!r})
+from datetime import timedelta
+from physical_support import repository_on
+from stores_s3 import DUMMY_CREDENTIALS
+import platform_orchestration.physical.drill as drill
+from platform_orchestration.fleet.model import S3StoreSpec
+from platform_orchestration.ownership import ProcessIdentity, leases
+from platform_orchestration.physical.tools import barman_tools
+from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.stores import store_from_spec
+
+spec = S3StoreSpec.model_validate({spec!r})
+store = store_from_spec(spec, DUMMY_CREDENTIALS)
+repository = repository_on(spec, DUMMY_CREDENTIALS, "pg-a", {dsn!r})
+
+def hold(port, dbname, drill_id):  # the restored server is up: report it, and wait to be killed
+    [lease] = [l for l in leases() if l.owner == ProcessIdentity.current() and l.kind == "pitr-drill"]
+    print(json.dumps({{"paths": lease.paths, "postmaster": lease.server["pid"], "port": port}}), flush=True)
+    time.sleep(600)
+
+drill._phases_restored = hold
+drill.run_pitr_drill(tools=barman_tools(), repository=repository, store=store, connection=PgConnection({dsn!r}),
+                     record_stores=[store], rto_target=timedelta(minutes=10), rpo_target=timedelta(minutes=5))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"

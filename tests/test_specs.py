@@ -121,7 +121,7 @@ def test_unknown_kind(tmp_path: Path) -> None:
             kind: restore
         """)
     assert job_errors(tmp_path) == [
-        f"{path}:3: jobs[0].kind: expected one of assets, disaster_restore, rewrap_keys, got 'restore'"
+        f"{path}:3: jobs[0].kind: expected one of assets, disaster_restore, rewrap_keys, restore_pitr, got 'restore'"
     ]
 
 

@@ -116,6 +116,7 @@ STEPS = {
     "compliance_report": lambda raw: _small(512 * MiB, 250),
     "database_protection_checks": lambda raw: _small(),
     "restore_from_backup": _restore,
+    "restore_to_point_in_time": _restore,
     "rewrap_data_keys": lambda raw: _small(512 * MiB, 250),
 }
 SIZED_STEPS = ("backups", "restore_drills")

@@ -27,6 +27,7 @@ from platform_orchestration.backups.catalog import record_everywhere
 from platform_orchestration.backups.manifest import FORMAT_VERSION, new_drill_id
 from platform_orchestration.clock import Clock, utc_now
 from platform_orchestration.errors import PlatformError, one_line
+from platform_orchestration.ownership import Lease, reap_abandoned
 from platform_orchestration.physical.archiving import archive_status, switch_and_wait_archived
 from platform_orchestration.physical.base_backup import list_base_backups
 from platform_orchestration.physical.pitr import RecoveryTarget, restore_to_point, stop_restored
@@ -129,7 +130,14 @@ def run_pitr_drill(*, tools: BarmanTools, repository: Repository, store: ObjectS
     started_at = clock()
     drill_id = new_drill_id(started_at)
     fields: dict = {"passed": False}
-    scratch = Path(tempfile.mkdtemp(prefix="pitr-drill-", dir=workdir))
+    # The restored cluster is a throwaway, leased like an ephemeral cluster: named before it is
+    # made, its server and barman-cloud-restore die with us, and the reaper removes what a
+    # killed drill left (the scratch directory and, as root, its stand-in under /var/tmp); it
+    # runs first here, as before every logical drill's throwaway cluster.
+    reap_abandoned()
+    scratch = Path(workdir or tempfile.gettempdir()) / f"pg-ephemeral-pitr-{drill_id.lower()}"
+    lease = Lease.take("pitr-drill", [scratch])
+    scratch.mkdir(mode=0o700)
     try:
         fields["rpo_seconds"] = archive_status(connection, store, repository).lag_seconds
         target = _write_markers(connection, drill_id)
@@ -142,8 +150,8 @@ def run_pitr_drill(*, tools: BarmanTools, repository: Repository, store: ObjectS
         if gaps:
             raise PitrDrillFailed(f"{len(gaps)} WAL segment(s) missing from the repository: {', '.join(gaps[:5])}; "
                                     "a restore past them cannot be proven")
-        result = restore_to_point(tools, repository, RecoveryTarget(time=target), scratch / "cluster",
-                                  backups=backups, store=store)
+        result = restore_to_point(tools, repository, RecoveryTarget(time=target), scratch / "pg-ephemeral-cluster",
+                                  backups=backups, store=store, lease=lease)
         try:
             fields.update(backup_id=result.backup_id, rto_seconds=result.rto_seconds, reached_lsn=result.reached_lsn,
                           last_replayed_commit=result.last_replayed_commit, stopped_at=result.stopped_at,
@@ -165,7 +173,10 @@ def run_pitr_drill(*, tools: BarmanTools, repository: Repository, store: ObjectS
     except _DRILL_FAILURES as exc:
         fields["failure"] = one_line(exc)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        # A failed restore stopped its own server; its directory (a stand-in, as root) goes too.
+        for path in [scratch, *(Path(p) for p in lease.paths)]:
+            shutil.rmtree(path, ignore_errors=True)
+        lease.release()
     record = PitrDrillRecord(
         drill_id=drill_id, cluster=repository.cluster, source_store=repository.store, started_at=started_at,
         finished_at=clock(), rto_target_seconds=rto_target.total_seconds(),

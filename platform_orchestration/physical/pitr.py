@@ -18,17 +18,20 @@ segment) fails loudly: PostgreSQL refuses to promote, and we report its reason.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import os
 import pwd
 import re
 import shlex
 import shutil
+import signal
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -42,7 +45,14 @@ from platform_orchestration.physical.repository import Repository
 from platform_orchestration.physical.settings import credentials_file_for, restore_command, write_credentials_file
 from platform_orchestration.physical.tools import SERVER_USER, BarmanTools
 from platform_orchestration.postgres.binaries import PgInstall, find_installs
-from platform_orchestration.postgres.cluster import ClusterError, LocalCluster, free_port, local_cluster
+from platform_orchestration.ownership import Lease
+from platform_orchestration.postgres.cluster import (
+    ClusterError,
+    LocalCluster,
+    free_port,
+    local_cluster,
+    start_owned_server,
+)
 from platform_orchestration.storage import ObjectStore
 
 _LSN = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
@@ -126,6 +136,8 @@ class PitrResult:
     restore_seconds: float
     recovery_seconds: float
     prefetched_segments: int = 0
+    # The server process, when it is our throwaway child (restore_to_point with a lease).
+    server: subprocess.Popen | None = field(default=None, compare=False, repr=False)
 
 
 def choose_base_backup(backups: Sequence[BaseBackup], target: RecoveryTarget) -> BaseBackup:
@@ -332,11 +344,18 @@ def _local_first(restore: str, directory: Path) -> str:
 
 def restore_to_point(tools: BarmanTools, repository: Repository, target: RecoveryTarget, target_dir: Path, *,
                      port: int | None = None, backups: Sequence[BaseBackup] | None = None,
-                     store: ObjectStore | None = None) -> PitrResult:
+                     store: ObjectStore | None = None, lease: Lease | None = None) -> PitrResult:
     """Bring up a new cluster in ``target_dir`` at ``target`` from ``repository``; it is left running
     (stop it with ``pg_ctl -D <data_dir> stop``). See the module docstring for the steps. With
     ``store`` (the repository's store), missing WAL is found before anything is restored, and a
-    restore to ``latest`` is checked to have replayed the newest segment in the repository."""
+    restore to ``latest`` is checked to have replayed the newest segment in the repository.
+
+    With ``lease`` the cluster is a throwaway (a drill's), as an ephemeral cluster is: its
+    directory is named in the lease before it is made, barman-cloud-restore and the server die
+    with this process (a parent-death signal), the server is recorded in the lease, and a
+    restore that fails stops its server instead of leaving it for inspection. The reaper
+    (``platform-dr cleanup``) removes what a killed owner left; the caller removes the rest
+    (:func:`stop_restored` with ``remove``, then ``lease.release()``)."""
     target_dir = Path(target_dir).absolute()
     if target_dir.exists() and (not target_dir.is_dir() or any(target_dir.iterdir())):
         raise PitrRefused(f"target directory {target_dir} is not empty: a point-in-time restore never writes over "
@@ -353,16 +372,19 @@ def restore_to_point(tools: BarmanTools, repository: Repository, target: Recover
     if cluster.base_dir != target_dir and cluster.base_dir.exists() and any(cluster.base_dir.iterdir()):
         raise PitrRefused(f"{cluster.base_dir} (where {target_dir} is kept, since the server's user cannot reach it) "
                           "is not empty: a point-in-time restore never writes over an existing cluster")
+    if lease is not None:
+        lease.add_paths(cluster.base_dir)
     cluster.base_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cluster.base_dir, 0o755)
     run_tool(tools, repository, "restore", [repository.url, repository.server_name, chosen.backup_id,
                                             str(cluster.data_dir)],
              what=f"restoring base backup {chosen.backup_id} of cluster {repository.cluster}",
-             timeout=RESTORE_TIMEOUT_SECONDS)
+             timeout=RESTORE_TIMEOUT_SECONDS, die_with_parent=lease is not None)
     restored_at = time.monotonic()
     credentials_file = None
     if repository.server_credentials == "store":
-        credentials_file = write_credentials_file(credentials_file_for(cluster.base_dir), repository.environment)
+        credentials_file = write_credentials_file(credentials_file_for(cluster.base_dir),
+                                                   repository.environment_for(for_server=True))
     spool = cluster.base_dir / "physical" / "wal-spool"
     spool.mkdir(parents=True, exist_ok=True)
     _hand_to_server_user(spool.parent)
@@ -381,6 +403,36 @@ def restore_to_point(tools: BarmanTools, repository: Repository, target: Recover
     cluster.log_file.touch()
     for path in (cluster.data_dir, cluster.socket_dir, cluster.log_file):
         _hand_to_server_user(path)
+    server = _start_restored(cluster) if lease is not None else None
+    try:
+        if server is not None:
+            lease.record_server(server.pid, cluster.port, cluster.data_dir)  # type: ignore[union-attr]
+        else:
+            _start_kept(cluster)
+        _wait_for_promotion(cluster, time.monotonic() + RECOVERY_TIMEOUT_SECONDS)
+        reached, last_commit, stopped_at, version = _verify(cluster, target)
+        if target.latest and newest is not None and reached and (
+                _segment_of(reached, chosen.segment_bytes, newest.timeline).number < newest.number):
+            kept = "" if server is not None else f"; the cluster in {cluster.data_dir} is left running for inspection"
+            raise PitrFailed(f"replay stopped at {reached}, before the newest segment in the repository "
+                             f"({newest.name(chosen.segment_bytes)}): WAL between them is missing or unreadable"
+                             + kept)
+    except BaseException:
+        if server is not None:
+            _stop_owned(server)
+        raise
+    finished = time.monotonic()
+    return PitrResult(
+        cluster=repository.cluster, repository=repository.describe(), backup_id=chosen.backup_id,
+        target=target.describe(), reached_lsn=reached, last_replayed_commit=last_commit, stopped_at=stopped_at,
+        data_dir=cluster.data_dir, port=cluster.port, server_version=version, rto_seconds=finished - started,
+        restore_seconds=restored_at - started, recovery_seconds=finished - restored_at,
+        prefetched_segments=prefetched, server=server,
+    )
+
+
+def _start_kept(cluster: LocalCluster) -> None:
+    """Start a restored cluster that outlives us (pg_ctl: the operator's new cluster)."""
     try:
         cluster.start()
     except ClusterError as exc:
@@ -388,21 +440,30 @@ def restore_to_point(tools: BarmanTools, repository: Repository, target: Recover
             raise PitrFailed(f"restored cluster did not start: {_recovery_failure(cluster)}") from None
         if "server did not start in time" not in str(exc):
             raise PitrFailed(f"restored cluster did not start: {one_line(exc)}") from None
-    _wait_for_promotion(cluster, time.monotonic() + RECOVERY_TIMEOUT_SECONDS)
-    reached, last_commit, stopped_at, version = _verify(cluster, target)
-    if target.latest and newest is not None and reached and (
-            _segment_of(reached, chosen.segment_bytes, newest.timeline).number < newest.number):
-        raise PitrFailed(f"replay stopped at {reached}, before the newest segment in the repository "
-                         f"({newest.name(chosen.segment_bytes)}): WAL between them is missing or unreadable; "
-                         f"the cluster in {cluster.data_dir} is left running for inspection")
-    finished = time.monotonic()
-    return PitrResult(
-        cluster=repository.cluster, repository=repository.describe(), backup_id=chosen.backup_id,
-        target=target.describe(), reached_lsn=reached, last_replayed_commit=last_commit, stopped_at=stopped_at,
-        data_dir=cluster.data_dir, port=cluster.port, server_version=version, rto_seconds=finished - started,
-        restore_seconds=restored_at - started, recovery_seconds=finished - restored_at,
-        prefetched_segments=prefetched,
-    )
+
+
+def _start_restored(cluster: LocalCluster) -> subprocess.Popen:
+    """Start a throwaway restored cluster as our child, dying with us (see
+    :func:`~platform_orchestration.postgres.cluster.start_owned_server`); it is up once its
+    postmaster wrote its pid file (recovery then runs; :func:`_wait_for_promotion` waits)."""
+    try:
+        return start_owned_server(cluster, ready=lambda: (cluster.data_dir / "postmaster.pid").exists())
+    except ClusterError:
+        raise PitrFailed(f"recovery stopped before it could promote: {_recovery_failure(cluster)}") from None
+
+
+def _stop_owned(server: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Fast shutdown (SIGINT) of a server we started, SIGQUIT then SIGKILL if it lingers."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
+        if server.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            server.send_signal(sig)
+        try:
+            server.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def stop_restored(result: PitrResult, *, remove: bool = False) -> None:
@@ -410,7 +471,10 @@ def stop_restored(result: PitrResult, *, remove: bool = False) -> None:
     install = _server_install(int(result.server_version.split(".")[0]))
     cluster = LocalCluster(result.data_dir.parent, result.port, install)
     try:
-        cluster.stop()
+        if result.server is not None:
+            _stop_owned(result.server)
+        else:
+            cluster.stop()
     finally:
         if remove:
             shutil.rmtree(cluster.base_dir, ignore_errors=True)

@@ -43,6 +43,12 @@ class Repository:
     server_credentials: str = "store"
     environment: Mapping[str, str] = field(default_factory=dict, repr=False)
     policy: PhysicalPolicy | None = None
+    server_environment: Mapping[str, str] | None = field(default=None, repr=False)
+
+    def environment_for(self, *, for_server: bool = False) -> Mapping[str, str]:
+        """The credentials (and Azure/GCS endpoints) for our own tools, or for the server's
+        archive and restore commands (which may reach the store elsewhere)."""
+        return self.server_environment if for_server and self.server_environment is not None else self.environment
 
     def describe(self) -> str:
         return f"{self.url}/{self.server_name} (store {self.store})"
@@ -64,9 +70,48 @@ class Repository:
         return f"{self.key_prefix}base/"
 
 
-def _credential_environment(spec: StoreSpec, credentials: Mapping[str, str]) -> dict[str, str]:
+AZURE_BLOB_DOMAIN = ".blob.core.windows.net"
+
+
+def _azure_emulated(account_url: str) -> bool:
+    """barman-cloud's own test: an account URL outside ``*.blob.core.windows.net`` is "emulated
+    storage" (``http://host:port/<account>/<container>/...``), which it reaches only through
+    AZURE_STORAGE_CONNECTION_STRING (azure_blob_storage.py, AzureCloudInterface.__init__)."""
+    return not (urlsplit(account_url).hostname or "").endswith(AZURE_BLOB_DOMAIN)
+
+
+def _azure_emulator_connection_string(spec: StoreSpec, credentials: Mapping[str, str], endpoint: str) -> str:
+    if credentials.get("connection_string"):
+        return credentials["connection_string"]
+    account = urlsplit(spec.account_url).path.strip("/").split("/")[0]
+    if credentials.get("account_key"):
+        scheme = urlsplit(endpoint).scheme or "https"
+        return (f"DefaultEndpointsProtocol={scheme};AccountName={account};"
+                f"AccountKey={credentials['account_key']};BlobEndpoint={endpoint};")
+    if credentials.get("sas_token"):
+        return f"BlobEndpoint={endpoint};SharedAccessSignature={credentials['sas_token'].lstrip('?')}"
+    raise InvalidDeclaration(
+        f"store {spec.name}: account_url {spec.account_url} is not an {AZURE_BLOB_DOMAIN.lstrip('.')} account, "
+        "which barman-cloud reaches only with a connection string: give the store credentials "
+        "(account_key, sas_token or connection_string)")
+
+
+def _credential_environment(spec: StoreSpec, credentials: Mapping[str, str],
+                            endpoint: str | None = None) -> dict[str, str]:
     """The environment variables barman-cloud's SDKs (boto3, azure-storage-blob,
-    google-cloud-storage) read the store's credentials from."""
+    google-cloud-storage) read the store's credentials (and, for Azure and GCS, where the
+    store is: ``endpoint``) from.
+
+    - Azure: ``AZURE_STORAGE_KEY`` / ``AZURE_STORAGE_SAS_TOKEN`` /
+      ``AZURE_STORAGE_CONNECTION_STRING`` for an ``*.blob.core.windows.net`` account; any
+      other account URL (Azurite, an emulator) only through a connection string, which is
+      built from the key or SAS token with ``BlobEndpoint`` = the account URL.
+    - GCS: a service-account key (written to a file by whoever runs the tool, see
+      settings.py); a custom endpoint goes to ``STORAGE_EMULATOR_HOST`` when there is no key
+      (google-cloud-storage then sends anonymous requests, as our own store does against an
+      emulator) and to ``API_ENDPOINT_OVERRIDE`` with a key (authenticated, e.g. a private
+      endpoint). barman-cloud has no endpoint option for either cloud.
+    """
     env: dict[str, str] = {}
     if spec.kind == "s3":
         names = {"access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AWS_SECRET_ACCESS_KEY",
@@ -74,12 +119,22 @@ def _credential_environment(spec: StoreSpec, credentials: Mapping[str, str]) -> 
         env.update({names[k]: v for k, v in credentials.items() if k in names})
         env["AWS_DEFAULT_REGION"] = spec.region or "us-east-1"
     elif spec.kind == "azure":
-        names = {"account_key": "AZURE_STORAGE_KEY", "sas_token": "AZURE_STORAGE_SAS_TOKEN",
-                 "connection_string": "AZURE_STORAGE_CONNECTION_STRING"}
-        env.update({names[k]: v for k, v in credentials.items() if k in names})
-    elif spec.kind == "gcs" and credentials.get("service_account_json"):
-        # google-auth reads a file; whoever runs the tool writes it (see settings.py).
-        env["PLATFORM_GCS_SERVICE_ACCOUNT_JSON"] = credentials["service_account_json"]
+        if _azure_emulated(spec.account_url):
+            account_url = endpoint or spec.account_url
+            env["AZURE_STORAGE_CONNECTION_STRING"] = _azure_emulator_connection_string(spec, credentials, account_url)
+        else:
+            names = {"account_key": "AZURE_STORAGE_KEY", "sas_token": "AZURE_STORAGE_SAS_TOKEN",
+                     "connection_string": "AZURE_STORAGE_CONNECTION_STRING"}
+            env.update({names[k]: v for k, v in credentials.items() if k in names})
+    elif spec.kind == "gcs":
+        key = credentials.get("service_account_json")
+        if key:
+            env["PLATFORM_GCS_SERVICE_ACCOUNT_JSON"] = key
+        gcs_endpoint = endpoint or spec.endpoint_url
+        if gcs_endpoint:
+            env["API_ENDPOINT_OVERRIDE" if key else "STORAGE_EMULATOR_HOST"] = gcs_endpoint.rstrip("/")
+        if spec.project:
+            env["GOOGLE_CLOUD_PROJECT"] = spec.project
     return env
 
 
@@ -108,9 +163,12 @@ def repository_for(cluster: Cluster, spec: StoreSpec, credentials: Mapping[str, 
     if spec.name != physical.store:
         raise ValueError(f"cluster {cluster.name}: repository store is {physical.store}, not {spec.name}")
     server_name = cluster.physical_server_name or cluster.name
-    endpoint = getattr(spec, "endpoint_url", None)
-    if spec.kind == "azure" and urlsplit(spec.account_url).hostname in ("127.0.0.1", "localhost"):
-        endpoint = spec.account_url
+    endpoint = getattr(spec, "endpoint_url", None) if spec.kind == "s3" else None
+    environment = _credential_environment(spec, credentials)
+    # The server reaches the store at physical.endpoint_url when it differs (S3: an option of
+    # every tool; Azure and GCS: in the environment the archive command loads).
+    server_environment = (_credential_environment(spec, credentials, physical.endpoint_url)
+                          if physical.endpoint_url and spec.kind != "s3" else None)
     return Repository(
         cluster=cluster.name, store=spec.name, provider=PROVIDERS.get(spec.kind, spec.kind),
         url=repository_url(spec, physical.path), server_name=server_name,
@@ -118,5 +176,5 @@ def repository_for(cluster: Cluster, spec: StoreSpec, credentials: Mapping[str, 
         endpoint_url=endpoint, server_endpoint_url=physical.endpoint_url,
         wal_compression=physical.wal_compression, backup_compression=physical.backup_compression,
         server_credentials=physical.server_credentials,
-        environment=_credential_environment(spec, credentials), policy=policy,
+        environment=environment, server_environment=server_environment, policy=policy,
     )

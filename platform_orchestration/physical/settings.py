@@ -157,7 +157,8 @@ def apply_archiving(cluster: LocalCluster, tools: BarmanTools, repository: Repos
     then a reload, or a restart when ``archive_mode`` or ``wal_level`` must change."""
     credentials_file = None
     if repository.server_credentials == "store":
-        credentials_file = write_credentials_file(credentials_file_for(cluster.base_dir), repository.environment)
+        credentials_file = write_credentials_file(credentials_file_for(cluster.base_dir),
+                                                   repository.environment_for(for_server=True))
     parameters = server_settings(tools, repository, credentials_file)
     with psycopg.connect(cluster.connection().dsn, autocommit=True) as conn:
         before = _current_settings(conn, ["archive_mode", "wal_level"])

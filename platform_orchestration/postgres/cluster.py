@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,14 +201,17 @@ def local_cluster(base_dir: Path, port: int, min_major: int = 0) -> LocalCluster
     return LocalCluster(base_dir=_directory_reachable_by_unprivileged(base_dir), port=port, install=install)
 
 
-def _start_owned(cluster: LocalCluster) -> subprocess.Popen:
+def start_owned_server(cluster: LocalCluster, ready: Callable[[], bool] | None = None) -> subprocess.Popen:
     """Start `cluster`'s postmaster as a child of this process (not through pg_ctl, whose
     server is nobody's child) with a parent-death signal: if this process dies, even by
     SIGKILL, the kernel sends the postmaster SIGQUIT (immediate shutdown) and the server
     goes with it. setpriv sets the signal after changing user, since a change of
     credentials clears it (measured: a pg_ctl-started server, or one given the signal
     before setpriv, outlives its owner; this one is gone within a second). The signal is
-    tied to the thread that started it: keep the cluster in the thread that made it."""
+    tied to the thread that started it: keep the cluster in the thread that made it.
+
+    Returns once ``ready()`` (default: the server accepts connections); a server that starts
+    in recovery (a point-in-time restore) passes its own test."""
     options = ["-D", str(cluster.data_dir), "-p", str(cluster.port), "-k", str(cluster.socket_dir),
                "-c", "listen_addresses=127.0.0.1", "-c", "max_wal_size=2GB", "-c", "max_connections=40"]
     command = ["setpriv", "--pdeathsig", "SIGQUIT"]
@@ -226,7 +229,7 @@ def _start_owned(cluster: LocalCluster) -> subprocess.Popen:
             tail = "\n".join(cluster.log_file.read_text(errors="replace").splitlines()[-15:])
             raise ClusterError(f"postgres failed to start for cluster in {cluster.base_dir} "
                                f"(exit {server.returncode}):\n{tail}")
-        if cluster.is_running():
+        if (ready or cluster.is_running)():
             return server
         time.sleep(0.05)
     server.kill()
@@ -256,7 +259,7 @@ def ephemeral_cluster(min_major: int = 0, parent_dir: Path | None = None) -> Ite
         cluster.init()
         for attempt in range(3):
             try:
-                server = _start_owned(cluster)
+                server = start_owned_server(cluster)
                 break
             except ClusterError:
                 if attempt == 2:
