@@ -40,6 +40,7 @@ from platform_orchestration.declarations import (
     render_findings,
 )
 from platform_orchestration.fleet import Fleet
+from platform_orchestration.fleet.durations import format_duration
 from platform_orchestration.fleet.model import Cloud, Duration, KubernetesCluster
 
 __all__ = [
@@ -136,8 +137,8 @@ class ResolvedPlan:
         return self.plan.name
 
     def describe(self) -> str:
-        lines = [f"plan {self.name}: {len(self.waves)} waves, bake {self.plan.bake}, health timeout "
-                 f"{self.plan.health_timeout}, at most {self.plan.max_clusters_at_once} clusters at once"]
+        lines = [f"plan {self.name}: {len(self.waves)} waves, bake {format_duration(self.plan.bake)}, health "
+                 f"timeout {format_duration(self.plan.health_timeout)}, at most {self.plan.max_clusters_at_once} clusters at once"]
         for wave in self.waves:
             lines.append(f"  {wave.step}: " + ", ".join(f"{c.name} ({c.cloud})" for c in wave.clusters))
         return "\n".join(lines)
