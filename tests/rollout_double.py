@@ -55,6 +55,8 @@ class ShimmedEmulator(KubernetesEmulator):
     """kmock's emulator with the shims listed in the module docstring."""
 
     git_version: str = "v1.31.4"
+    applies: list[tuple[str, str, dict[str, str]]] = attrs.field(factory=list)
+    """Every server-side apply received: (namespace, name, query parameters)."""
 
     def _get_resources(self) -> list[references.resource]:
         known = {references.resource(r.group, r.version, r.plural) for r in RESOURCES.values()}
@@ -68,8 +70,9 @@ class ShimmedEmulator(KubernetesEmulator):
         if request.action == enums.action.UPDATE and request.resource is not None and request.subresource is None \
                 and str(request.headers.get("Content-Type", "")).startswith(APPLY_CONTENT_TYPE):
             key = (request.resource, request.namespace, request.name)
+            self.applies.append((request.namespace, request.name, dict(request.params)))
             async with self._lock:
-                existing = self._objects.get(key) if key in self._objects else None
+                existing = self._objects[key] if key in self._objects else None
                 live = None if existing is None or existing.deleted else existing.raw
                 if request.params.get("dryRun") == "All":
                     return aiohttp.web.json_response(_merged(live or {}, request.data))
@@ -117,6 +120,7 @@ class ClusterDouble:
             async with self.emulator._lock:
                 for key in list(self.emulator._objects):
                     del self.emulator._objects[key]
+                self.emulator.applies.clear()
         asyncio.run_coroutine_threadsafe(clear(), self._loop).result(10)
 
     # --- plain API calls ---
@@ -151,6 +155,11 @@ class ClusterDouble:
 
         self._call("PATCH", resource_for(api_version, kind).path(namespace, name, subresource), dict(patch),
                    "application/merge-patch+json")
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+        from platform_orchestration.kube.client import resource_for
+
+        self._call("DELETE", resource_for(api_version, kind).path(namespace, name))
 
     def objects(self, kind: str) -> list[dict[str, Any]]:
         return [obj.raw for (resource, _, _), obj in list(self.emulator.objects.items())

@@ -164,11 +164,12 @@ def _wave_op(plan: ResolvedPlan, wave: ResolvedWave) -> dg.OpDefinition:
 def build_rollout_job(plan: ResolvedPlan) -> dg.JobDefinition:
     ops = [_wave_op(plan, wave) for wave in plan.waves]
 
-    def fan_out(config: RolloutConfig) -> dict[str, Any]:
-        values = {name: getattr(config, name) for name in RolloutConfig.model_fields}
-        return {"ops": {op.name: {"config": values} for op in ops}}
+    def fan_out(config: dict[str, Any]) -> dict[str, Any]:
+        return {"ops": {op.name: {"config": dict(config)} for op in ops}}
 
-    @dg.job(name=rollout_job_name(plan.name), config=dg.ConfigMapping(config_fn=fan_out),
+    mapping = dg.ConfigMapping(config_fn=fan_out, config_schema=RolloutConfig.to_config_schema())
+
+    @dg.job(name=rollout_job_name(plan.name), config=mapping,
             executor_def=dg.in_process_executor, tags={ROLLOUT_TAG: plan.name},
             description=(plan.plan.description or f"Roll a change out across plan {plan.name}'s clusters") +
                         " (" + " -> ".join(w.step for w in plan.waves) + ")")
