@@ -203,11 +203,12 @@ def controllers(doubles) -> Iterator[Controllers]:
         yield playing
 
 
-@pytest.fixture
-def defs(site, monkeypatch) -> dg.Definitions:
-    monkeypatch.setenv("PLATFORM_ROLLOUT_PLANS", str(site / "plans.yaml"))
-    monkeypatch.setenv("PATH", str(Path(kubectl()).parent), prepend=":")
-    return build_definitions(site / "fleet.yaml")
+@pytest.fixture(scope="module")
+def defs(site) -> Iterator[dg.Definitions]:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("PLATFORM_ROLLOUT_PLANS", str(site / "plans.yaml"))
+        monkeypatch.setenv("PATH", str(Path(kubectl()).parent), prepend=":")
+        yield build_definitions(site / "fleet.yaml")
 
 
 @pytest.fixture
