@@ -568,3 +568,17 @@ def test_the_observation_asset_records_the_cluster_and_its_checks(defs, instance
     assert checks == {"cluster_reachable": True, "version_supported": True, "workloads_healthy": True,
                       "deployments_autoscaled": True, "containers_sized": True, "secrets_from_vault": True}
 
+
+
+def test_the_demo_shows_a_dry_run_plan_of_the_platforms_rollout_across_the_demo_fleet():
+    import io
+
+    from platform_orchestration.demo import show_rollout_plan
+
+    out = io.StringIO()
+    assert show_rollout_plan(out=out)
+    text = out.getvalue()
+    assert "wave_1_canary: k8s-gcp-eu (gcp)" in text and "wave_3_rest: k8s-azure-eu (azure)" in text
+    assert "k8s-aws-eu (aws, maintenance tue,thu 02:00 Europe/Dublin for 4h): server-side apply of 25 objects " \
+           "from deploy/kustomize/overlays/aws as platform-dr-rollout" in text
+    assert "Deployment platform-dr/platform-dr-webserver: " in text

@@ -12,9 +12,6 @@ plan, revision and direction, and starts at the one that failed.
 """
 
 
-import os
-import shutil
-import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +23,7 @@ from pydantic import Field
 from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.kube.client import connect
 from platform_orchestration.resources import FleetResource
-from platform_orchestration.rollout.engine import Rollout, RolloutRequest, WaveHalted, render_overlay
+from platform_orchestration.rollout.engine import Rollout, RolloutRequest, WaveHalted, find_kubectl, render_overlay
 from platform_orchestration.rollout.plans import ResolvedPlan, ResolvedWave
 
 __all__ = ["ROLLOUT_TAG", "InstanceProgress", "RolloutConfig", "build_rollout_jobs", "rollout_job_name"]
@@ -96,19 +93,10 @@ class InstanceProgress:
         return done
 
 
-def _kubectl() -> str:
-    configured = os.environ.get("PLATFORM_KUBECTL", "").strip()
-    found = configured or shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
-    if not found:
-        raise dg.Failure(description="kubectl is not installed where the run worker can find it "
-                                     "(PATH, the interpreter's directory, or PLATFORM_KUBECTL)")
-    return found
-
-
 def _render(overlay: str) -> list[dict[str, Any]]:
     local = "://" not in overlay and not overlay.startswith(("github.com/", "git@"))
     path = str(REPOSITORY_ROOT / overlay) if local and not Path(overlay).is_absolute() else overlay
-    return render_overlay(path, _kubectl())
+    return render_overlay(path, find_kubectl())
 
 
 def _request(plan: ResolvedPlan, config: RolloutConfig) -> RolloutRequest:

