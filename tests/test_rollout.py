@@ -582,3 +582,18 @@ def test_the_demo_shows_a_dry_run_plan_of_the_platforms_rollout_across_the_demo_
     assert "k8s-aws-eu (aws, maintenance tue,thu 02:00 Europe/Dublin for 4h): server-side apply of 25 objects " \
            "from deploy/kustomize/overlays/aws as platform-dr-rollout" in text
     assert "Deployment platform-dr/platform-dr-webserver: " in text
+
+
+def test_replication_pairs_follow_replicates_once_the_fleet_declares_it():
+    """The input of the primary/standby rule: with `replicates:` (another change adds it to the
+    fleet's clusters) a standby pairs with its own primary only; without, with every primary."""
+    from types import SimpleNamespace as Spec
+
+    from platform_orchestration.rollout.plans import replication_pairs
+
+    declared = Spec(clusters=[Spec(name="a", role="primary"), Spec(name="b", role="primary"),
+                              Spec(name="s", role="standby", replicates="a")])
+    assert replication_pairs(declared) == {frozenset({"a", "s"})}
+    undeclared = Spec(clusters=[Spec(name="a", role="primary"), Spec(name="b", role="primary"),
+                                Spec(name="s", role="dr")])
+    assert replication_pairs(undeclared) == {frozenset({"a", "s"}), frozenset({"b", "s"})}
