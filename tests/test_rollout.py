@@ -570,8 +570,10 @@ def test_the_observation_asset_records_the_cluster_and_its_checks(defs, instance
 
 
 
-def test_the_demo_shows_a_dry_run_plan_of_the_platforms_rollout_across_the_demo_fleet():
+def test_the_demo_shows_a_dry_run_plan_of_the_platforms_rollout_across_the_demo_fleet(monkeypatch):
     import io
+
+    monkeypatch.delenv("PLATFORM_ROLLOUT_PLANS", raising=False)  # the repository's plans, not the tests'
 
     from platform_orchestration.demo import show_rollout_plan
 
