@@ -16,6 +16,12 @@ from typing import Any
 import dagster as dg
 
 from platform_orchestration.assets import build_assets, database_partitions
+from platform_orchestration.assets.kubernetes import (
+    build_kubernetes_assets,
+    build_observation_job,
+    build_observation_schedule,
+    kubernetes_partitions,
+)
 from platform_orchestration.assets.physical import build_physical_assets, cluster_partitions
 from platform_orchestration.checks import build_checks
 from platform_orchestration.checks.physical import build_physical_checks
@@ -23,6 +29,7 @@ from platform_orchestration.fleet import Fleet, fleet_path_from_env
 from platform_orchestration.kube import link_run_tags, per_step_k8s_config
 from platform_orchestration.ops import build_disaster_restore_job
 from platform_orchestration.ops.batches import batch_executor, build_batch_job
+from platform_orchestration.ops.rollout import build_rollout_jobs
 from platform_orchestration.resources import (
     AlertsResource,
     FleetResource,
@@ -30,6 +37,7 @@ from platform_orchestration.resources import (
     SecretsResource,
     load_fleet_once,
 )
+from platform_orchestration.rollout.plans import load_plans, plans_path_from_env
 from platform_orchestration.sensors import build_remedy_sensors, report_failed_runs
 from platform_orchestration.specs import (
     AssetJobSpec,
@@ -76,6 +84,20 @@ def _run_config_for(fleet: Fleet, executor: str) -> Callable[[str], dict[str, An
         return None
     return lambda database: {"execution": {"config": {"per_step_k8s_config": per_step_k8s_config(
         fleet.database(database))}}}
+
+
+def _kubernetes_definitions(fleet: Fleet) -> tuple[list[Any], list[Any], list[Any]]:
+    """The fleet's Kubernetes clusters observed for drift (a partition each, a schedule) and one
+    rollout job per plan of the plans file (PLATFORM_ROLLOUT_PLANS, default deploy/rollout/plans.yaml);
+    nothing for a fleet without Kubernetes clusters."""
+    names = [cluster.name for cluster in fleet.kubernetes]
+    if not names:
+        return [], [], []
+    partitions = kubernetes_partitions(names)
+    observe = build_observation_job()
+    plans_file = plans_path_from_env()
+    rollouts = build_rollout_jobs(load_plans(plans_file, fleet)) if plans_file.is_file() else []
+    return build_kubernetes_assets(partitions), [observe, *rollouts], [build_observation_schedule(observe, names)]
 
 
 def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
@@ -129,12 +151,13 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
                                 batch_run_tags_for=batch_run_tags_for,
                                 cluster_partitioned_jobs=per_cluster, cluster_job_cadences=cadences)
     secrets = SecretsResource.from_environment()
+    kubernetes_assets, kubernetes_jobs, kubernetes_schedules = _kubernetes_definitions(fleet)
     alerts_file = os.environ.get("PLATFORM_ALERTS_FILE") or str(REPOSITORY_ROOT / "var" / "alerts.jsonl")
     return dg.Definitions(
-        assets=assets,
+        assets=[*assets, *kubernetes_assets],
         asset_checks=checks,
-        jobs=jobs,
-        schedules=schedules,
+        jobs=[*jobs, *kubernetes_jobs],
+        schedules=[*schedules, *kubernetes_schedules],
         sensors=[report_failed_runs, *build_remedy_sensors({job.name: job for job in jobs})],
         resources={
             "fleet": FleetResource(fleet_file=str(Path(fleet_file).resolve()), secrets=secrets),

@@ -353,13 +353,39 @@ def run_in_three_clouds() -> bool:
             emulator.stop()
 
 
+def show_rollout_plan(fleet_file: Path = DEMO_FLEET, out=sys.stdout) -> bool:  # noqa: ANN001
+    """A dry-run plan of the platform's own rollout across the demo fleet's Kubernetes clusters,
+    offline: the waves, and per cluster what its overlay renders for the rollout to apply (no
+    cluster needed; the diff against what runs comes from the rollout job's dry run)."""
+    from platform_orchestration.errors import PlatformError
+    from platform_orchestration.fleet import load_fleet
+    from platform_orchestration.rollout.engine import RolloutRequest, find_kubectl, offline_plan, render_overlay
+    from platform_orchestration.rollout.plans import load_plans, plans_path_from_env
+
+    try:
+        fleet = load_fleet(fleet_file)
+        plan = load_plans(plans_path_from_env(), fleet)["platform_dr"]
+        request = RolloutRequest(plan=plan.name, revision="demo-rev-2",
+                                 overlay=str(REPOSITORY_ROOT / "deploy" / "kustomize" / "overlays" / "{cloud}"))
+        kubectl = find_kubectl()
+        lines = offline_plan(plan, request, lambda overlay: render_overlay(overlay, kubectl))
+    except PlatformError as exc:
+        print(f"rollout plan: {exc}", file=out)
+        return False
+    for line in lines:
+        print(line.replace(str(REPOSITORY_ROOT) + "/", ""), file=out)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m platform_orchestration.demo")
-    parser.add_argument("action", nargs="?", default="run", choices=["run", "clouds", "servers", "stop"])
+    parser.add_argument("action", nargs="?", default="run", choices=["run", "clouds", "servers", "stop", "rollout"])
     args = parser.parse_args(argv)
     if args.action == "stop":
         stop_servers()
         return 0
+    if args.action == "rollout":
+        return 0 if show_rollout_plan() else 1
     print("Local PostgreSQL servers:")
     start_servers()
     os.environ.setdefault("DAGSTER_HOME", str(prepare_dagster_home()))
@@ -376,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     ok = run_protection_flow()
     print(f"\nPhysical protection (barman-cloud) of one cluster, {DEMO_PHYSICAL_FLEET.relative_to(REPOSITORY_ROOT)}:")
     ok &= run_physical_drill()
+    print("\nA dry-run plan of rolling the platform out across the demo fleet's Kubernetes clusters "
+          "(deploy/rollout/plans.yaml; offline, no cluster: the job `rollout_platform_dr` with dry_run "
+          "shows each server's diff):")
+    ok = show_rollout_plan() and ok
     print("\nBrowse it: `make ui`, then open http://127.0.0.1:3000 (asset graph, runs, checks).")
     print("Break-glass CLI: `.venv/bin/platform-dr list` / `verify orders` / `status`.")
     return 0 if ok else 1

@@ -48,6 +48,7 @@ ALLOWED: dict[str, set[str]] = {
                    "providers", "physical", "ownership", "observability", "reporting"},
     # what each step's pod needs, from the fleet: plain values the Dagster layer turns into op tags
     "kube": {"errors", "fleet"},
+    "rollout": {"errors", "declarations", "fleet", "kube"},
 }
 CORE = set(ALLOWED)
 

@@ -37,6 +37,7 @@ from platform_orchestration.fleet.durations import format_duration, parse_durati
 from platform_orchestration.fleet.sizes import format_size, parse_size
 
 __all__ = [
+    "ArgoApplication",
     "AzureStoreSpec",
     "Cloud",
     "Cluster",
@@ -49,6 +50,11 @@ __all__ = [
     "FleetValidationContext",
     "GcsStoreSpec",
     "Identifier",
+    "KubernetesAccess",
+    "KubernetesCluster",
+    "KubernetesWorkload",
+    "MaintenanceWindow",
+    "SupportedVersions",
     "Loc",
     "LocalStoreSpec",
     "PASSWORD_IN_FLEET_FILE",
@@ -589,6 +595,166 @@ class Policy(_FrozenSpec):
     physical: PhysicalPolicy | None = None
 
 
+# --- Kubernetes clusters ------------------------------------------------------------------------
+# The clusters the platform's workloads run in (rolled out in waves, observed for drift): how
+# each is reached, when it may be changed, and what it must run. docs/fleet.md "Kubernetes clusters".
+
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# Credentials a kubeconfig user may carry inline; the fleet file names them to refuse them clearly.
+INLINE_KUBE_CREDENTIALS = ("token", "bearer_token", "password", "username", "client_key_data",
+                           "client-key-data", "client_certificate_data", "client-certificate-data",
+                           "auth_provider", "exec")
+INLINE_KUBE_CREDENTIALS_RULE = (
+    "Kubernetes credentials must not be written in the fleet file; name a kubeconfig `context` (its "
+    "user's credentials stay in the kubeconfig, given by reference: `kubeconfig: {file: PATH}`, "
+    "`{env: VAR}` or `{vault: PATH, key: FIELD}`) or use `in_cluster: true` (the pod's service account)")
+
+
+def _check_k8s_name(value: str) -> str:
+    if not _K8S_NAME.fullmatch(value):
+        raise ValueError(f"expected a Kubernetes name (lowercase letters, digits and '-', at most 63), got {value!r}")
+    return value
+
+
+_KubeName = Annotated[str, AfterValidator(_check_k8s_name)]
+
+
+def _check_kube_version(value: str) -> str:
+    if not re.fullmatch(r"1\.\d{1,3}", value):
+        raise ValueError(f"expected a Kubernetes minor version like '1.31', got {value!r}")
+    return value
+
+
+_KubeVersion = Annotated[str, AfterValidator(_check_kube_version)]
+Weekday: TypeAlias = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class KubernetesAccess(_FrozenSpec):
+    """How the platform reaches a cluster's API server: a ``context`` of a kubeconfig (the
+    kubeconfig itself by reference, default ``$KUBECONFIG`` or ``~/.kube/config``), or
+    ``in_cluster`` (the pod's service account). Never a credential inline."""
+
+    context: _Text | None = None
+    kubeconfig: SecretRef | None = None
+    in_cluster: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_inline_credentials(cls, data: object) -> object:
+        if isinstance(data, Mapping):
+            inline = [key for key in data if str(key).lower() in INLINE_KUBE_CREDENTIALS]
+            if inline:
+                raise ValueError(f"{inline[0]}: {INLINE_KUBE_CREDENTIALS_RULE}")
+        return data
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> KubernetesAccess:
+        if self.in_cluster == (self.context is not None):
+            raise ValueError("expected exactly one of context (a kubeconfig context) or in_cluster: true")
+        if self.in_cluster and self.kubeconfig is not None:
+            raise ValueError("kubeconfig only applies to a context, not to in_cluster")
+        return self
+
+
+class MaintenanceWindow(_FrozenSpec):
+    """When a rollout may change the cluster: on ``days``, from ``start`` (HH:MM in ``timezone``)
+    for ``duration``. A cluster without windows may be changed at any time."""
+
+    days: tuple[Weekday, ...] = WEEKDAYS
+    start: str
+    duration: Duration
+    timezone: str = "UTC"
+
+    @field_validator("start")
+    @classmethod
+    def _check_start(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"expected a time of day HH:MM (00:00-23:59), got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"unknown time zone {value!r} (expected an IANA name like UTC or Europe/Paris)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _at_most_a_week(self) -> MaintenanceWindow:
+        if self.duration > timedelta(days=7):
+            raise ValueError(f"a maintenance window lasts at most 7d, got {format_duration(self.duration)}")
+        return self
+
+
+WorkloadKind: TypeAlias = Literal["Deployment", "StatefulSet", "Cluster"]
+
+
+class KubernetesWorkload(_FrozenSpec):
+    """A workload the cluster must run: a Deployment, a StatefulSet or a CloudNativePG ``Cluster``
+    (``postgresql.cnpg.io/v1``; ``postgres`` names the fleet's PostgreSQL cluster it is).
+    ``scalable: false`` marks a Deployment that must not be autoscaled (a singleton), which
+    then needs no HorizontalPodAutoscaler."""
+
+    kind: WorkloadKind
+    name: _KubeName
+    namespace: _KubeName
+    postgres: Identifier | None = None
+    scalable: bool = True
+
+    @model_validator(mode="after")
+    def _postgres_is_a_cnpg_cluster(self) -> KubernetesWorkload:
+        if self.postgres is not None and self.kind != "Cluster":
+            raise ValueError("postgres only applies to a CloudNativePG Cluster (kind: Cluster)")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+class ArgoApplication(_FrozenSpec):
+    """The cluster's Argo CD Application (reached through the cluster's own access)."""
+
+    name: _KubeName
+    namespace: _KubeName = "argocd"
+
+
+class SupportedVersions(_FrozenSpec):
+    """The Kubernetes minor versions the platform supports on a cluster, inclusive."""
+
+    min: _KubeVersion = "1.30"
+    max: _KubeVersion = "1.34"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SupportedVersions:
+        if tuple(map(int, self.min.split("."))) > tuple(map(int, self.max.split("."))):
+            raise ValueError(f"min ({self.min}) must not be above max ({self.max})")
+        return self
+
+
+class KubernetesCluster(_FrozenSpec):
+    """A Kubernetes cluster: where it runs, how it is reached, when it may be changed and what it
+    must run."""
+
+    name: Identifier
+    cloud: Cloud
+    region: _Text
+    access: KubernetesAccess
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    workloads: tuple[KubernetesWorkload, ...] = ()
+    argocd: ArgoApplication | None = None
+    versions: SupportedVersions = SupportedVersions()
+
+    @property
+    def postgres_clusters(self) -> tuple[str, ...]:
+        """The fleet's PostgreSQL clusters this cluster runs (its CloudNativePG Clusters)."""
+        return tuple(w.postgres for w in self.workloads if w.postgres is not None)
+
+
 class UnknownNameError(PlatformError):
     """A lookup by name failed (a database, store, cluster or policy the fleet does not declare)."""
 
@@ -621,6 +787,8 @@ class Fleet(_FrozenSpec):
     stores: tuple[Annotated[Store, Field(discriminator="kind")], ...]
     databases: tuple[Database, ...]
     policies: tuple[Policy, ...]
+    kubernetes: tuple[KubernetesCluster, ...] = ()
+    """The Kubernetes clusters the platform's workloads run in (rollouts, drift checks)."""
     source: Path
     """The fleet file this was loaded from (absolute)."""
     # Lookups by name are dictionary lookups: {section: (the tuple indexed, {name: item})}. An
@@ -631,7 +799,7 @@ class Fleet(_FrozenSpec):
     def model_post_init(self, context: Any, /) -> None:
         # Built once, here, so that two equal fleets also have equal private state (pydantic
         # compares it in ==).
-        for section in ("clusters", "stores", "databases", "policies"):
+        for section in ("clusters", "stores", "databases", "policies", "kubernetes"):
             items = getattr(self, section)
             self._indexes[section] = (items, _by_name(items))
 
@@ -672,6 +840,10 @@ class Fleet(_FrozenSpec):
     def policy(self, name: str) -> Policy:
         """The policy called ``name``; :class:`UnknownNameError` (a KeyError) if there is none."""
         return self._lookup("policies", name, "policy")
+
+    def kubernetes_cluster(self, name: str) -> KubernetesCluster:
+        """The Kubernetes cluster called ``name``; :class:`UnknownNameError` if there is none."""
+        return self._lookup("kubernetes", name, "Kubernetes cluster")
 
     def policy_for(self, database_name: str) -> Policy:
         """The policy governing ``database_name``."""
@@ -722,6 +894,7 @@ _SECTIONS: tuple[tuple[str, str], ...] = (
     ("stores", "store"),
     ("databases", "database"),
     ("policies", "policy"),
+    ("kubernetes", "Kubernetes cluster"),
 )
 
 
@@ -789,6 +962,7 @@ def find_reference_problems(document: Mapping[str, Any]) -> list[ReferenceProble
             else:
                 first_listing[store_name] = loc
     problems += _physical_reference_problems(document, defined)
+    problems += _kubernetes_reference_problems(document, defined)
     return problems
 
 
@@ -836,4 +1010,40 @@ def _physical_reference_problems(document: Mapping[str, Any], defined: Mapping[s
                     repositories[repository], "first used"))
             else:
                 repositories[repository] = loc
+    return problems
+
+
+def _kubernetes_reference_problems(document: Mapping[str, Any], defined: Mapping[str, Mapping[str, Loc]]
+                                   ) -> list[ReferenceProblem]:
+    """A Kubernetes cluster's CloudNativePG workloads name PostgreSQL clusters of the fleet, each
+    run by one Kubernetes cluster only, and no workload is declared twice in one cluster."""
+    problems: list[ReferenceProblem] = []
+    run_by: dict[str, Loc] = {}
+    for index, cluster in _section_items(document, "kubernetes"):
+        workloads = cluster.get("workloads")
+        if not isinstance(workloads, (list, tuple)):
+            continue
+        seen: dict[tuple[Any, Any, Any], Loc] = {}
+        for position, workload in enumerate(workloads):
+            if not isinstance(workload, Mapping):
+                continue
+            loc: Loc = ("kubernetes", index, "workloads", position)
+            identity = (workload.get("kind"), workload.get("namespace"), workload.get("name"))
+            if identity in seen:
+                problems.append(ReferenceProblem(loc, f"workload {identity[0]} {identity[1]}/{identity[2]} "
+                                                      "declared twice", seen[identity]))
+            else:
+                seen[identity] = loc
+            postgres = workload.get("postgres")
+            if not isinstance(postgres, str):
+                continue
+            if postgres not in defined["clusters"]:
+                problems.append(ReferenceProblem((*loc, "postgres"), f"unknown cluster {postgres!r} "
+                                                                     f"({_known_names(defined['clusters'])})"))
+            elif postgres in run_by:
+                problems.append(ReferenceProblem((*loc, "postgres"), f"cluster {postgres!r} is already run by "
+                                                                     "another Kubernetes cluster", run_by[postgres],
+                                                 "first declared"))
+            else:
+                run_by[postgres] = (*loc, "postgres")
     return problems
