@@ -43,6 +43,10 @@ class Repository:
     server_credentials: str = "store"
     environment: Mapping[str, str] = field(default_factory=dict, repr=False)
     policy: PhysicalPolicy | None = None
+    # S3 server-side encryption barman-cloud asks for on every upload: (algorithm, KMS key id).
+    server_side_encryption: tuple[str, str | None] | None = None
+    # Where the key protecting an Azure/GCS store is set (on the container or bucket), as declared.
+    customer_managed_key: str | None = None
 
     def describe(self) -> str:
         return f"{self.url}/{self.server_name} (store {self.store})"
@@ -54,6 +58,14 @@ class Repository:
         if endpoint and self.provider == "aws-s3":
             options += ["--endpoint-url", endpoint]
         return options
+
+    def encryption_options(self) -> list[str]:
+        """barman-cloud-backup's and -wal-archive's S3 server-side encryption flags (none elsewhere:
+        Azure and GCS keys are set on the container or bucket)."""
+        if self.server_side_encryption is None or self.provider != "aws-s3":
+            return []
+        algorithm, key_id = self.server_side_encryption
+        return ["--encryption", algorithm, *(["--sse-kms-key-id", key_id] if key_id else [])]
 
     @property
     def wals_prefix(self) -> str:
@@ -100,13 +112,17 @@ def repository_url(spec: StoreSpec, path: str) -> str:
 
 
 def repository_for(cluster: Cluster, spec: StoreSpec, credentials: Mapping[str, str],
-                   policy: PhysicalPolicy | None = None) -> Repository:
-    """The repository ``cluster``'s ``physical`` section declares, in store ``spec``."""
+                   policy: PhysicalPolicy | None = None, *, copy: bool = False) -> Repository:
+    """The repository ``cluster``'s ``physical`` section declares, in store ``spec``; with ``copy``,
+    its copy in another store ``spec`` (the same layout, ``path`` and ``server_name``, so barman-cloud
+    and CloudNativePG read it as they read the repository)."""
     physical = cluster.physical
     if physical is None:
         raise InvalidDeclaration(f"cluster {cluster.name} has no physical section: it has no physical repository")
-    if spec.name != physical.store:
+    if not copy and spec.name != physical.store:
         raise ValueError(f"cluster {cluster.name}: repository store is {physical.store}, not {spec.name}")
+    if copy and spec.name == physical.store:
+        raise ValueError(f"cluster {cluster.name}: {spec.name} holds the repository itself, not a copy")
     server_name = cluster.physical_server_name or cluster.name
     endpoint = getattr(spec, "endpoint_url", None)
     if spec.kind == "azure" and urlsplit(spec.account_url).hostname in ("127.0.0.1", "localhost"):
@@ -119,4 +135,15 @@ def repository_for(cluster: Cluster, spec: StoreSpec, credentials: Mapping[str, 
         wal_compression=physical.wal_compression, backup_compression=physical.backup_compression,
         server_credentials=physical.server_credentials,
         environment=_credential_environment(spec, credentials), policy=policy,
+        server_side_encryption=_s3_encryption(spec), customer_managed_key=_customer_managed_key(spec),
     )
+
+
+def _s3_encryption(spec: StoreSpec) -> tuple[str, str | None] | None:
+    sse = getattr(spec, "server_side_encryption", None)
+    return (sse.algorithm, sse.kms_key_id) if spec.kind == "s3" and sse is not None else None
+
+
+def _customer_managed_key(spec: StoreSpec) -> str | None:
+    sse = getattr(spec, "server_side_encryption", None)
+    return sse.customer_managed_key if spec.kind in ("azure", "gcs") and sse is not None else None
