@@ -50,7 +50,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     copy.add_argument("cluster")
     copy.add_argument("--store", help="only this copy store (default: every one)")
     copy.add_argument("--verify", action="store_true",
-                      help="first re-read every object of the copy against its recorded SHA-256; copy again what changed")
+                      help="first re-read every object of the copy against its recorded SHA-256; "
+                           "copy again what changed")
     copy.add_argument("--json", action="store_true", help="machine-readable output")
 
     prune = commands.add_parser("prune-physical",

@@ -649,7 +649,8 @@ class FleetProtection:
             verified = [r.backup_id for r in drills if r.passed and r.source_store == name and r.backup_id]
             plan = plan_retention(backups, window=window, now=now, store=name,
                                   protected=verified[-1] if verified else None)
-            plan = dataclasses.replace(plan, wal_to_delete=wal_before(self.store(name), store_repository, plan, backups))
+            wal = wal_before(self.store(name), store_repository, plan, backups)
+            plan = dataclasses.replace(plan, wal_to_delete=wal)
             if not dry_run:
                 plan = apply_retention(barman_tools(), store_repository, plan, window=window,
                                        is_repository=name == repository.store)

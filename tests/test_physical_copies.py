@@ -93,7 +93,8 @@ def copied(moto_server: tuple[str, int], tmp_path_factory: pytest.TempPathFactor
     primary, west = s3.new_bucket(), s3.new_bucket()
     directory = tmp_path_factory.mktemp("pcopy")
     saved = {name: os.environ.get(name) for name in ("PCOPY_KEY_ID", "PCOPY_SECRET")}
-    os.environ.update(PCOPY_KEY_ID=DUMMY_CREDENTIALS["access_key_id"], PCOPY_SECRET=DUMMY_CREDENTIALS["secret_access_key"])
+    os.environ.update(PCOPY_KEY_ID=DUMMY_CREDENTIALS["access_key_id"],
+                      PCOPY_SECRET=DUMMY_CREDENTIALS["secret_access_key"])
     try:
         with ephemeral_cluster(16) as cluster:
             fleet_file = directory / "fleet.yaml"

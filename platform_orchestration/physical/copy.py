@@ -336,7 +336,8 @@ def copy_repository(source: ObjectStore, destination: ObjectStore, repository: R
     if failures:
         shown = "; ".join(failures[:3]) + (f" and {len(failures) - 3} more" if len(failures) > 3 else "")
         raise PhysicalCopyFailed(f"copying the physical repository of cluster {repository.cluster} to "
-                                 f"{destination.name}: {len(failures)} object(s) failed ({len(copied)} copied): {shown}")
+                                 f"{destination.name}: {len(failures)} object(s) failed ({len(copied)} copied): "
+                                 f"{shown}")
     return outcome
 
 
