@@ -22,10 +22,12 @@ from platform_orchestration.backups.catalog import record_everywhere
 from platform_orchestration.errors import InvalidDeclaration
 from platform_orchestration.fleet import load_fleet
 from platform_orchestration.physical.archiving import switch_and_wait_archived
+from platform_orchestration.physical.base_backup import BaseBackup
 from platform_orchestration.physical.copy import copy_lag, copy_repository, verify_copy
 from platform_orchestration.physical.drill import PitrDrillRecord
 from platform_orchestration.physical.encryption import observe_encryption
 from platform_orchestration.physical.pitr import RecoveryTarget, stop_restored
+from platform_orchestration.physical.retention import plan_retention
 from platform_orchestration.physical.settings import apply_archiving
 from platform_orchestration.physical.tools import barman_tools
 from platform_orchestration.postgres import ephemeral_cluster
@@ -287,3 +289,25 @@ def test_a_kms_key_needs_aws_kms(tmp_path: Path) -> None:
                     .replace('{algorithm: "aws:kms", kms_key_id', '{algorithm: AES256, kms_key_id'))
     with pytest.raises(InvalidDeclaration, match="kms_key_id is only allowed with algorithm aws:kms"):
         load_fleet(path)
+
+
+def _backup(backup_id: str, ended: datetime, status: str = "DONE") -> BaseBackup:
+    return BaseBackup(backup_id=backup_id, backup_name=None, status=status, begin_lsn="0/2000028",
+                      end_lsn="0/2000100", begin_wal="000000010000000000000002", end_wal="000000010000000000000002",
+                      timeline=1, begin_time=ended, end_time=ended, cluster_bytes=1, server_version=160000,
+                      system_id="1")
+
+
+def test_the_recovery_window_keeps_the_backup_that_covers_its_start_and_never_the_drill_verified_one() -> None:
+    now = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    backups = [_backup(f"202611{day:02d}T000000", now - timedelta(days=31 - day)) for day in (1, 10, 20, 25, 30)]
+    backups.append(_backup("20261129T000000", now - timedelta(days=2), status="FAILED"))
+    # 36h rounds up to 2 days: the 30th (1.5 days old) is in it, the 25th covers its start.
+    plan = plan_retention(backups, window=timedelta(hours=36), now=now, store="s")
+    assert plan.keep == ("20261125T000000", "20261130T000000")
+    assert plan.delete == ("20261101T000000", "20261110T000000", "20261120T000000")
+    assert plan.unfinished == ("20261129T000000",) and not plan.kept_for_drill
+    protected = plan_retention(backups, window=timedelta(hours=36), now=now, store="s", protected="20261110T000000")
+    assert protected.delete == ("20261101T000000", "20261120T000000") and protected.kept_for_drill
+    # Nothing in the window: the newest backup is kept all the same.
+    assert plan_retention(backups[:1], window=timedelta(days=1), now=now, store="s").keep == ("20261101T000000",)
