@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from platform_orchestration.protection import FleetProtection
 
 PHYSICAL_COMMANDS = ("base-backup", "archive-settings", "archive-status", "restore-pitr", "drill-pitr",
-                     "status-physical")
+                     "status-physical", "copy-physical", "prune-physical")
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,12 +37,28 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     pitr.add_argument("cluster")
     pitr.add_argument("--to", required=True, metavar="TIME|LSN|latest",
                       help="an ISO time with its zone (2026-12-01T19:36:56Z), an LSN (0/3000060) or latest")
-    pitr.add_argument("--store", help="store holding the repository (default: the cluster's repository store)")
+    pitr.add_argument("--store", help="store holding the repository or a copy of it (default: the repository's)")
     pitr.add_argument("--target-dir", required=True, type=Path, help="a new or empty directory for the new cluster")
     pitr.add_argument("--port", type=int, help="port for the new cluster (default: a free one)")
 
     drill = commands.add_parser("drill-pitr", help="PITR drill: marker, archive, restore to just after it, verify")
     drill.add_argument("cluster")
+    drill.add_argument("--store", help="restore from this store (default: the next one in rotation)")
+
+    copy = commands.add_parser("copy-physical",
+                               help="copy a cluster's physical repository to its policy's other object stores")
+    copy.add_argument("cluster")
+    copy.add_argument("--store", help="only this copy store (default: every one)")
+    copy.add_argument("--verify", action="store_true",
+                      help="first re-read every object of the copy against its recorded SHA-256; "
+                           "copy again what changed")
+    copy.add_argument("--json", action="store_true", help="machine-readable output")
+
+    prune = commands.add_parser("prune-physical",
+                                help="delete base backups and WAL older than the policy's pitr_window, in every store")
+    prune.add_argument("cluster")
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    prune.add_argument("--json", action="store_true", help="machine-readable output")
 
     commands.add_parser("status-physical", help="physical compliance of every physical cluster")
 
@@ -102,8 +119,6 @@ def run(args: argparse.Namespace, protection: FleetProtection, out: TextIO) -> i
         policy = protection.physical_repository(args.cluster).policy
         problems = status.problems(policy.wal_max_lag) if policy else []
         if args.json:
-            from dataclasses import asdict
-
             json.dump({**asdict(status), "problems": problems}, out, indent=2, default=str)
             out.write("\n")
         else:
@@ -129,8 +144,14 @@ def run(args: argparse.Namespace, protection: FleetProtection, out: TextIO) -> i
               f"(stop it with pg_ctl -D {result.data_dir} stop)", file=out)
         return 0
 
+    if args.command == "copy-physical":
+        return _copy_physical(args, protection, out)
+
+    if args.command == "prune-physical":
+        return _prune_physical(args, protection, out)
+
     if args.command == "drill-pitr":
-        record = protection.pitr_drill(args.cluster)
+        record = protection.pitr_drill(args.cluster, args.store)
         verdict = "passed" if record.passed else f"FAILED: {record.failure}"
         rto = f"RTO {record.rto_seconds:.1f}s" if record.rto_seconds is not None else "RTO -"
         rpo = f"RPO {record.rpo_seconds:.0f}s" if record.rpo_seconds is not None else "RPO -"
@@ -151,3 +172,53 @@ def run(args: argparse.Namespace, protection: FleetProtection, out: TextIO) -> i
         return 1 if failing else 0
 
     raise AssertionError(f"unhandled physical command {args.command}")
+
+
+def _copy_physical(args: argparse.Namespace, protection: FleetProtection, out: TextIO) -> int:
+    outcomes, failures = protection.copy_physical(args.cluster, args.store, verify=args.verify)
+    policy = protection.physical_repository(args.cluster).policy
+    allowed = policy.allowed_copy_lag if policy else None
+    lagging = [o for o in outcomes if allowed is not None and o.lag.problems(allowed)]
+    if args.json:
+        json.dump({"copies": [{**asdict(o), "copied": len(o.copied)} for o in outcomes], "failures": failures},
+                  out, indent=2, default=str)
+        out.write("\n")
+    else:
+        for o in outcomes:
+            lag = o.lag
+            print(f"{o.cluster}: copy in {o.destination_store}: {len(o.copied)} object(s) copied "
+                  f"({_human_bytes(o.copied_bytes)}, SHA-256 verified), {o.already_present} already there, "
+                  f"{o.seconds:.1f}s; lag {lag.lag_seconds:.0f}s ({lag.segments_behind} segment(s), "
+                  f"{lag.backups_behind} base backup(s) behind), newest WAL {lag.newest_wal_copy or '-'}, "
+                  f"newest base backup {lag.newest_backup_copy or '-'}", file=out)
+            if o.skipped_unfinished:
+                print(f"  not copied, not finished by barman: {', '.join(o.skipped_unfinished)}", file=out)
+            for problem in o.corrupted:
+                print(f"  [REPAIRED] {problem}", file=out)
+            for problem in (o.lag.problems(allowed) if allowed is not None else []):
+                print(f"  [FAIL] {problem}", file=out)
+        for store, reason in failures.items():
+            print(f"{args.cluster}: copy in {store}: FAILED: {reason}", file=out)
+        if not outcomes and not failures:
+            print(f"{args.cluster}: the policy names no other object store to copy the repository to", file=out)
+    return 1 if failures or lagging else 0
+
+
+def _prune_physical(args: argparse.Namespace, protection: FleetProtection, out: TextIO) -> int:
+    plans = protection.prune_physical(args.cluster, dry_run=args.dry_run)
+    if args.json:
+        json.dump([asdict(plan) for plan in plans], out, indent=2, default=str)
+        out.write("\n")
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    for plan in plans:
+        print(f"{args.cluster} in {plan.store}: window from {plan.window_start.isoformat(timespec='seconds')}; "
+              f"keep {', '.join(plan.keep) or 'none'}; {verb} {', '.join(plan.delete) or 'nothing'}"
+              + (f" and {len(plan.wal_to_delete)} WAL file(s) before {plan.wal_to_delete[-1][:24]}"
+                 if plan.wal_to_delete else "")
+              + ("" if args.dry_run else f" ({plan.method})"), file=out)
+        if plan.kept_for_drill:
+            print(f"  kept {plan.protected}: the latest passed PITR drill restored it from {plan.store}", file=out)
+        for note in plan.notes:
+            print(f"  {note}", file=out)
+    return 0

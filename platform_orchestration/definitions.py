@@ -122,10 +122,12 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
     partitioned = {spec.name for spec in asset_jobs if any(name in partitioned_assets for name in spec.assets)}
     per_cluster = {spec.name for spec in asset_jobs if any(name in per_cluster_assets for name in spec.assets)}
     # A per-cluster schedule keeps within its clusters' policy: base backups within base_backup,
-    # archive observations within wal_max_lag.
-    cadences = {spec.name: "base_backup" if "physical_base_backups" in spec.assets else "wal_max_lag"
+    # archive observations within wal_max_lag,
+    # copies within copy_max_lag.
+    cadences = {spec.name: "base_backup" if "physical_base_backups" in spec.assets
+                else "wal_max_lag" if "wal_archiving" in spec.assets else "copy_max_lag"
                 for spec in asset_jobs if spec.name in per_cluster and set(spec.assets) & {
-                    "physical_base_backups", "wal_archiving"}}
+                    "physical_base_backups", "wal_archiving", "physical_copies"}}
     asset_job_specs = {spec.name: spec for spec in asset_jobs}
     batch_jobs: dict[str, dg.JobDefinition] = {}
 

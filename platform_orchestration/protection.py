@@ -69,7 +69,7 @@ from platform_orchestration.crypto import DataKeyProvider
 from platform_orchestration.errors import InvalidDeclaration, PlatformError, one_line
 from platform_orchestration.fleet import Fleet
 from platform_orchestration.fleet.durations import format_duration
-from platform_orchestration.fleet.model import MIN_SWEEP_AGE
+from platform_orchestration.fleet.model import MIN_SWEEP_AGE, PHYSICAL_STORE_KINDS
 from platform_orchestration.observability.recoverability import (
     DatabaseRecoverability,
     StoreFacts,
@@ -83,7 +83,15 @@ from platform_orchestration.postgres.probe import DatabaseObservation, ServerObs
 from platform_orchestration.physical.archiving import ArchiveStatus, archive_status
 from platform_orchestration.physical.base_backup import BaseBackup, BaseBackupOutcome, list_base_backups, take_base_backup
 from platform_orchestration.physical.compliance import ClusterCompliance, assess_cluster
-from platform_orchestration.physical.drill import PitrDrillRecord, pitr_drill_history, run_pitr_drill
+from platform_orchestration.physical.copy import CopyLag, CopyOutcome, PhysicalCopyFailed, copy_lag, copy_repository
+from platform_orchestration.physical.drill import (
+    PitrDrillRecord,
+    next_drill_store,
+    pitr_drill_history,
+    run_pitr_drill,
+)
+from platform_orchestration.physical.encryption import StoreEncryption, observe_encryption
+from platform_orchestration.physical.retention import RetentionPlan, apply_retention, plan_retention, wal_before
 from platform_orchestration.physical.pitr import PitrRefused, PitrResult, RecoveryTarget, restore_to_point
 from platform_orchestration.physical.repository import Repository, repository_for
 from platform_orchestration.physical.settings import server_settings
@@ -564,13 +572,100 @@ class FleetProtection:
         backups = list_base_backups(barman_tools(), repository)
         return archive_status(self.physical_connection(cluster), self.store(repository.store), repository, backups)
 
+    def physical_copy_targets(self, cluster: str) -> tuple[list[str], list[str]]:
+        """(the policy's other object stores, which hold copies of ``cluster``'s repository; the
+        policy's stores that cannot: local ones, barman-cloud reads object stores only)."""
+        physical = self.fleet.cluster(cluster).physical
+        if physical is None:
+            raise InvalidDeclaration(f"cluster {cluster} has no physical section")
+        others = [name for name in self.fleet.policy(physical.policy).stores if name != physical.store]
+        targets = [name for name in others if self.fleet.store(name).kind in PHYSICAL_STORE_KINDS]
+        return targets, [name for name in others if name not in targets]
+
+    def physical_store_repository(self, cluster: str, store_name: str | None = None) -> Repository:
+        """The repository (``store_name`` None or the repository's store) or its copy in ``store_name``
+        (one of the policy's other object stores), credentials resolved; PitrRefused for another store."""
+        repository = self.physical_repository(cluster)
+        if store_name is None or store_name == repository.store:
+            return repository
+        targets, _ = self.physical_copy_targets(cluster)
+        if store_name not in targets:
+            raise PitrRefused(f"store {store_name} holds no copy of cluster {cluster}'s physical repository "
+                              f"(the repository is in {repository.store}; copies are in: "
+                              f"{', '.join(targets) or 'none (its policy names no other object store)'})")
+        spec = self.fleet.store(store_name)
+        refs = getattr(spec, "credentials", None) or {}
+        credentials = {name: self.secrets.resolve(ref) for name, ref in refs.items()}
+        physical = self.fleet.cluster(cluster).physical
+        return repository_for(self.fleet.cluster(cluster), spec, credentials,
+                              self.fleet.policy(physical.policy).physical, copy=True)  # type: ignore[union-attr]
+
+    def copy_physical(self, cluster: str, store_name: str | None = None, *,
+                      verify: bool = False) -> tuple[list[CopyOutcome], dict[str, str]]:
+        """Bring the copies of ``cluster``'s repository (in every copy store, or ``store_name``) up
+        to date; (the outcomes, {store: why its copy failed})."""
+        repository = self.physical_repository(cluster)
+        targets, _ = self.physical_copy_targets(cluster)
+        if store_name is not None:
+            self.physical_store_repository(cluster, store_name)  # refuses a store that holds no copy
+            if store_name == repository.store:
+                raise PitrRefused(f"store {store_name} holds cluster {cluster}'s repository itself, not a copy")
+            targets = [store_name]
+        outcomes, failures = [], {}
+        for name in targets:
+            try:
+                outcomes.append(copy_repository(self.store(repository.store), self.store(name), repository,
+                                                clock=self.clock, verify=verify))
+            except PhysicalCopyFailed as exc:
+                failures[name] = one_line(exc)
+        return outcomes, failures
+
+    def copy_lags(self, cluster: str) -> dict[str, CopyLag | str]:
+        """How far each copy of ``cluster``'s repository is behind it (or why that is unknown)."""
+        repository = self.physical_repository(cluster)
+        lags: dict[str, CopyLag | str] = {}
+        for name in self.physical_copy_targets(cluster)[0]:
+            try:
+                lags[name] = copy_lag(self.store(repository.store), self.store(name), repository, clock=self.clock)
+            except PlatformError as exc:
+                lags[name] = one_line(exc)
+        return lags
+
+    def physical_encryption(self, cluster: str) -> list[StoreEncryption]:
+        """How the repository's store and each copy's encrypt them at rest (provider-side)."""
+        repository = self.physical_repository(cluster)
+        found = [observe_encryption(self.store(repository.store), repository, "repository")]
+        for name in self.physical_copy_targets(cluster)[0]:
+            found.append(observe_encryption(self.store(name), self.physical_store_repository(cluster, name), "copy"))
+        return found
+
+    def prune_physical(self, cluster: str, *, dry_run: bool = False) -> list[RetentionPlan]:
+        """Retention of base backups and WAL per the policy's pitr_window, in the repository and
+        every copy (physical/retention.py); with ``dry_run``, only what would be deleted."""
+        repository = self.physical_repository(cluster)
+        window = repository.policy.pitr_window  # type: ignore[union-attr]
+        drills, _ = pitr_drill_history(self._physical_record_stores(cluster), cluster)
+        now = self.clock()
+        plans = []
+        for name in [repository.store, *self.physical_copy_targets(cluster)[0]]:
+            store_repository = self.physical_store_repository(cluster, name)
+            backups = list_base_backups(barman_tools(), store_repository)
+            verified = [r.backup_id for r in drills if r.passed and r.source_store == name and r.backup_id]
+            plan = plan_retention(backups, window=window, now=now, store=name,
+                                  protected=verified[-1] if verified else None)
+            wal = wal_before(self.store(name), store_repository, plan, backups)
+            plan = dataclasses.replace(plan, wal_to_delete=wal)
+            if not dry_run:
+                plan = apply_retention(barman_tools(), store_repository, plan, window=window,
+                                       is_repository=name == repository.store)
+            plans.append(plan)
+        return plans
+
     def restore_pitr(self, cluster: str, target: RecoveryTarget, target_dir: Path, *, port: int | None = None,
                      store_name: str | None = None) -> PitrResult:
-        """A new cluster in ``target_dir`` at ``target``, from ``cluster``'s repository; left running."""
-        repository = self.physical_repository(cluster)
-        if store_name is not None and store_name != repository.store:
-            raise PitrRefused(f"store {store_name} holds no copy of cluster {cluster}'s physical repository "
-                              f"(it is in {repository.store}; copies to other stores are not built yet)")
+        """A new cluster in ``target_dir`` at ``target``, from ``cluster``'s repository or its copy in
+        ``store_name``; left running."""
+        repository = self.physical_store_repository(cluster, store_name)
         return restore_to_point(barman_tools(), repository, target, target_dir, port=port,
                                 store=self.store(repository.store))
 
@@ -579,18 +674,24 @@ class FleetProtection:
         policy = self.fleet.policy(self.fleet.cluster(cluster).physical.policy)  # type: ignore[union-attr]
         return [self.store(name) for name in dict.fromkeys([repository_store, *policy.stores])]
 
-    def pitr_drill(self, cluster: str) -> PitrDrillRecord:
-        """One PITR drill of ``cluster``, recorded in its repository's store and its policy's stores."""
+    def pitr_drill(self, cluster: str, store_name: str | None = None) -> PitrDrillRecord:
+        """One PITR drill of ``cluster``, from ``store_name`` or the next store in rotation (the
+        repository's, then each copy's), recorded in its repository's store and its policy's stores."""
         repository = self.physical_repository(cluster)
         policy = self.fleet.policy(self.fleet.cluster(cluster).physical.policy)  # type: ignore[union-attr]
+        if store_name is None:
+            history, _ = pitr_drill_history(self._physical_record_stores(cluster), cluster)
+            store_name = next_drill_store([repository.store, *self.physical_copy_targets(cluster)[0]], history)
+        source = self.physical_store_repository(cluster, store_name)
+        restore_from = None if source.store == repository.store else (source, self.store(source.store))
         return run_pitr_drill(tools=barman_tools(), repository=repository, store=self.store(repository.store),
                               connection=self.physical_connection(cluster),
                               record_stores=self._physical_record_stores(cluster), rto_target=policy.drill.rto,
                               rpo_target=policy.physical.wal_max_lag,  # type: ignore[union-attr]
-                              clock=self.clock, workdir=self.workdir)
+                              clock=self.clock, workdir=self.workdir, restore_from=restore_from)
 
     def assess_cluster(self, cluster: str, now: datetime | None = None) -> ClusterCompliance:
-        """The cluster's four physical findings (physical/compliance.py)."""
+        """The cluster's physical findings (physical/compliance.py)."""
         spec = self.fleet.cluster(cluster)
         policy = self.fleet.policy(spec.physical.policy)  # type: ignore[union-attr]
         repository = self.physical_repository(cluster)
@@ -603,7 +704,9 @@ class FleetProtection:
         drills, unreadable = pitr_drill_history(self._physical_record_stores(cluster), cluster)
         return assess_cluster(cluster=cluster, policy=policy.name, physical=policy.physical,  # type: ignore[arg-type]
                               drill=policy.drill, backups=backups, archive=archive, drills=drills,
-                              now=now or self.clock(), unreadable=unreadable)
+                              now=now or self.clock(), unreadable=unreadable, copies=self.copy_lags(cluster),
+                              not_copied=self.physical_copy_targets(cluster)[1],
+                              encryption=self.physical_encryption(cluster))
     def recoverability(self, database: str | None = None, now: datetime | None = None, *,
                        assessments: Sequence[DatabaseCompliance] | None = None) -> list[DatabaseRecoverability]:
         """Each database's recoverability (one, or the fleet's in fleet order) at one `now`: the

@@ -503,7 +503,7 @@ def _cadence_problems(spec: ScheduleSpec, fleet: Fleet, objective: str) -> list[
     problems = []
     for name in _selected_clusters(spec, fleet):
         policy = fleet.policy(fleet.cluster(name).physical.policy).physical  # type: ignore[union-attr]
-        allowed = getattr(policy, objective)
+        allowed = policy.allowed_copy_lag if objective == "copy_max_lag" else getattr(policy, objective)
         if longest > allowed.total_seconds():
             problems.append(spec._finding(("cron",), (
                 f"fires as seldom as every {format_duration(timedelta(seconds=longest))}, but cluster {name!r} "

@@ -45,9 +45,11 @@ def store_from_spec(spec: StoreSpec, credentials: Mapping[str, str], **options: 
     if spec.kind == "s3":
         from platform_orchestration.storage.s3 import S3ObjectStore
 
+        sse = spec.server_side_encryption
         return S3ObjectStore(spec.name, spec.bucket, prefix=spec.prefix, region=spec.region,
                              endpoint_url=spec.endpoint_url, credentials=credentials,
-                             immutability=immutability, **options)
+                             immutability=immutability,
+                             server_side_encryption=(sse.algorithm, sse.kms_key_id) if sse else None, **options)
     if spec.kind == "azure":
         from platform_orchestration.storage.azure import AzureObjectStore
 

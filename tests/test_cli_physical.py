@@ -108,6 +108,13 @@ def test_base_backup_list_status_restore_and_drill_from_the_command_line(s3_back
         # Honest: a repository minutes old does not reach back the 7 days the policy asks for.
         assert "[FAIL] pitr_window_covered" in compliance.stdout and compliance.returncode == 1
 
+        prune = platform_dr(fleet, "prune-physical", "pg-a", "--dry-run")
+        assert prune.returncode == 0, prune.stderr
+        assert "pg-a in aws-s3: window from " in prune.stdout
+        assert f"keep {backup_id}; would delete nothing" in prune.stdout
+        copies = platform_dr(fleet, "copy-physical", "pg-a")
+        assert copies.returncode == 0 and "names no other object store" in copies.stdout
+
         unknown = platform_dr(fleet, "restore-pitr", "pg-a", "--to", "latest", "--store", "evidence",
                               "--target-dir", str(tmp_path / "other"))
         assert unknown.returncode == 2 and "holds no copy of cluster pg-a's physical repository" in unknown.stderr

@@ -46,9 +46,10 @@ def test_base_backup_job_runs_per_cluster_with_lsns_in_metadata_and_checks(s3_ba
         assert metadata["begin_lsn"].startswith("0/") and metadata["end_wal"] >= metadata["begin_wal"]
         assert metadata["cluster_bytes"] > metadata["stored_bytes"] > 0 and metadata["throughput_mib_s"] > 0
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-        # No drill yet and a repository minutes old: those two fail, honestly.
+        # No drill yet and a repository minutes old: those two fail, honestly; so does encryption
+        # at rest (the fleet asks its S3 store for no server-side encryption, and moto adds none).
         assert checks == {"wal_archive_within_lag": True, "base_backup_within_cadence": True,
-                          "pitr_window_covered": False}
+                          "pitr_window_covered": False, "backups_encrypted": False}
         assert SECRET not in str(result.all_events)
 
         repository = defs.get_repository_def()
@@ -56,6 +57,16 @@ def test_base_backup_job_runs_per_cluster_with_lsns_in_metadata_and_checks(s3_ba
                                             repository_def=repository)
         requests = repository.get_schedule_def("base_backups_daily").evaluate_tick(context).run_requests
         assert [r.partition_key for r in requests] == ["pg-a"]
+        requests = repository.get_schedule_def("physical_copies_every_15_minutes").evaluate_tick(context).run_requests
+        assert [r.partition_key for r in requests] == ["pg-a"]
+
+        # The copy job: this policy's only other store is a local one, which cannot hold a copy.
+        copies = defs.resolve_job_def("copy_physical_repositories").execute_in_process(
+            partition_key="pg-a", instance=instance, run_config=QUIET, raise_on_error=False)
+        assert copies.success
+        [evaluation] = copies.get_asset_check_evaluations()
+        assert evaluation.check_name == "physical_copies_within_lag" and evaluation.passed
+        assert "not a copy target (barman-cloud reads object stores only): evidence" in evaluation.description
 
         # A schedule slower than the clusters' policy asks for does not load.
         slow = ScheduleSpec(name="weekly", job="take_base_backups", cron="0 0 * * 0")
@@ -64,6 +75,12 @@ def test_base_backup_job_runs_per_cluster_with_lsns_in_metadata_and_checks(s3_ba
             build_schedules([slow], list(defs.jobs), defs.resources["fleet"].load(), set(),
                             cluster_partitioned_jobs={"take_base_backups"},
                             cluster_job_cadences={"take_base_backups": "base_backup"})
+        hourly = ScheduleSpec(name="two_hourly", job="copy_physical_repositories", cron="0 */2 * * *")
+        with pytest.raises(SpecError, match="fires as seldom as every 2h, but cluster 'pg-a' has "
+                                            "physical.copy_max_lag 1h"):
+            build_schedules([hourly], list(defs.jobs), defs.resources["fleet"].load(), set(),
+                            cluster_partitioned_jobs={"copy_physical_repositories"},
+                            cluster_job_cadences={"copy_physical_repositories": "copy_max_lag"})
 
 
 def _failure(result: dg.ExecuteInProcessResult) -> str:

@@ -100,13 +100,15 @@ def test_webserver_serves_jobs_schedules_sensor_and_asset_graph(dagster_dev):
 
 # Each asset's upstream assets: cluster -> database -> backup -> copies -> drill -> compliance,
 # with retention a side branch off the copies; and, per physical cluster, archiving -> base
-# backups -> PITR drills. The graph the UI draws, as its GraphQL serves it.
+# backups -> PITR drills, and base backups -> copies in other clouds -> retention. The graph the
+# UI draws, as its GraphQL serves it.
 LINEAGE = {"clusters": set(), "databases": {"clusters"}, "backups": {"databases"},
            "backup_copies": {"backups"}, "restore_drills": {"backup_copies"},
            "compliance_report": {"restore_drills"}, "retention": {"backup_copies"},
            "wal_archiving": set(), "physical_base_backups": {"wal_archiving"},
-           "pitr_drills": {"physical_base_backups"}}
-PHYSICAL_CHAIN = {"wal_archiving", "physical_base_backups", "pitr_drills"}
+           "pitr_drills": {"physical_base_backups"}, "physical_copies": {"physical_base_backups"},
+           "physical_retention": {"physical_copies"}}
+PHYSICAL_CHAIN = {"wal_archiving", "physical_base_backups", "pitr_drills", "physical_copies", "physical_retention"}
 
 
 def test_the_ui_graph_has_exactly_the_protection_lineage_edges(dagster_dev):
@@ -121,7 +123,7 @@ def test_the_ui_graph_has_exactly_the_protection_lineage_edges(dagster_dev):
     assert downstream == {name: {child for child, parents in LINEAGE.items() if name in parents} for name in LINEAGE}
     assert {name for name, n in nodes.items() if n["isPartitioned"]} == {
         "databases", "backups", "backup_copies", "restore_drills", "retention",
-        "wal_archiving", "physical_base_backups", "pitr_drills"}
+        "wal_archiving", "physical_base_backups", "pitr_drills", "physical_copies", "physical_retention"}
 
 
 ARTIFACTS = REPOSITORY_ROOT / "var" / "artifacts"

@@ -82,4 +82,45 @@ def build_physical_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.
                                          f"{record.failure}", metadata=metadata)
         return dg.MaterializeResult(metadata=metadata)
 
-    return [wal_archiving, physical_base_backups, pitr_drills]
+    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres", "s3"}, owners=OWNERS, tags=TAGS, partitions_def=partitions,
+              deps=[physical_base_backups],
+              description="Copies of one cluster's physical repository (base backups and WAL, barman-cloud's "
+                          "layout) in its policy's other object stores: only new objects, SHA-256 verified; "
+                          "each copy's lag behind the repository.")
+    def physical_copies(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
+        with fleet.protection() as protection:
+            outcomes, failures = protection.copy_physical(context.partition_key)
+        metadata: dict[str, object] = {
+            "stores": ", ".join(o.destination_store for o in outcomes) or "none",
+            "objects_copied": dg.MetadataValue.int(sum(len(o.copied) for o in outcomes)),
+            "bytes_copied": dg.MetadataValue.int(sum(o.copied_bytes for o in outcomes)),
+            "already_present": dg.MetadataValue.int(sum(o.already_present for o in outcomes)),
+        }
+        for o in outcomes:
+            metadata[f"{o.destination_store}_lag_seconds"] = dg.MetadataValue.float(round(o.lag.lag_seconds, 1))
+            metadata[f"{o.destination_store}_segments_behind"] = dg.MetadataValue.int(o.lag.segments_behind)
+            metadata[f"{o.destination_store}_newest_wal"] = o.lag.newest_wal_copy or "none"
+            metadata[f"{o.destination_store}_newest_base_backup"] = o.lag.newest_backup_copy or "none"
+        if failures:
+            raise dg.Failure(description=f"copies of {context.partition_key}'s physical repository failed: "
+                                         + "; ".join(f"{store}: {why}" for store, why in failures.items()),
+                             metadata=metadata)
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres", "s3"}, owners=OWNERS, tags=TAGS, partitions_def=partitions,
+              deps=[physical_copies],
+              description="Retention of one cluster's base backups and WAL per the policy's pitr_window, in the "
+                          "repository and every copy; the last drill-verified backup of each store is kept.")
+    def physical_retention(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
+        with fleet.protection() as protection:
+            plans = protection.prune_physical(context.partition_key)
+        metadata: dict[str, object] = {}
+        for plan in plans:
+            metadata[f"{plan.store}_kept"] = ", ".join(plan.keep) or "none"
+            metadata[f"{plan.store}_deleted"] = ", ".join(plan.delete) or "none"
+            metadata[f"{plan.store}_wal_deleted"] = dg.MetadataValue.int(len(plan.wal_to_delete))
+            if plan.kept_for_drill:
+                metadata[f"{plan.store}_kept_for_drill"] = plan.protected or "none"
+        return dg.MaterializeResult(metadata=metadata)
+
+    return [wal_archiving, physical_base_backups, pitr_drills, physical_copies, physical_retention]

@@ -208,7 +208,8 @@ def assess_database(
     copies = sum(len(names) for names in held_by.values())
     findings.append(Finding(
         BACKUPS_ENCRYPTED, not unencrypted,
-        f"{copies - len(unencrypted)} of {copies} stored copies encrypted with a named key version"
+        f"{copies - len(unencrypted)} of {copies} stored copies encrypted client-side (envelope) "
+        "with a named key version"
         + (f" ({', '.join(f'{v}: {n}' for v, n in sorted(key_versions.items()))})" if key_versions else "")
         + (f"; not encrypted: {', '.join(unencrypted[:5])}" + (" ..." if len(unencrypted) > 5 else "")
            if unencrypted else ""),

@@ -6,7 +6,9 @@ import warnings
 import dagster as dg
 
 from platform_orchestration.physical.compliance import (
+    BACKUPS_ENCRYPTED,
     BASE_BACKUP_WITHIN_CADENCE,
+    PHYSICAL_COPIES_WITHIN_LAG,
     PITR_DRILL_PASSED_WITHIN_CADENCE,
     PITR_WINDOW_COVERED,
     WAL_ARCHIVE_WITHIN_LAG,
@@ -19,6 +21,11 @@ _CHECKS = {
     BASE_BACKUP_WITHIN_CADENCE: ("physical_base_backups", "The newest base backup is younger than base_backup."),
     PITR_WINDOW_COVERED: ("physical_base_backups", "Restores reach back the policy's pitr_window."),
     PITR_DRILL_PASSED_WITHIN_CADENCE: ("pitr_drills", "The last PITR drill passed, within the drill cadence."),
+    PHYSICAL_COPIES_WITHIN_LAG: ("physical_copies", "Every copy of the repository in another object store is "
+                                                    "within the policy's copy_max_lag."),
+    BACKUPS_ENCRYPTED: ("physical_base_backups", "Every store holding the repository or a copy encrypts it at rest "
+                                                 "(provider-side: S3 SSE read back per object, Azure/GCS keys as "
+                                                 "declared)."),
 }
 
 
@@ -32,7 +39,7 @@ def build_physical_checks(assets_by_name: dict[str, dg.AssetsDefinition],
                  for name, (asset, description) in _CHECKS.items()]
 
     @dg.multi_asset_check(specs=specs, can_subset=True, name="cluster_physical_checks",
-                          description="The four physical findings of one cluster, from its server and repository.")
+                          description="The physical findings of one cluster, from its server and repository.")
     def cluster_physical_checks(context: dg.AssetCheckExecutionContext, fleet: FleetResource):
         with fleet.protection() as protection:
             assessment = protection.assess_cluster(context.partition_key)

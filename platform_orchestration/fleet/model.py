@@ -43,6 +43,7 @@ __all__ = [
     "Cluster",
     "ClusterPhysical",
     "ClusterRole",
+    "CustomerManagedKey",
     "Database",
     "DrillPolicy",
     "Duration",
@@ -63,6 +64,7 @@ __all__ = [
     "Policy",
     "ReferenceProblem",
     "RetentionPolicy",
+    "S3ServerSideEncryption",
     "S3StoreSpec",
     "STORE_KINDS",
     "SecretRef",
@@ -363,6 +365,36 @@ class ImmutabilitySpec(_FrozenSpec):
     retain: Duration
 
 
+class S3ServerSideEncryption(_FrozenSpec):
+    """S3 server-side encryption of every object written to the store (by barman-cloud into a
+    physical repository, and by us): ``AES256`` (SSE-S3) or ``aws:kms`` (SSE-KMS, with
+    ``kms_key_id`` or the account's default ``aws/s3`` key)."""
+
+    algorithm: Literal["AES256", "aws:kms"]
+    kms_key_id: _Text | None = None
+
+    @model_validator(mode="after")
+    def _key_only_with_kms(self) -> S3ServerSideEncryption:
+        if self.kms_key_id is not None and self.algorithm != "aws:kms":
+            raise ValueError(f"kms_key_id is only allowed with algorithm aws:kms, not {self.algorithm}")
+        return self
+
+    def describe(self) -> str:
+        return f"S3 SSE {self.algorithm}" + (f" key {self.kms_key_id}" if self.kms_key_id else "")
+
+
+class CustomerManagedKey(_FrozenSpec):
+    """A customer-managed key that the provider encrypts the container's or bucket's objects with
+    (an Azure Key Vault key on the storage account or an encryption scope; a Cloud KMS key as the
+    GCS bucket's default key). It is set on the container or bucket, not per write: the platform
+    records it and reports it in ``backups_encrypted``."""
+
+    customer_managed_key: _Text
+
+    def describe(self) -> str:
+        return f"customer-managed key {self.customer_managed_key}"
+
+
 class S3StoreSpec(_StoreSpec):
     """An S3 bucket (or an S3-compatible store reached through ``endpoint_url``)."""
 
@@ -374,6 +406,7 @@ class S3StoreSpec(_StoreSpec):
     endpoint_url: _HttpUrl | None = None
     credentials: Mapping[str, SecretRef] | None = None
     immutability: ImmutabilitySpec | None = None
+    server_side_encryption: S3ServerSideEncryption | None = None
     credential_names: ClassVar[frozenset[str]] = frozenset(
         {"access_key_id", "secret_access_key", "session_token"}
     )
@@ -394,6 +427,7 @@ class AzureStoreSpec(_StoreSpec):
     prefix: _KeyPrefix = ""
     credentials: Mapping[str, SecretRef] | None = None
     immutability: ImmutabilitySpec | None = None
+    server_side_encryption: CustomerManagedKey | None = None
     credential_names: ClassVar[frozenset[str]] = frozenset(
         {"account_key", "sas_token", "connection_string"}
     )
@@ -410,6 +444,7 @@ class GcsStoreSpec(_StoreSpec):
     endpoint_url: _HttpUrl | None = None
     credentials: Mapping[str, SecretRef] | None = None
     immutability: ImmutabilitySpec | None = None
+    server_side_encryption: CustomerManagedKey | None = None
     credential_names: ClassVar[frozenset[str]] = frozenset({"service_account_json"})
 
 
@@ -565,14 +600,24 @@ class RetentionPolicy(_FrozenSpec):
         return value
 
 
+DEFAULT_COPY_MAX_LAG = timedelta(hours=1)
+
+
 class PhysicalPolicy(_FrozenSpec):
     """Physical protection of the clusters that name this policy: a base backup at least every
     ``base_backup``, WAL archived within ``wal_max_lag`` of being written, and point-in-time
-    restores reaching back at least ``pitr_window``."""
+    restores reaching back at least ``pitr_window``; the repository's copies in the policy's other
+    object stores at most ``copy_max_lag`` behind it."""
 
     base_backup: Duration
     wal_max_lag: Duration
     pitr_window: Duration
+    copy_max_lag: Duration | None = None
+
+    @property
+    def allowed_copy_lag(self) -> timedelta:
+        """``copy_max_lag``, or by default 1h (at most ``pitr_window``)."""
+        return self.copy_max_lag or min(DEFAULT_COPY_MAX_LAG, self.pitr_window)
 
     @model_validator(mode="after")
     def _window_holds_a_base_backup(self) -> PhysicalPolicy:
@@ -580,6 +625,10 @@ class PhysicalPolicy(_FrozenSpec):
             raise ValueError(f"pitr_window ({format_duration(self.pitr_window)}) must be at least "
                              f"base_backup ({format_duration(self.base_backup)}): a window shorter than "
                              "the backup cadence has no base backup to restore from")
+        if self.copy_max_lag is not None and self.copy_max_lag > self.pitr_window:
+            raise ValueError(f"copy_max_lag ({format_duration(self.copy_max_lag)}) must be at most pitr_window "
+                             f"({format_duration(self.pitr_window)}): a copy further behind holds none of the "
+                             "window the policy asks for")
         return self
 
 

@@ -231,7 +231,8 @@ def take_base_backup(tools: BarmanTools, repository: Repository, connection: PgC
     what = f"base backup of cluster {repository.cluster} to {repository.describe()}"
     started = time.monotonic()
     run_tool(tools, repository, "backup",
-             [*compression, "-J", str(jobs), "--immediate-checkpoint", "-d", connection.dsn, "-n", name,
+             [*compression, *repository.encryption_options(), "-J", str(jobs), "--immediate-checkpoint",
+              "-d", connection.dsn, "-n", name,
               repository.url, repository.server_name],
              what=what, timeout=BACKUP_TIMEOUT_SECONDS, extra_env=extra_env)
     seconds = time.monotonic() - started

@@ -8,6 +8,12 @@ marker is there and the "after" row is not, and records RTO (the restore's wall 
 archive lag when the drill began) and the point reached (LSN, last replayed commit) as a
 :class:`PitrDrillRecord`, in every given store, beside the logical drills (``physical-drills/``
 instead of ``drills/``, the same field names where they mean the same thing).
+
+Drills rotate across the stores that hold the repository or a copy of it
+(:func:`next_drill_store`): a drill from a copy first brings that copy up to date
+(:func:`~platform_orchestration.physical.copy.copy_repository`, incremental) and checks that the
+marker's segment is in it, then restores from the copy alone; ``source_store`` records where
+it restored from, ``repository_store`` where the repository is.
 """
 
 from __future__ import annotations
@@ -28,8 +34,14 @@ from platform_orchestration.backups.manifest import FORMAT_VERSION, new_drill_id
 from platform_orchestration.clock import Clock, utc_now
 from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.ownership import Lease, reap_abandoned
-from platform_orchestration.physical.archiving import archive_status, switch_and_wait_archived
+from platform_orchestration.physical.archiving import (
+    Segment,
+    archive_status,
+    segments_in_store,
+    switch_and_wait_archived,
+)
 from platform_orchestration.physical.base_backup import list_base_backups
+from platform_orchestration.physical.copy import copy_repository
 from platform_orchestration.physical.pitr import RecoveryTarget, restore_to_point, stop_restored
 from platform_orchestration.physical.repository import Repository
 from platform_orchestration.physical.tools import BarmanTools
@@ -85,6 +97,8 @@ class PitrDrillRecord(BaseModel):
     stopped_at: str | None = None
     archive_wait_seconds: float | None = None
     restored_on: str | None = None
+    repository_store: str | None = None
+    copy_seconds: float | None = None
 
     @property
     def key(self) -> str:
@@ -122,11 +136,27 @@ def _phases_restored(port: int, dbname: str, drill_id: str) -> list[str]:
             f"SELECT phase FROM {MARKER_TABLE} WHERE drill_id = %s ORDER BY written_at", (drill_id,))]
 
 
+def next_drill_store(stores: Sequence[str], history: Sequence[PitrDrillRecord]) -> str:
+    """The store the next drill restores from: the one after the latest drill's, in ``stores``
+    order (the repository's first, then its copies), wrapping round.
+
+    >>> next_drill_store(["aws", "azure", "gcp"], [])
+    'aws'
+    """
+    latest = history[-1].source_store if history else None
+    if latest not in stores:
+        return stores[0]
+    return stores[(list(stores).index(latest) + 1) % len(stores)]
+
+
 def run_pitr_drill(*, tools: BarmanTools, repository: Repository, store: ObjectStore, connection: PgConnection,
                    record_stores: Sequence[ObjectStore], rto_target: timedelta, rpo_target: timedelta,
-                   clock: Clock = utc_now, workdir: Path | None = None) -> PitrDrillRecord:
+                   clock: Clock = utc_now, workdir: Path | None = None,
+                   restore_from: tuple[Repository, ObjectStore] | None = None) -> PitrDrillRecord:
     """Run one PITR drill of ``repository``'s cluster and record it in ``record_stores``; returns
-    the record, passed or not."""
+    the record, passed or not. With ``restore_from`` (a copy's repository and its store), the copy
+    is brought up to date and the restore reads it alone."""
+    source_repository, source_store = restore_from or (repository, store)
     started_at = clock()
     drill_id = new_drill_id(started_at)
     fields: dict = {"passed": False}
@@ -143,15 +173,24 @@ def run_pitr_drill(*, tools: BarmanTools, repository: Repository, store: ObjectS
         target = _write_markers(connection, drill_id)
         fields["target_time"] = target
         waited = time.monotonic()
-        switch_and_wait_archived(connection, store, repository)
+        marker_wal = switch_and_wait_archived(connection, store, repository)
         fields["archive_wait_seconds"] = time.monotonic() - waited
         backups = list_base_backups(tools, repository)
         gaps = archive_status(connection, store, repository, backups).missing
         if gaps:
             raise PitrDrillFailed(f"{len(gaps)} WAL segment(s) missing from the repository: {', '.join(gaps[:5])}; "
                                     "a restore past them cannot be proven")
-        result = restore_to_point(tools, repository, RecoveryTarget(time=target), scratch / "pg-ephemeral-cluster",
-                                  backups=backups, store=store, lease=lease)
+        if restore_from is not None:
+            copying = time.monotonic()
+            copy_repository(store, source_store, repository, clock=clock)
+            fields["copy_seconds"] = time.monotonic() - copying
+            segment = Segment.parse(marker_wal)
+            if segment not in set(segments_in_store(source_store, source_repository)):
+                raise PitrDrillFailed(f"the marker's segment {marker_wal} is not in the copy in {source_store.name} "
+                                      "after copying it there")
+            backups = list_base_backups(tools, source_repository)
+        result = restore_to_point(tools, source_repository, RecoveryTarget(time=target),
+                                  scratch / "pg-ephemeral-cluster", backups=backups, store=source_store, lease=lease)
         try:
             fields.update(backup_id=result.backup_id, rto_seconds=result.rto_seconds, reached_lsn=result.reached_lsn,
                           last_replayed_commit=result.last_replayed_commit, stopped_at=result.stopped_at,
@@ -178,7 +217,8 @@ def run_pitr_drill(*, tools: BarmanTools, repository: Repository, store: ObjectS
             shutil.rmtree(path, ignore_errors=True)
         lease.release()
     record = PitrDrillRecord(
-        drill_id=drill_id, cluster=repository.cluster, source_store=repository.store, started_at=started_at,
+        drill_id=drill_id, cluster=repository.cluster, source_store=source_repository.store,
+        repository_store=repository.store, started_at=started_at,
         finished_at=clock(), rto_target_seconds=rto_target.total_seconds(),
         rpo_target_seconds=rpo_target.total_seconds(), **fields)
     record_everywhere(record_stores, record.key, record.to_json(), f"PITR drill {drill_id} of {repository.cluster}")

@@ -43,6 +43,10 @@ class Repository:
     server_credentials: str = "store"
     environment: Mapping[str, str] = field(default_factory=dict, repr=False)
     policy: PhysicalPolicy | None = None
+    # S3 server-side encryption barman-cloud asks for on every upload: (algorithm, KMS key id).
+    server_side_encryption: tuple[str, str | None] | None = None
+    # Where the key protecting an Azure/GCS store is set (on the container or bucket), as declared.
+    customer_managed_key: str | None = None
     server_environment: Mapping[str, str] | None = field(default=None, repr=False)
 
     def environment_for(self, *, for_server: bool = False) -> Mapping[str, str]:
@@ -60,6 +64,14 @@ class Repository:
         if endpoint and self.provider == "aws-s3":
             options += ["--endpoint-url", endpoint]
         return options
+
+    def encryption_options(self) -> list[str]:
+        """barman-cloud-backup's and -wal-archive's S3 server-side encryption flags (none elsewhere:
+        Azure and GCS keys are set on the container or bucket)."""
+        if self.server_side_encryption is None or self.provider != "aws-s3":
+            return []
+        algorithm, key_id = self.server_side_encryption
+        return ["--encryption", algorithm, *(["--sse-kms-key-id", key_id] if key_id else [])]
 
     @property
     def wals_prefix(self) -> str:
@@ -155,13 +167,17 @@ def repository_url(spec: StoreSpec, path: str) -> str:
 
 
 def repository_for(cluster: Cluster, spec: StoreSpec, credentials: Mapping[str, str],
-                   policy: PhysicalPolicy | None = None) -> Repository:
-    """The repository ``cluster``'s ``physical`` section declares, in store ``spec``."""
+                   policy: PhysicalPolicy | None = None, *, copy: bool = False) -> Repository:
+    """The repository ``cluster``'s ``physical`` section declares, in store ``spec``; with ``copy``,
+    its copy in another store ``spec`` (the same layout, ``path`` and ``server_name``, so barman-cloud
+    and CloudNativePG read it as they read the repository)."""
     physical = cluster.physical
     if physical is None:
         raise InvalidDeclaration(f"cluster {cluster.name} has no physical section: it has no physical repository")
-    if spec.name != physical.store:
+    if not copy and spec.name != physical.store:
         raise ValueError(f"cluster {cluster.name}: repository store is {physical.store}, not {spec.name}")
+    if copy and spec.name == physical.store:
+        raise ValueError(f"cluster {cluster.name}: {spec.name} holds the repository itself, not a copy")
     server_name = cluster.physical_server_name or cluster.name
     endpoint = getattr(spec, "endpoint_url", None) if spec.kind == "s3" else None
     environment = _credential_environment(spec, credentials)
@@ -177,4 +193,15 @@ def repository_for(cluster: Cluster, spec: StoreSpec, credentials: Mapping[str, 
         wal_compression=physical.wal_compression, backup_compression=physical.backup_compression,
         server_credentials=physical.server_credentials,
         environment=environment, server_environment=server_environment, policy=policy,
+        server_side_encryption=_s3_encryption(spec), customer_managed_key=_customer_managed_key(spec),
     )
+
+
+def _s3_encryption(spec: StoreSpec) -> tuple[str, str | None] | None:
+    sse = getattr(spec, "server_side_encryption", None)
+    return (sse.algorithm, sse.kms_key_id) if spec.kind == "s3" and sse is not None else None
+
+
+def _customer_managed_key(spec: StoreSpec) -> str | None:
+    sse = getattr(spec, "server_side_encryption", None)
+    return sse.customer_managed_key if spec.kind in ("azure", "gcs") and sse is not None else None

@@ -53,7 +53,8 @@ def _prefixed_with_credentials(command: list[str], credentials_file: Path | None
 def archive_command(tools: BarmanTools, repository: Repository, credentials_file: Path | None) -> str:
     """The ``archive_command`` shipping one segment (``%p``) with barman-cloud-wal-archive."""
     command = [*tools.command("wal-archive"), *repository.connection_options(for_server=True),
-               *_compression_flag(repository.wal_compression), repository.url, repository.server_name, "%p"]
+               *_compression_flag(repository.wal_compression), *repository.encryption_options(),
+               repository.url, repository.server_name, "%p"]
     return _prefixed_with_credentials(command, credentials_file)
 
 

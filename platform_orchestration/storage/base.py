@@ -164,6 +164,16 @@ class ConditionalWrites(Protocol):
 
 
 @runtime_checkable
+class ReportsEncryptionAtRest(Protocol):
+    """A store whose provider says, per object, how it encrypts it at rest (S3's
+    ServerSideEncryption and SSEKMSKeyId on HeadObject)."""
+
+    def object_encryption(self, key: str) -> tuple[str | None, str | None]:
+        """(the algorithm, the key id) the provider reports for `key`; None for what it does not."""
+        ...
+
+
+@runtime_checkable
 class HasDirectories(Protocol):
     """A store on a filesystem, where directories outlive their objects: a killed prune (or a
     discarded partial file) can leave empty ones. Object stores have no directories."""

@@ -175,7 +175,7 @@ class S3ObjectWriter(WriterLifecycle):
             if self._upload_id is None:
                 body = bytes(self._buffer)
                 response = client.put_object(Bucket=bucket, Key=self._object_key, Body=body,
-                                             ContentMD5=_content_md5(body), **self._lock_arguments())
+                                             ContentMD5=_content_md5(body), **self._create_arguments())
             else:
                 if self._buffer:
                     self._upload_part(bytes(self._buffer))
@@ -221,7 +221,7 @@ class S3ObjectWriter(WriterLifecycle):
         try:
             if self._upload_id is None:
                 created = client.create_multipart_upload(Bucket=bucket, Key=self._object_key,
-                                                         **self._lock_arguments())
+                                                         **self._create_arguments())
                 self._upload_id = created["UploadId"]
             uploaded = client.upload_part(Bucket=bucket, Key=self._object_key, UploadId=self._upload_id,
                                           PartNumber=number, Body=part, ContentMD5=_content_md5(part))
@@ -229,10 +229,11 @@ class S3ObjectWriter(WriterLifecycle):
             self._fail(f"uploading part {number} of", exc)
         self._parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
 
-    def _lock_arguments(self) -> dict[str, Any]:
+    def _create_arguments(self) -> dict[str, Any]:
+        arguments = self._store.encryption_arguments()
         if self._retain_until is None:
-            return {}
-        return {"ObjectLockMode": self._store.lock_mode, "ObjectLockRetainUntilDate": self._retain_until}
+            return arguments
+        return {**arguments, "ObjectLockMode": self._store.lock_mode, "ObjectLockRetainUntilDate": self._retain_until}
 
     def _fail(self, action: str, exc: BaseException) -> NoReturn:
         error = self._store.error(action, self._key, exc)
@@ -258,6 +259,7 @@ class S3ObjectStore:
         endpoint_url: str | None = None,
         credentials: Mapping[str, str] | None = None,
         immutability: Immutability | None = None,
+        server_side_encryption: tuple[str, str | None] | None = None,
         page_size: int = 1000,
         part_size: int = DEFAULT_PART_SIZE,
         max_part_size: int = DEFAULT_MAX_PART_SIZE,
@@ -269,7 +271,9 @@ class S3ObjectStore:
     ) -> None:
         """`credentials` may hold `access_key_id` + `secret_access_key` (+ `session_token`);
         without them boto3's default chain (environment, profile, instance role) applies.
-        `max_attempts` counts every attempt of a request, the first included."""
+        `max_attempts` counts every attempt of a request, the first included.
+        `server_side_encryption` is (``AES256`` or ``aws:kms``, KMS key id or None): every object
+        this store writes asks S3 to encrypt it so."""
         if part_size < MIN_PART_SIZE or max_part_size < part_size:
             raise ValueError(f"part sizes must satisfy {MIN_PART_SIZE} <= part_size <= max_part_size")
         if page_size < 1 or max_attempts < 1:
@@ -280,6 +284,7 @@ class S3ObjectStore:
         self.region = region
         self.endpoint_url = endpoint_url
         self.immutability = immutability
+        self.server_side_encryption = server_side_encryption
         self.page_size = page_size
         self.part_size = part_size
         self.max_part_size = max_part_size
@@ -327,6 +332,20 @@ class S3ObjectStore:
     def client(self) -> S3Client:
         """The boto3 S3 client of this store (its retries, timeouts and credentials)."""
         return self._client
+
+    def encryption_arguments(self) -> dict[str, Any]:
+        """The SSE arguments of a PutObject, CreateMultipartUpload or copy (none by default)."""
+        if self.server_side_encryption is None:
+            return {}
+        algorithm, key_id = self.server_side_encryption
+        return {"ServerSideEncryption": algorithm, **({"SSEKMSKeyId": key_id} if key_id else {})}
+
+    def object_encryption(self, key: str) -> tuple[str | None, str | None]:
+        """How S3 says the object at `key` is encrypted at rest: (ServerSideEncryption, the KMS
+        key id), None for what it does not report."""
+        with self._sdk_errors("reading the encryption of", key):
+            head = self._client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        return head.get("ServerSideEncryption"), head.get("SSEKMSKeyId")
 
     @property
     def lock_mode(self) -> str | None:
@@ -605,7 +624,8 @@ class S3ObjectStore:
                 # Lock applied afterwards by ensure_retention: some S3-compatible stores (moto among
                 # them) reject or ignore lock headers on CopyObject and UploadPartCopy.
                 self._client.copy({"Bucket": source.bucket, "Key": source.object_key(key)}, self.bucket,
-                                  object_key, SourceClient=source.client, Config=transfer)
+                                  object_key, SourceClient=source.client, Config=transfer,
+                                  ExtraArgs=self.encryption_arguments() or None)
             except ClientError as exc:
                 if _error_code(exc) in _NOT_FOUND_CODES:
                     raise ObjectNotFound(f"store {source.name}: no object {key} in {source._location()}") from exc
