@@ -707,7 +707,10 @@ class _OverlappedRestore:
                     taken = {e.dump_id for e in batch}
                     post_left = [e for e in post_left if e.dump_id not in taken]
                     continue
-            self._growing.wait(1 << 62, timeout=_POLL_SECONDS)
+            if fetched:
+                time.sleep(_POLL_SECONDS)
+            else:  # woken early when the fetch ends
+                self._growing.wait(1 << 62, timeout=_POLL_SECONDS)
 
     def _block_sizes(self, finder: BlockFinder, blocks: Sequence[TocEntry]) -> dict[int, int]:
         """Bytes of each data block whose extent is known."""
