@@ -290,3 +290,47 @@ def test_block_finder_finds_every_table_data_block_where_it_starts_however_the_b
 
     assert finder.starts[:len(table_data)] == table_data
     assert finder.starts == [offset for offset, _ in walked][:len(finder.starts)]
+
+
+def test_post_data_of_a_table_is_ready_once_its_data_is_in_by_dependencies_and_locks():
+    """The scheduling rules on a hand-made TOC (no server needed): a table's indexes and
+    constraints wait for its data (a dependency on TABLE stands for its TABLE DATA, as
+    pg_restore -j repoints it), a foreign key for the referenced key too, an entry taking an
+    exclusive lock never runs beside another on the same table, a large table's entries go
+    one per pass, and a table loaded through its partition root turns the early start off."""
+    from platform_orchestration.backups.archive_toc import ArchiveToc, TocEntry
+    from platform_orchestration.backups.restore import _GROUP_BYTES, _early_post, _ready_post
+
+    def entry(dump_id, desc, section, deps=(), tag="t", copy=""):
+        return TocEntry(dump_id, desc == "TABLE DATA", desc, tag, section, "public", deps, copy)
+
+    big, small = entry(1, "TABLE", 2, tag="big"), entry(2, "TABLE", 2, tag="small")
+    big_data = entry(11, "TABLE DATA", 3, (1,), "big", "COPY public.big (a) FROM stdin;\n")
+    small_data = entry(12, "TABLE DATA", 3, (2,), "small", "COPY public.small (a) FROM stdin;\n")
+    big_pk, big_index = entry(21, "CONSTRAINT", 4, (1,)), entry(22, "INDEX", 4, (1,))
+    small_pk, small_fk = entry(23, "CONSTRAINT", 4, (2,)), entry(24, "FK CONSTRAINT", 4, (2, 1, 21))
+    acl, index_comment = entry(25, "ACL", 1, (1,)), entry(26, "COMMENT", 4, (22,))
+    entries = (big, small, big_data, small_data, big_pk, big_index, small_pk, small_fk, acl, index_comment)
+    toc = ArchiveToc((1, 15, 0), entries, end=0)
+    phases = _phases(toc)
+    early = _early_post(toc, phases)
+
+    assert set(early) == {21, 22, 23, 24}, "ACLs and comments wait for the pass after all data"
+    assert early[24].needs_data == {11, 12} and early[24].needs_post == {21}
+    left = list(phases.post)
+    sizes = {11: _GROUP_BYTES, 12: 1}
+    assert _ready_post(early, left, set(), set(), [], sizes) == ()
+    assert _ready_post(early, left, {12}, set(), [], sizes) == (small_pk,), "the key waits for big's key"
+    assert _ready_post(early, left, {11, 12}, set(), [], sizes) == (big_pk,), "a large table's entry alone"
+    left.remove(big_pk)
+    assert _ready_post(early, left, {11, 12}, set(), [early[21]], sizes) == (small_pk,), \
+        "no index build beside its table's exclusive key; small tables' entries batched"
+    left.remove(small_pk)
+    assert _ready_post(early, left, {11, 12}, {21, 23}, [], sizes) == (big_index,)
+    assert _ready_post(early, left[1:], {11, 12}, {21, 23}, [early[22]], sizes) == (), \
+        "the foreign key, exclusive, locks the referenced table too"
+    assert _ready_post(early, left[1:], {11, 12}, {21, 23}, [], sizes) == (small_fk,)
+
+    via_root = entry(12, "TABLE DATA", 3, (2,), "small", "COPY public.big (a) FROM stdin;\n")
+    rooted = ArchiveToc((1, 15, 0), tuple(via_root if e.dump_id == 12 else e for e in entries), end=0)
+    assert _early_post(rooted, _phases(rooted)) == {}

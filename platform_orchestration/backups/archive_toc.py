@@ -38,6 +38,9 @@ class TocEntry:
     desc: str       # "TABLE", "TABLE DATA", "INDEX", "ACL", ...
     tag: str
     section: int
+    namespace: str = ""
+    dependencies: tuple[int, ...] = ()  # dump ids this entry depends on (pg_dump's order)
+    copy_statement: str = ""  # TABLE DATA: the COPY pg_restore runs (names the table loaded)
 
 
 @dataclass(frozen=True)
@@ -110,20 +113,26 @@ def read_toc(data: bytes | memoryview) -> ArchiveToc:
         tag = r.str() or ""
         desc = r.str() or ""
         section = r.int()
-        for _ in range(5):  # definition, drop statement, copy statement, namespace, tablespace
-            r.str()
+        r.str()  # definition
+        r.str()  # drop statement
+        copy_statement = r.str() or ""
+        namespace = r.str() or ""
+        r.str()  # tablespace
         r.str()  # table access method (1.14)
         if version[:2] >= (1, 16):
             r.int()  # relkind
         r.str()  # owner
         r.str()  # "with oids" (always false)
-        while r.str() is not None:  # dependencies, ended by a NULL string
-            pass
+        dependencies = []
+        while (dependency := r.str()) is not None:  # ended by a NULL string
+            if dependency.isdigit():
+                dependencies.append(int(dependency))
         r.byte()  # data offset flag
         r.take(offset_size)
         if section not in (SECTION_NONE, SECTION_PRE_DATA, SECTION_DATA, SECTION_POST_DATA):
             raise TocUnsupported(f"TOC entry {dump_id} has unknown section {section}")
-        entries.append(TocEntry(dump_id, has_data, desc, tag, section))
+        entries.append(TocEntry(dump_id, has_data, desc, tag, section, namespace, tuple(dependencies),
+                                copy_statement))
     return ArchiveToc(version, tuple(entries), r.pos, r.int_size)
 
 

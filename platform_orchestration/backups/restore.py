@@ -461,6 +461,95 @@ _GROUP_BYTES = 64 * 1024 * 1024
 _FIND_STEP_BYTES = 4 * 1024 * 1024
 
 
+# Post-data kinds that may run as soon as the data of their tables is in (pg_restore -j runs
+# them by the same dependencies); the others (ACLs, comments, event triggers, materialized
+# view data, publications, ...) wait for the one post-data pass after all data, where
+# pg_restore keeps its own order of passes. Those taking an exclusive lock on their tables
+# (pg_restore's list, identify_locking_dependencies) never run beside another on a same table.
+_EARLY_KINDS = frozenset({"INDEX", "CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "RULE",
+                          "INDEX ATTACH"})
+_EXCLUSIVE_KINDS = frozenset({"CONSTRAINT", "CHECK CONSTRAINT", "FK CONSTRAINT", "RULE", "TRIGGER"})
+_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class _PostItem:
+    entry: TocEntry
+    needs_data: frozenset[int]  # data entries restored first (its tables' TABLE DATA)
+    needs_post: frozenset[int]  # post-data entries restored first
+    tables: frozenset[int]      # the TABLE entries it locks
+    exclusive: bool
+
+
+@dataclass
+class _Unit:
+    process: subprocess.Popen[bytes]
+    jobs: int
+    data: bool
+    entries: tuple[TocEntry, ...]
+
+
+def _loads_own_table(entry: TocEntry) -> bool:
+    """Whether a TABLE DATA entry's COPY loads its own table (not the root of its partition
+    tree, --load-via-partition-root, whose rows may land in any partition)."""
+    def ident(name: str) -> str:
+        return name if _PLAIN_IDENTIFIER.fullmatch(name) else '"' + name.replace('"', '""') + '"'
+    target = f"COPY {ident(entry.namespace)}.{ident(entry.tag)} "
+    return entry.copy_statement.startswith(target)
+
+
+def _early_post(toc: ArchiveToc, phases: _Phases) -> dict[int, _PostItem]:
+    """The post-data entries that may start once the data they depend on is restored: of the
+    kinds in _EARLY_KINDS, whose every dependency is in the schema, the data or another such
+    entry. A dependency on a TABLE stands for its TABLE DATA, as pg_restore -j repoints it.
+    None at all when a table's data loads through another table (its partition root)."""
+    table_ids = {e.dump_id for e in toc.entries if e.desc == "TABLE"}
+    data_of: dict[int, int] = {}
+    for entry in toc.entries:
+        if entry.desc == "TABLE DATA":
+            if not _loads_own_table(entry):
+                return {}
+            for dependency in entry.dependencies:
+                if dependency in table_ids:
+                    data_of[dependency] = entry.dump_id
+    schema = {e.dump_id for e in phases.schema}
+    data = {e.dump_id for e in (*phases.blocks, *phases.data)}
+    items: dict[int, _PostItem] = {}
+    for entry in phases.post:  # in TOC order, which pg_dump sorts by dependencies
+        if entry.desc not in _EARLY_KINDS or any(
+                d not in schema and d not in data and d not in items for d in entry.dependencies):
+            continue
+        needs_data = {data_of[d] for d in entry.dependencies if d in data_of}
+        needs_data |= {d for d in entry.dependencies if d in data}
+        items[entry.dump_id] = _PostItem(
+            entry=entry, needs_data=frozenset(needs_data),
+            needs_post=frozenset(d for d in entry.dependencies if d in items),
+            tables=frozenset(d for d in entry.dependencies if d in table_ids),
+            exclusive=entry.desc in _EXCLUSIVE_KINDS)
+    return items
+
+
+def _ready_post(early: dict[int, _PostItem], left: Sequence[TocEntry], data_done: set[int], post_done: set[int],
+                running: Sequence[_PostItem], sizes: dict[int, int]) -> tuple[TocEntry, ...]:
+    """What to start next among the post-data entries `left`: the first ready entry of a large
+    table (data of _GROUP_BYTES or more) alone, else every ready entry of small tables in one
+    pass; none that would wait for a lock held by a running pass."""
+    def conflicts(item: _PostItem) -> bool:
+        return any(item.tables & other.tables and (item.exclusive or other.exclusive) for other in running)
+
+    small: list[TocEntry] = []
+    for entry in left:
+        item = early.get(entry.dump_id)
+        if item is None or not item.needs_data <= data_done or not item.needs_post <= post_done or conflicts(item):
+            continue
+        if any(sizes.get(d, 0) >= _GROUP_BYTES for d in item.needs_data):
+            if not small:
+                return (entry,)
+            continue
+        small.append(entry)
+    return tuple(small)
+
+
 class _OverlappedRestore:
     """A restore into a database it creates, run while the backup is still being fetched.
 
@@ -484,6 +573,7 @@ class _OverlappedRestore:
         self._progress, self._keys = progress, keys
         self._command, self._version, self._pg_restore = list(command), version, pg_restore
         self._jobs, self._env, self._into, self._create = max(1, jobs), env, into, create
+        self._toc_file = scratch / "toc.pgdump"
         self._growing = _Growing()
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -532,6 +622,10 @@ class _OverlappedRestore:
             _run_passes(self._command, self._version, self._pg_restore, self._archive, self._scratch,
                         self._jobs, self._into, self._env, _DROPPED)
             return
+        # The archive's head alone (header and TOC, no data): what the post-data passes read,
+        # so that the work file can go as soon as the data is in.
+        with open(self._archive, "rb") as head, open(self._toc_file, "wb") as out:
+            out.write(head.read(toc.end))
         if phases.schema:
             self._wait([self._start("schema", phases.schema, feed=((0, toc.end),))])
         finder = BlockFinder(toc, phases.blocks)
@@ -539,37 +633,100 @@ class _OverlappedRestore:
                                    daemon=True)
         finding.start()
         self._feeders.append(finding)
-        running: list[subprocess.Popen[bytes]] = []
-        done = 0  # phases.blocks[:done] are being restored
-        while done < len(phases.blocks):
-            self._check()
-            found = len(finder.starts)
-            if done >= found and finder.stopped:
-                break
-            if done >= found or sum(p.poll() is None for p in running) >= self._jobs:
-                time.sleep(_POLL_SECONDS)
-                continue
-            upto = done + 1
-            while upto < found and finder.starts[upto] - finder.starts[done] < _GROUP_BYTES:
-                upto += 1
-            running.append(self._start("data", phases.blocks[done:upto],
-                                       feed=((0, toc.end), (finder.starts[done], None))))
-            done = upto
+        self._schedule(toc, phases, finder)
         self._wait_for_fetch()
-        self._progress("restore", 0)
-        # What could not be fed as it arrived (and sequence values): from the complete file.
-        rest = {e.dump_id for e in (*phases.blocks[done:], *phases.data)}
-        if rest:
-            jobs = self._jobs - sum(p.poll() is None for p in running)
-            if jobs < 1:
-                self._wait(running)
-                jobs = self._jobs
-            running.append(self._start("data", [e for e in toc.entries if e.dump_id in rest], jobs=jobs))
-        self._wait(running)
-        if phases.post:
-            self._wait([self._start("post-data", phases.post, jobs=self._jobs)])
         if phases.last:
-            self._wait([self._start("row-level security", phases.last)])
+            self._wait([self._start("row-level security", phases.last, archive=self._toc_file)])
+
+    def _schedule(self, toc: ArchiveToc, phases: _Phases, finder: BlockFinder) -> None:
+        """Run the data and post-data passes, at most `jobs` pg_restore jobs at a time: each
+        data block (or group) as it arrives; what could not be fed, from the complete file;
+        post-data entries of a table (`_early_post`) as soon as its data is in, each entry of
+        a large table in a pg_restore of its own, so that its indexes build while other tables
+        still load, as pg_restore -j would; and once all data is in and no such pass runs,
+        every post-data entry left in one `pg_restore -j`."""
+        early = _early_post(toc, phases)
+        blocks = phases.blocks
+        all_data = {e.dump_id for e in (*blocks, *phases.data)}
+        data_done: set[int] = set()
+        post_done: set[int] = set()
+        post_left = list(phases.post)
+        units: list[_Unit] = []
+        done = 0  # blocks[:done] are being restored
+        rest_started = announced = unlinked = False
+        while True:
+            self._check()
+            for unit in [u for u in units if u.process.poll() is not None]:
+                if unit.process.returncode:
+                    self._check()  # raises, naming that pass
+                units.remove(unit)
+                (data_done if unit.data else post_done).update(e.dump_id for e in unit.entries)
+            fetched = self._growing.state == "complete"
+            if fetched and not announced:
+                self._progress("restore", 0)
+                announced = True
+            data_in = all_data <= data_done
+            if data_in and fetched and not unlinked:
+                # Nothing reads the data any more (post-data passes read the TOC file): give
+                # its disk space and page cache back now, while the indexes build.
+                self._unlink()
+                unlinked = True
+            if data_in and not post_left and not units:
+                return
+            free = self._jobs - sum(u.jobs for u in units)
+            found = len(finder.starts)
+            if free > 0 and done < found:
+                upto = done + 1
+                while upto < found and finder.starts[upto] - finder.starts[done] < _GROUP_BYTES:
+                    upto += 1
+                units.append(_Unit(self._start("data", blocks[done:upto],
+                                               feed=((0, toc.end), (finder.starts[done], None))),
+                                   1, True, blocks[done:upto]))
+                done = upto
+                continue
+            if free > 0 and not rest_started and fetched and finder.stopped and done >= len(finder.starts):
+                rest_started = True
+                # What could not be fed as it arrived: from the complete file.
+                rest = {e.dump_id for e in (*blocks[done:], *phases.data)}
+                if rest:
+                    entries = tuple(e for e in toc.entries if e.dump_id in rest)
+                    units.append(_Unit(self._start("data", entries, jobs=free), free, True, entries))
+                    continue
+            if free > 0 and post_left:
+                if data_in and not any(not u.data for u in units):
+                    units.append(_Unit(self._start("post-data", post_left, jobs=free, archive=self._toc_file),
+                                       free, False, tuple(post_left)))
+                    post_left = []
+                    continue
+                batch = _ready_post(early, post_left, data_done, post_done,
+                                    [early[e.dump_id] for u in units if not u.data for e in u.entries
+                                     if e.dump_id in early],
+                                    self._block_sizes(finder, blocks))
+                if batch:
+                    units.append(_Unit(self._start("post-data", batch, archive=self._toc_file), 1, False, batch))
+                    taken = {e.dump_id for e in batch}
+                    post_left = [e for e in post_left if e.dump_id not in taken]
+                    continue
+            if fetched:
+                time.sleep(_POLL_SECONDS)
+            else:  # woken early when the fetch ends
+                self._growing.wait(1 << 62, timeout=_POLL_SECONDS)
+
+    def _block_sizes(self, finder: BlockFinder, blocks: Sequence[TocEntry]) -> dict[int, int]:
+        """Bytes of each data block whose extent is known."""
+        starts = finder.starts
+        sizes = {blocks[i].dump_id: starts[i + 1] - starts[i] for i in range(len(starts) - 1)}
+        if starts and finder.stopped and self._growing.state == "complete" and len(starts) == len(blocks):
+            sizes[blocks[len(starts) - 1].dump_id] = self._growing.size - starts[-1]
+        return sizes
+
+    def _unlink(self) -> None:
+        def unlink() -> None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._archive)
+        thread = threading.Thread(target=unlink, name="restore-unlink", daemon=True)
+        thread.start()
+        self._feeders.append(thread)
 
     def _find_blocks(self, finder: BlockFinder, start: int) -> None:
         """Follow the work file as it is written, telling `finder` where its data blocks start."""
@@ -613,7 +770,8 @@ class _OverlappedRestore:
                 return None
 
     def _start(self, label: str, entries: Sequence[TocEntry], *, jobs: int = 1,
-               feed: tuple[tuple[int, int | None], ...] | None = None) -> subprocess.Popen[bytes]:
+               feed: tuple[tuple[int, int | None], ...] | None = None,
+               archive: Path | None = None) -> subprocess.Popen[bytes]:
         """pg_restore of `entries`: from the work file (which must be complete), or, with
         `feed`, fed these (start, end) ranges of the work file on stdin, one after the other
         (end None: to the end, following the file as it grows)."""
@@ -625,7 +783,7 @@ class _OverlappedRestore:
         if jobs > 1:
             argv.append(f"--jobs={jobs}")
         if feed is None:
-            argv.append(str(self._archive))
+            argv.append(str(archive or self._archive))
         with open(stderr_path, "wb") as stderr:
             process = subprocess.Popen(argv, stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=stderr, env=self._env)
