@@ -67,9 +67,10 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-## The test suite: real PostgreSQL servers, a real dagster dev and Chromium, started by the tests.
+## The test suite: real PostgreSQL servers, a real dagster dev and Chromium, started by the tests,
+## on two pytest-xdist workers (pyproject's addopts); `make test WORKERS=1` runs it in one process.
 test: install browser monitoring-tools node_modules/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(WORKERS),-n $(if $(filter 1,$(WORKERS)),0,$(WORKERS)))
 
 ## deploy/requirements.lock: the runtime dependencies at the versions installed in .venv (the image installs it).
 lock: install

@@ -36,33 +36,69 @@ from platform_orchestration.storage import LocalObjectStore
 # leaves can be told from what other programs on the machine leave. At the end, after a reap of
 # dead owners' leftovers (the tests kill processes on purpose), both must hold nothing but
 # pytest's own tmp_path directories and the server binaries' mirror; then they are removed.
-_SESSION_TMP = Path(tempfile.mkdtemp(prefix="platform-orchestration-tests-"))
-# Short: a stand-in's socket path must stay under 108 bytes.
-_SESSION_VAR = Path(tempfile.mkdtemp(prefix="po-tests-", dir="/var/tmp"))
+#
+# Under pytest-xdist (`-n 2`, pyproject's addopts) the controller makes the two session
+# directories and each worker gets its own pair inside them (`<tmp>/gw0`, `<var>/gw0`): its own
+# TMPDIR, lease directory and stand-in directory, so that one worker's reaper never takes what
+# another worker's test is about to assert on. Each worker checks its own pair at its end, while
+# it still lives (leases it holds itself count as leftovers then; after it exits they would be a
+# dead owner's and be reaped silently), sends what it found to the controller, and removes its
+# pair if clean; the controller then fails the run on any worker's leftovers and on anything
+# else left in the session directories (a worker that died keeps its pair there).
+_SESSION_ENV = "PLATFORM_TESTS_SESSION_DIRS"  # "<tmp>:<var>", from the controller to its workers
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1... under xdist; None otherwise
+if _WORKER is not None and os.environ.get(_SESSION_ENV):
+    _CONTROLLER_TMP, _CONTROLLER_VAR = (Path(p) for p in os.environ[_SESSION_ENV].split(":"))
+    _SESSION_TMP, _SESSION_VAR = _CONTROLLER_TMP / _WORKER, _CONTROLLER_VAR / _WORKER
+    for _directory in (_SESSION_TMP, _SESSION_VAR):
+        _directory.mkdir(mode=0o755)
+else:
+    _SESSION_TMP = Path(tempfile.mkdtemp(prefix="platform-orchestration-tests-"))
+    # Short: a stand-in's socket path must stay under 108 bytes (a worker adds "/gwN").
+    _SESSION_VAR = Path(tempfile.mkdtemp(prefix="po-tests-", dir="/var/tmp"))
+    os.environ[_SESSION_ENV] = f"{_SESSION_TMP}:{_SESSION_VAR}"
 for _directory in (_SESSION_TMP, _SESSION_VAR):
     _directory.chmod(0o755)  # the server user must reach the binaries' mirror and the stand-ins
 os.environ["TMPDIR"] = tempfile.tempdir = str(_SESSION_TMP)
 os.environ[LEASE_DIR_ENV] = str(_SESSION_VAR / "leases")
 os.environ[STAND_IN_DIR_ENV] = str(_SESSION_VAR / "clusters")
 _EXPECTED_IN_TMP = ("pytest-of-", "platform-orchestration-pg-")
+_LEFTOVERS_KEY = "platform_tests_leftovers"
+_worker_leftovers: dict[str, list[str]] = {}  # the controller's: what each worker reported
 
 
 def session_leftovers() -> list[str]:
-    """What this session left behind, after reaping what dead owners left."""
+    """What this session (or this worker) left behind, after reaping what dead owners left."""
     reaped = reap_abandoned()
     found = [f"reap failed: {failure}" for failure in reaped.failures]
     found += [f"lease of pid {lease.owner.pid} for {', '.join(lease.paths)}" for lease in leases()]
     clusters = _SESSION_VAR / "clusters"
     found += [str(path) for path in sorted(clusters.iterdir())] if clusters.is_dir() else []
     found += [str(path) for path in sorted(_SESSION_TMP.iterdir()) if not path.name.startswith(_EXPECTED_IN_TMP)]
+    found += [str(path) for path in sorted(_SESSION_VAR.iterdir()) if path.name not in ("leases", "clusters")]
     return found
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # noqa: ANN001 - xdist's hook, on the controller
+    """A worker is done: keep what it reported it left behind."""
+    reported = getattr(node, "workeroutput", {}).get(_LEFTOVERS_KEY)
+    if reported:
+        _worker_leftovers[node.gateway.id] = reported
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if getattr(session.config, "workerinput", None) is not None:
-        return
+    worker_output = getattr(session.config, "workeroutput", None)
     leftovers = session_leftovers()
+    if worker_output is not None:  # an xdist worker: report to the controller, which decides
+        worker_output[_LEFTOVERS_KEY] = leftovers
+        if not leftovers:
+            shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+            shutil.rmtree(_SESSION_VAR, ignore_errors=True)
+        return
+    leftovers += [f"{worker}: {leftover}" for worker, found in sorted(_worker_leftovers.items())
+                  for leftover in found]
     if leftovers:
         print("\nthe test session left behind (kept for inspection):\n  " + "\n  ".join(leftovers))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -73,6 +109,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     else:
         print(f"\ntest session files kept for inspection in {_SESSION_TMP}")
         shutil.rmtree(_SESSION_VAR, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with `slow` tests first, each file's tests in their own order: the workers take
+    files in this order (`--dist loadfile --no-loadscope-reorder`), so the long files start
+    early and the run does not end with one worker on a long file while the other idles."""
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    ordered = sorted(files.values(), key=lambda tests: not any(t.get_closest_marker("slow") for t in tests))
+    items[:] = [item for tests in ordered for item in tests]
 
 # Object-store backends for the conformance suite: `local` here, one `stores_<kind>.py` per cloud.
 STORE_BACKENDS = ["local", *sorted(p.stem.removeprefix("stores_")

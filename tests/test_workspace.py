@@ -21,6 +21,9 @@ from platform_orchestration.postgres.cluster import free_port
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 
+# A dagster dev, Chromium and runs launched from the UI: about a minute for the file.
+pytestmark = pytest.mark.slow
+
 
 def _graphql(port: int, query: str) -> dict:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql",
