@@ -10,8 +10,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from platform_orchestration.fleet.sizes import format_size
-
 if TYPE_CHECKING:
     from platform_orchestration.protection import FleetProtection
 
@@ -48,6 +46,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def _size(count: int | None) -> str:
+    from platform_orchestration.fleet.sizes import format_size  # imported with the command, not with --help
+
     return "unknown" if count is None else format_size(count)
 
 
