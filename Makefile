@@ -11,7 +11,7 @@ BARMAN_INSTALLED := $(BARMAN_VENV)/.installed
 BARMAN_SPEC := barman[cloud,azure,google,lz4,zstandard]==3.19.*
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install barman browser monitoring-tools demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-physical bench-stores bench-fleet chaos clean
+.PHONY: install barman browser monitoring-tools demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-physical bench-stores bench-fleet bench-replication chaos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,9 @@ bench-stores: install node_modules/.installed
 
 ## Fleet scale: status, assessment, fleet load and Definitions at 100-10,000 synthetic databases,
 ## with store calls per database (a few minutes; S3=100 adds a moto-server run).
+bench-replication: install
+	$(BIN)/python -m benchmarks.replication $(if $(QUICK),--quick)
+
 bench-fleet: install
 	$(BIN)/python -m benchmarks.fleet $(if $(S3),--s3 $(S3)) $(if $(STATUS),--status-only $(STATUS))
 

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, TextIO
 
 from platform_orchestration.errors import EXIT_BUG, EXIT_INVALID, PlatformError, one_line
-from platform_orchestration import cli_physical
+from platform_orchestration import cli_physical, cli_replication
 
 if TYPE_CHECKING:
     from platform_orchestration.protection import FleetProtection
@@ -160,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     rewrap.add_argument("database", nargs="?", help="one database (default: all)")
     _lock_options(rewrap, override=True)
     cli_physical.add_parsers(commands)
+    cli_replication.add_parsers(commands)
     _housekeeping_parsers(commands)
     return parser
 
@@ -232,6 +233,8 @@ def _command(args: argparse.Namespace, fleet_path: str, fleet, protection: Fleet
 
     if args.command in cli_physical.PHYSICAL_COMMANDS:
         return cli_physical.run(args, protection, out)
+    if args.command in cli_replication.REPLICATION_COMMANDS:
+        return cli_replication.run(args, protection, out)
     if args.command == "list" and args.physical:
         return cli_physical.list_physical(protection, args.database, args.json, out)
 

@@ -23,8 +23,10 @@ from platform_orchestration.assets.kubernetes import (
     kubernetes_partitions,
 )
 from platform_orchestration.assets.physical import build_physical_assets, cluster_partitions
+from platform_orchestration.assets.replication import build_replication_assets, standby_partitions
 from platform_orchestration.checks import build_checks
 from platform_orchestration.checks.physical import build_physical_checks
+from platform_orchestration.checks.replication import build_replication_checks
 from platform_orchestration.fleet import Fleet, fleet_path_from_env
 from platform_orchestration.kube import link_run_tags, per_step_k8s_config
 from platform_orchestration.ops import build_disaster_restore_job
@@ -106,21 +108,27 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
     partitions = database_partitions([db.name for db in fleet.databases])
     physical_partitions = cluster_partitions([cluster.name for cluster in fleet.physical_clusters()])
     physical_assets = build_physical_assets(physical_partitions)
-    assets = [*build_assets(partitions), *physical_assets]
+    replica_partitions = standby_partitions([cluster.name for cluster in fleet.standby_clusters()])
+    replication_assets = build_replication_assets(replica_partitions)
+    assets = [*build_assets(partitions), *physical_assets, *replication_assets]
     assets_by_name = {a.key.to_user_string(): a for a in assets}
-    checks = [*build_checks(assets_by_name, partitions), *build_physical_checks(assets_by_name, physical_partitions)]
+    checks = [*build_checks(assets_by_name, partitions), *build_physical_checks(assets_by_name, physical_partitions),
+              *build_replication_checks(assets_by_name, replica_partitions)]
     job_specs = load_job_specs(_spec_dir("PLATFORM_JOBS_DIR", "jobs"))
     per_cluster_assets = {a.key.to_user_string() for a in physical_assets}
+    per_standby_assets = {a.key.to_user_string() for a in replication_assets if a.partitions_def is not None}
     partitioned_assets = {name for name, asset in assets_by_name.items()
-                          if asset.partitions_def is not None and name not in per_cluster_assets}
+                          if asset.partitions_def is not None and name not in per_cluster_assets | per_standby_assets}
     executor = os.environ.get("PLATFORM_EXECUTOR", "multiprocess")
     jobs = build_jobs(job_specs, set(assets_by_name), build_disaster_restore_job,
                       database_partitions=partitions, partitioned_assets=partitioned_assets,
                       run_tags_for=_run_tags_for(fleet), run_config_for=_run_config_for(fleet, executor),
-                      cluster_partitions=physical_partitions, cluster_partitioned_assets=per_cluster_assets)
+                      cluster_partitions=physical_partitions, cluster_partitioned_assets=per_cluster_assets,
+                      standby_partitions=replica_partitions, standby_partitioned_assets=per_standby_assets)
     asset_jobs = [spec for spec in job_specs if isinstance(spec, AssetJobSpec)]
     partitioned = {spec.name for spec in asset_jobs if any(name in partitioned_assets for name in spec.assets)}
     per_cluster = {spec.name for spec in asset_jobs if any(name in per_cluster_assets for name in spec.assets)}
+    per_standby = {spec.name for spec in asset_jobs if any(name in per_standby_assets for name in spec.assets)}
     # A per-cluster schedule keeps within its clusters' policy: base backups within base_backup,
     # archive observations within wal_max_lag,
     # copies within copy_max_lag.
@@ -151,7 +159,8 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
     schedules = build_schedules(load_schedule_specs(_spec_dir("PLATFORM_SCHEDULES_DIR", "schedules")),
                                 jobs, fleet, partitioned, batch_job_for=batch_job_for,
                                 batch_run_tags_for=batch_run_tags_for,
-                                cluster_partitioned_jobs=per_cluster, cluster_job_cadences=cadences)
+                                cluster_partitioned_jobs=per_cluster, cluster_job_cadences=cadences,
+                                standby_partitioned_jobs=per_standby)
     secrets = SecretsResource.from_environment()
     kubernetes_assets, kubernetes_jobs, kubernetes_schedules = _kubernetes_definitions(fleet)
     alerts_file = os.environ.get("PLATFORM_ALERTS_FILE") or str(REPOSITORY_ROOT / "var" / "alerts.jsonl")

@@ -97,6 +97,7 @@ from platform_orchestration.physical.repository import Repository, repository_fo
 from platform_orchestration.physical.settings import server_settings
 from platform_orchestration.physical.tools import barman_tools
 from platform_orchestration.providers import providers_from_env
+from platform_orchestration.replication.protection import ReplicationProtection
 from platform_orchestration.reporting import RecoverabilityReport, record_report
 from platform_orchestration.secrets import LocalSecretProvider, SecretProvider, SecretUnavailable
 from platform_orchestration.storage import ObjectStore, StoreError
@@ -169,7 +170,7 @@ class ClusterObservation:
 
 
 @dataclass
-class FleetProtection:
+class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill, promote (replication/protection.py)
     fleet: Fleet
     secrets: SecretProvider = field(default_factory=LocalSecretProvider)
     compression: CompressionSettings = field(default_factory=CompressionSettings)

@@ -179,7 +179,7 @@ class OperatorJobSpec(_NamedSpec):
     _noun: ClassVar[str] = "job"
 
     description: str = ""
-    kind: Literal["disaster_restore", "rewrap_keys", "restore_pitr"]
+    kind: Literal["disaster_restore", "rewrap_keys", "restore_pitr", "promote_standby"]
 
 
 def _job_kind(value: object) -> str:
@@ -190,7 +190,8 @@ def _job_kind(value: object) -> str:
 
 JobSpec: TypeAlias = Annotated[
     Annotated[AssetJobSpec, Tag("assets")] | Annotated[OperatorJobSpec, Tag("disaster_restore")]
-    | Annotated[OperatorJobSpec, Tag("rewrap_keys")] | Annotated[OperatorJobSpec, Tag("restore_pitr")],
+    | Annotated[OperatorJobSpec, Tag("rewrap_keys")] | Annotated[OperatorJobSpec, Tag("restore_pitr")]
+    | Annotated[OperatorJobSpec, Tag("promote_standby")],
     Discriminator(_job_kind),
 ]
 
@@ -328,6 +329,8 @@ def build_jobs(
     run_config_for: Callable[[str], Mapping[str, Any]] | None = None,
     cluster_partitions: dg.PartitionsDefinition | None = None,
     cluster_partitioned_assets: Collection[str] = (),
+    standby_partitions: dg.PartitionsDefinition | None = None,
+    standby_partitioned_assets: Collection[str] = (),
 ) -> list[DagsterJob]:
     """One Dagster job per spec: an asset job, or ``disaster_restore_job_factory(name, description)``.
 
@@ -366,11 +369,16 @@ def build_jobs(
                 from platform_orchestration.ops.physical import build_restore_pitr_job
 
                 jobs.append(build_restore_pitr_job(spec.name, spec.description))
+            elif spec.kind == "promote_standby":
+                from platform_orchestration.ops.replication import build_promote_standby_job
+
+                jobs.append(build_promote_standby_job(spec.name, spec.description))
             else:
                 jobs.append(disaster_restore_job_factory(spec.name, spec.description))
         else:
             per_database = database_partitions is not None and any(a in partitioned_assets for a in spec.assets)
             per_cluster = cluster_partitions is not None and any(a in cluster_partitioned_assets for a in spec.assets)
+            per_standby = standby_partitions is not None and any(a in standby_partitioned_assets for a in spec.assets)
             config = None
             if per_database:
                 config = dg.PartitionedConfig(
@@ -379,6 +387,9 @@ def build_jobs(
                     tags_for_partition_key_fn=_run_tags(spec.assets, run_tags_for))
             elif per_cluster:
                 config = dg.PartitionedConfig(cluster_partitions, run_config_for_partition_key_fn=lambda _key: {},
+                                              tags_for_partition_key_fn=cluster_run_tags)
+            elif per_standby:  # a standby's runs share the per-cluster limit under its own name
+                config = dg.PartitionedConfig(standby_partitions, run_config_for_partition_key_fn=lambda _key: {},
                                               tags_for_partition_key_fn=cluster_run_tags)
             jobs.append(
                 dg.define_asset_job(
@@ -411,6 +422,7 @@ def build_schedules(
     batch_run_tags_for: Callable[[str, Sequence[str]], Mapping[str, str]] | None = None,
     cluster_partitioned_jobs: Collection[str] = (),
     cluster_job_cadences: Mapping[str, str] = {},
+    standby_partitioned_jobs: Collection[str] = (),
 ) -> list[dg.ScheduleDefinition]:
     """One Dagster schedule per spec; a job in ``partitioned_jobs`` gets one run per selected
     database, or, when more are selected than the spec's ``batch_size`` and ``batch_job_for``
@@ -424,8 +436,10 @@ def build_schedules(
     schedules: list[dg.ScheduleDefinition] = []
     first_by_name: dict[str, ScheduleSpec] = {}
     for spec in specs:
-        per_cluster = spec.job in cluster_partitioned_jobs
-        problems = (_cluster_schedule_problems(spec, jobs_by_name, fleet, cluster_job_cadences.get(spec.job))
+        per_standby = spec.job in standby_partitioned_jobs
+        per_cluster = spec.job in cluster_partitioned_jobs or per_standby
+        problems = (_standby_schedule_problems(spec, fleet) if per_standby
+                    else _cluster_schedule_problems(spec, jobs_by_name, fleet, cluster_job_cadences.get(spec.job))
                     if per_cluster
                     else _schedule_problems(spec, jobs_by_name, fleet, partitioned_jobs))
         if "clusters" in spec.model_fields_set and not per_cluster and not problems:
@@ -438,7 +452,8 @@ def build_schedules(
             continue
         try:
             if per_cluster:
-                schedules.append(_schedule(spec, jobs_by_name[spec.job], _selected_clusters(spec, fleet), True))
+                selected = _selected_standbys(spec, fleet) if per_standby else _selected_clusters(spec, fleet)
+                schedules.append(_schedule(spec, jobs_by_name[spec.job], selected, True))
                 continue
             databases = _selected_databases(spec, fleet)
             partitioned = spec.job in partitioned_jobs
@@ -537,6 +552,33 @@ def _selected_clusters(spec: ScheduleSpec, fleet: Fleet) -> list[str]:
         return [cluster.name for cluster in physical]
     if isinstance(spec.clusters, PolicySelection):
         return [c.name for c in physical if c.physical is not None and c.physical.policy == spec.clusters.policy]
+    return list(spec.clusters)
+
+
+def _standby_schedule_problems(spec: ScheduleSpec, fleet: Fleet) -> list[Finding]:
+    """A per-standby schedule's ``clusters``: all standbys, a list of them, or {policy: NAME}
+    (the standbys whose standby.policy is NAME)."""
+    if "databases" in spec.model_fields_set:
+        return [spec._finding(("databases",), f"job {spec.job!r} runs per standby cluster, not per database; "
+                                              "use clusters")]
+    if isinstance(spec.clusters, PolicySelection):
+        policies = [policy.name for policy in fleet.policies if policy.replication is not None]
+        if spec.clusters.policy not in policies:
+            return [spec._finding(("clusters", "policy"), f"unknown policy {spec.clusters.policy!r} or one without "
+                                                          f"replication objectives ({known_names(policies)})")]
+    elif isinstance(spec.clusters, list):
+        known = [cluster.name for cluster in fleet.standby_clusters()]
+        return [spec._finding(("clusters", index), f"unknown standby cluster {name!r} ({known_names(known)})")
+                for index, name in enumerate(spec.clusters) if name not in known]
+    return []
+
+
+def _selected_standbys(spec: ScheduleSpec, fleet: Fleet) -> list[str]:
+    standbys = fleet.standby_clusters()
+    if spec.clusters == "all":
+        return [cluster.name for cluster in standbys]
+    if isinstance(spec.clusters, PolicySelection):
+        return [c.name for c in standbys if c.standby is not None and c.standby.policy == spec.clusters.policy]
     return list(spec.clusters)
 
 

@@ -11,6 +11,7 @@ Layers, lowest first (a module may import its own package and the packages liste
     crypto                              (ciphers and key services; Vault's client from secrets)
     backups                             (manifests, taking, copying, restoring, drilling)
     physical                            (barman-cloud base backups, WAL archiving, PITR; beside backups)
+    replication                         (standby clusters: seeds, lag, failover drills, promotion)
     stores.py, providers.py             (fleet entries -> open stores; environment -> providers)
     observability, reporting            (recoverability per store, remedies, metrics, alerts; the report)
     protection.py                       (FleetProtection: the one API of the core)
@@ -40,12 +41,14 @@ ALLOWED: dict[str, set[str]] = {
     "backups": {"errors", "clock", "fleet", "postgres", "storage", "crypto", "ownership", "__init__"},
     # Physical backups (barman-cloud): above backups (drill ids, evidence writing), below protection; takes plain values and open stores.
     "physical": {"errors", "clock", "fleet", "postgres", "storage", "backups", "ownership"},
+    # Standby clusters: above physical (repository seeds, archive fallback), below protection.
+    "replication": {"errors", "clock", "fleet", "postgres", "storage", "backups", "physical", "ownership"},
     "stores": {"errors", "fleet", "storage", "secrets"},
     "providers": {"errors", "secrets", "crypto"},
     "observability": {"errors", "clock", "fleet", "storage", "backups"},
     "reporting": {"errors", "clock", "fleet", "storage", "backups", "observability"},
     "protection": {"errors", "clock", "fleet", "postgres", "storage", "secrets", "crypto", "backups", "stores",
-                   "providers", "physical", "ownership", "observability", "reporting"},
+                   "providers", "physical", "replication", "ownership", "observability", "reporting"},
     # what each step's pod needs, from the fleet: plain values the Dagster layer turns into op tags
     "kube": {"errors", "fleet"},
     "rollout": {"errors", "declarations", "fleet", "kube"},

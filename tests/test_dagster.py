@@ -67,7 +67,9 @@ def test_demo_definitions_load_with_jobs_schedules_sensor_and_lineage():
                                                     "prune_backups_nightly", "base_backups_daily",
                                                     "wal_archiving_every_5_minutes", "pitr_drills_daily",
                                                     "kubernetes_drift_every_15_minutes", "physical_copies_every_15_minutes",
-                                                    "physical_retention_daily"}
+                                                    "physical_retention_daily",
+                                                    "replication_every_minute", "failover_drills_weekly",
+                                                    "replication_compliance_daily"}
     assert sorted(s.name for s in repo.sensor_defs) == ["escalate_failed_drills", "notice_stale_backups",
                                                         "repair_missing_copies", "report_failed_runs"]
     graph = repo.asset_graph

@@ -10,6 +10,7 @@ import pytest
 
 from platform_orchestration.assets import build_assets, database_partitions
 from platform_orchestration.assets.physical import build_physical_assets, cluster_partitions
+from platform_orchestration.assets.replication import build_replication_assets, standby_partitions
 from platform_orchestration.fleet import Fleet, load_fleet
 from platform_orchestration.ops import build_disaster_restore_job
 from platform_orchestration.specs import (
@@ -67,11 +68,13 @@ def test_repository_specs_load_and_build_against_the_demo_fleet(fleet: Fleet) ->
     schedule_specs = load_schedule_specs(REPOSITORY_ROOT / "schedules")
     asset_names = {a.key.to_user_string() for a in build_assets(database_partitions(["orders"]))}
     asset_names |= {a.key.to_user_string() for a in build_physical_assets(cluster_partitions([]))}
+    asset_names |= {a.key.to_user_string() for a in build_replication_assets(standby_partitions([]))}
 
     jobs = build_jobs(job_specs, asset_names, build_disaster_restore_job)
     schedules = build_schedules(schedule_specs, jobs, fleet, {"take_backups", "run_restore_drills"},
                                 cluster_partitioned_jobs={"take_base_backups", "observe_wal_archiving",
-                                                          "run_pitr_drills"})
+                                                          "run_pitr_drills"},
+                                standby_partitioned_jobs={"observe_replication", "run_failover_drills"})
 
     assert isinstance(job_specs[0], AssetJobSpec)
     assert isinstance(job_specs[-1], OperatorJobSpec)
@@ -121,7 +124,8 @@ def test_unknown_kind(tmp_path: Path) -> None:
             kind: restore
         """)
     assert job_errors(tmp_path) == [
-        f"{path}:3: jobs[0].kind: expected one of assets, disaster_restore, rewrap_keys, restore_pitr, got 'restore'"
+        f"{path}:3: jobs[0].kind: expected one of assets, disaster_restore, rewrap_keys, restore_pitr, "
+        "promote_standby, got 'restore'"
     ]
 
 

@@ -102,16 +102,20 @@ def test_webserver_serves_jobs_schedules_sensor_and_asset_graph(dagster_dev):
 
 
 # Each asset's upstream assets: cluster -> database -> backup -> copies -> drill -> compliance,
-# with retention a side branch off the copies; and, per physical cluster, archiving -> base
-# backups -> PITR drills, and base backups -> copies in other clouds -> retention. The graph the
-# UI draws, as its GraphQL serves it.
+# with retention a side branch off the copies; per physical cluster, archiving -> base
+# backups -> PITR drills, and base backups -> copies in other clouds -> retention; per standby,
+# cluster -> standby -> lag -> failover drill -> compliance. The graph the UI draws, as its GraphQL serves it.
 LINEAGE = {"clusters": set(), "databases": {"clusters"}, "backups": {"databases"},
            "backup_copies": {"backups"}, "restore_drills": {"backup_copies"},
            "compliance_report": {"restore_drills"}, "retention": {"backup_copies"},
            "wal_archiving": set(), "physical_base_backups": {"wal_archiving"},
            "pitr_drills": {"physical_base_backups"}, "physical_copies": {"physical_base_backups"},
-           "physical_retention": {"physical_copies"}}
-PHYSICAL_CHAIN = {"wal_archiving", "physical_base_backups", "pitr_drills", "physical_copies", "physical_retention"}
+           "physical_retention": {"physical_copies"},
+           "standby_clusters": {"clusters"}, "replication_lag": {"standby_clusters"},
+           "failover_drills": {"replication_lag"}, "replication_compliance": {"failover_drills"}}
+PHYSICAL_CHAIN = {"wal_archiving", "physical_base_backups", "pitr_drills", "physical_copies", "physical_retention",
+                  # and the per-standby chain (cluster -> standby -> lag -> failover drill -> compliance)
+                  "standby_clusters", "replication_lag", "failover_drills", "replication_compliance"}
 
 
 def test_the_ui_graph_has_exactly_the_protection_lineage_edges(dagster_dev):
@@ -126,7 +130,8 @@ def test_the_ui_graph_has_exactly_the_protection_lineage_edges(dagster_dev):
     assert downstream == {name: {child for child, parents in LINEAGE.items() if name in parents} for name in LINEAGE}
     assert {name for name, n in nodes.items() if n["isPartitioned"]} == {
         "databases", "backups", "backup_copies", "restore_drills", "retention",
-        "wal_archiving", "physical_base_backups", "pitr_drills", "physical_copies", "physical_retention"}
+        "wal_archiving", "physical_base_backups", "pitr_drills", "physical_copies", "physical_retention",
+        "standby_clusters", "replication_lag", "failover_drills"}
 
 
 ARTIFACTS = REPOSITORY_ROOT / "var" / "artifacts"

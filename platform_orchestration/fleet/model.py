@@ -62,6 +62,8 @@ __all__ = [
     "PHYSICAL_STORE_KINDS",
     "PhysicalPolicy",
     "Policy",
+    "ReplicationPolicy",
+    "StandbySpec",
     "ReferenceProblem",
     "RetentionPolicy",
     "S3ServerSideEncryption",
@@ -304,6 +306,21 @@ class Cluster(_FrozenSpec):
     region: _Text
     role: ClusterRole = "primary"
     physical: ClusterPhysical | None = None
+    # A standby (role: standby) names the cluster it replicates and how it streams from it.
+    replicates: Identifier | None = None
+    standby: StandbySpec | None = None
+
+    @model_validator(mode="after")
+    def _standby_fields_go_together(self) -> Cluster:
+        _check_standby_fields(self)
+        return self
+
+    @property
+    def replication_slot(self) -> str | None:
+        """A standby's slot on its primary (``standby.slot``, or its name with ``_`` for ``-``)."""
+        if self.standby is None:
+            return None
+        return self.standby.slot or self.name.replace("-", "_")
 
     @property
     def physical_server_name(self) -> str | None:
@@ -506,7 +523,49 @@ class ClusterPhysical(_FrozenSpec):
     backup_compression: BackupCompression = "lz4"
 
 
-Cluster.model_rebuild()  # its `physical` field refers to ClusterPhysical, defined above
+SeedMethod: TypeAlias = Literal["auto", "basebackup", "repository"]
+
+
+class StandbySpec(_FrozenSpec):
+    """How a standby cluster (``role: standby``) streams from the cluster it ``replicates``, and
+    how the platform reaches both sides. No password is ever written here: each DSN takes a
+    secret reference beside it (see docs/fleet.md#standby)."""
+
+    policy: Identifier
+    # Field order matters: each password check reads the DSN above it.
+    dsn: Annotated[str, AfterValidator(_check_dsn)]
+    password: SecretRef | None = None
+    primary_conninfo: Annotated[str, AfterValidator(_check_dsn)]
+    replication_password: SecretRef | None = None
+    primary_dsn: Annotated[str, AfterValidator(_check_dsn)] | None = None
+    primary_password: SecretRef | None = None
+    slot: Annotated[str, AfterValidator(_check_slot_name)] | None = None
+    directory: _FleetRelativePath | None = None
+    seed: SeedMethod = "auto"
+    same_cloud_ok: bool = False
+
+
+def _check_slot_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
+        raise ValueError(f"expected a replication slot name of lowercase letters, digits and '_' "
+                         f"(at most 63), got {value!r}")
+    return value
+
+
+def _check_standby_fields(cluster: Cluster) -> None:
+    if cluster.role == "standby":
+        missing = [name for name in ("replicates", "standby") if getattr(cluster, name) is None]
+        if missing:
+            raise ValueError(f"a cluster with role standby needs {' and '.join(missing)} "
+                             "(the primary it replicates, and how it streams from it)")
+    else:
+        given = [name for name in ("replicates", "standby") if getattr(cluster, name) is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} only apply to a cluster with role standby "
+                             f"(this one is {cluster.role})")
+
+
+Cluster.model_rebuild()  # its `physical` and `standby` fields refer to classes defined above
 
 
 class Database(_FrozenSpec):
@@ -632,9 +691,31 @@ class PhysicalPolicy(_FrozenSpec):
         return self
 
 
+class ReplicationPolicy(_FrozenSpec):
+    """What the standbys that name this policy must keep up with: replay within ``max_lag_bytes``
+    and ``max_lag`` of their primary, a slot on the primary holding at most ``max_slot_wal`` of
+    WAL (the primary's disk), and failover drills every ``drill_every`` (default: the policy's
+    ``drill.every``) whose promotion accepts a write within ``failover_rto``."""
+
+    max_lag_bytes: ByteSize
+    max_lag: Duration
+    failover_rto: Duration
+    max_slot_wal: ByteSize
+    drill_every: Duration | None = None
+
+    @model_validator(mode="after")
+    def _slot_holds_the_allowed_lag(self) -> ReplicationPolicy:
+        if self.max_slot_wal < self.max_lag_bytes:
+            raise ValueError(f"max_slot_wal ({format_size(self.max_slot_wal)}) must be at least max_lag_bytes "
+                             f"({format_size(self.max_lag_bytes)}): a standby within its lag keeps that much "
+                             "WAL in its slot")
+        return self
+
+
 class Policy(_FrozenSpec):
     """Recovery objectives shared by databases: RPO, where copies go, drills and retention;
-    ``physical`` for the clusters that name it in their own ``physical`` section."""
+    ``physical`` for the clusters that name it in their own ``physical`` section, ``replication``
+    for the standbys that name it in their ``standby`` section."""
 
     name: Identifier
     rpo: Duration
@@ -642,6 +723,7 @@ class Policy(_FrozenSpec):
     drill: DrillPolicy
     retention: RetentionPolicy
     physical: PhysicalPolicy | None = None
+    replication: ReplicationPolicy | None = None
 
 
 # --- Kubernetes clusters ------------------------------------------------------------------------
@@ -919,6 +1001,10 @@ class Fleet(_FrozenSpec):
         """The clusters with a physical repository (base backups, archived WAL), in file order."""
         return tuple(cluster for cluster in self.clusters if cluster.physical is not None)
 
+    def standby_clusters(self) -> tuple[Cluster, ...]:
+        """The standby clusters (``role: standby``), in file order."""
+        return tuple(cluster for cluster in self.clusters if cluster.standby is not None)
+
 
 # --- cross references ---------------------------------------------------------------------------
 
@@ -1012,6 +1098,7 @@ def find_reference_problems(document: Mapping[str, Any]) -> list[ReferenceProble
                 first_listing[store_name] = loc
     problems += _physical_reference_problems(document, defined)
     problems += _kubernetes_reference_problems(document, defined)
+    problems += _standby_reference_problems(document, defined)
     return problems
 
 
@@ -1095,4 +1182,68 @@ def _kubernetes_reference_problems(document: Mapping[str, Any], defined: Mapping
                                                  "first declared"))
             else:
                 run_by[postgres] = (*loc, "postgres")
+
+
+def _standby_reference_problems(document: Mapping[str, Any], defined: Mapping[str, Mapping[str, Loc]]
+                                ) -> list[ReferenceProblem]:
+    """A standby's ``replicates``: an existing cluster, not itself, not a standby, in another
+    cloud unless ``standby.same_cloud_ok``; its policy has a ``replication`` section; the primary
+    can be reached (``primary_dsn`` or the primary's ``physical.dsn``); a repository seed has a
+    repository; no two standbys of one primary share a slot."""
+    problems: list[ReferenceProblem] = []
+    clusters = {item.get("name"): item for _, item in _section_items(document, "clusters")}
+    policies = {item.get("name"): item for _, item in _section_items(document, "policies")}
+    slots: dict[tuple[str, str], Loc] = {}
+    for index, cluster in _section_items(document, "clusters"):
+        primary_name, standby = cluster.get("replicates"), cluster.get("standby")
+        if not isinstance(primary_name, str) or not isinstance(standby, Mapping):
+            continue
+        loc: Loc = ("clusters", index, "replicates")
+        primary = clusters.get(primary_name)
+        if primary_name == cluster.get("name"):
+            problems.append(ReferenceProblem(loc, "a standby cannot replicate itself"))
+        elif primary_name not in defined["clusters"] or not isinstance(primary, Mapping):
+            problems.append(ReferenceProblem(
+                loc, f"unknown cluster {primary_name!r} ({_known_names(defined['clusters'])})"))
+        elif primary.get("role") == "standby":
+            problems.append(ReferenceProblem(
+                loc, f"cluster {primary_name!r} is itself a standby: a standby replicates a primary "
+                     "(cascading replication is not supported)"))
+        else:
+            if primary.get("cloud") == cluster.get("cloud") and not standby.get("same_cloud_ok"):
+                problems.append(ReferenceProblem(
+                    loc, f"cluster {primary_name!r} is in the same cloud ({primary.get('cloud')}): a standby is "
+                         "for another cloud's failure; set standby.same_cloud_ok: true if this is meant"))
+            physical = primary.get("physical")
+            if standby.get("primary_dsn") is None and not isinstance(physical, Mapping):
+                problems.append(ReferenceProblem(
+                    ("clusters", index, "standby"),
+                    f"no primary_dsn, and cluster {primary_name!r} has no physical section whose dsn could serve: "
+                    "say how the platform logs in to the primary (primary_dsn)"))
+            if standby.get("seed") == "repository" and not isinstance(physical, Mapping):
+                problems.append(ReferenceProblem(
+                    ("clusters", index, "standby", "seed"),
+                    f"cluster {primary_name!r} has no physical repository to seed from (use basebackup or auto)"))
+        policy_name = standby.get("policy")
+        if isinstance(policy_name, str):
+            policy_loc: Loc = ("clusters", index, "standby", "policy")
+            policy = policies.get(policy_name)
+            if policy_name not in defined["policies"]:
+                problems.append(ReferenceProblem(
+                    policy_loc, f"unknown policy {policy_name!r} ({_known_names(defined['policies'])})"))
+            elif isinstance(policy, Mapping) and not policy.get("replication"):
+                problems.append(ReferenceProblem(
+                    policy_loc, f"policy {policy_name!r} has no replication section "
+                                "(max_lag_bytes, max_lag, failover_rto, max_slot_wal)"))
+        name = cluster.get("name")
+        slot = standby.get("slot") or (name.replace("-", "_") if isinstance(name, str) else None)
+        if isinstance(slot, str):
+            key = (primary_name, slot)
+            slot_loc: Loc = ("clusters", index, "standby")
+            if key in slots:
+                problems.append(ReferenceProblem(
+                    slot_loc, f"replication slot {slot!r} on {primary_name!r} is already another standby's",
+                    slots[key], "first used"))
+            else:
+                slots[key] = slot_loc
     return problems

@@ -147,14 +147,15 @@ class ResolvedPlan:
 def replication_pairs(fleet: Fleet) -> set[frozenset[str]]:
     """Pairs of PostgreSQL clusters (names) that hold one database's primary and its standby.
 
-    A cluster naming its primary (``replicates:``, when the fleet declares it) pairs with that
-    primary; without ``replicates``, a ``standby``/``dr`` cluster pairs with every primary."""
+    A standby naming its primary (``replicates:``) pairs with that primary; a ``standby``/``dr``
+    cluster without ``replicates`` (not a streaming standby the platform seeds) pairs with every
+    primary, to be safe."""
     pairs: set[frozenset[str]] = set()
     primaries = [c.name for c in fleet.clusters if c.role == "primary"]
     for cluster in fleet.clusters:
         if cluster.role == "primary":
             continue
-        followed = getattr(cluster, "replicates", None)
+        followed = cluster.replicates
         for primary in ([followed] if isinstance(followed, str) else primaries):
             if primary != cluster.name:
                 pairs.add(frozenset((primary, cluster.name)))
