@@ -1182,6 +1182,7 @@ def _kubernetes_reference_problems(document: Mapping[str, Any], defined: Mapping
                                                  "first declared"))
             else:
                 run_by[postgres] = (*loc, "postgres")
+    return problems
 
 
 def _standby_reference_problems(document: Mapping[str, Any], defined: Mapping[str, Mapping[str, Loc]]
