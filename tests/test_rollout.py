@@ -76,7 +76,7 @@ def _overlays(root: Path, image: str) -> Path:
 FLEET = """\
 clusters:
   - {{name: pg-aws, cloud: aws, region: eu-west-1, role: primary}}
-  - {{name: pg-gcp, cloud: gcp, region: europe-west1, role: standby}}
+  - {{name: pg-gcp, cloud: gcp, region: europe-west1, role: dr}}
 stores:
   - {{name: here, kind: local, path: stores}}
 databases: []
@@ -431,14 +431,14 @@ def test_a_plan_naming_an_unknown_cluster_or_a_cluster_twice_is_refused_with_its
 
 
 def test_a_wave_with_a_databases_primary_and_its_standby_is_refused(site, tmp_path):
-    """The fleet has no `replicates:` yet: pg-gcp (standby) pairs with every primary (pg-aws),
-    so k8s-aws and k8s-gcp, which run them, may not share a wave."""
+    """pg-gcp is a DR cluster that names no primary (no `replicates:`): it pairs with every
+    primary (pg-aws), so k8s-aws and k8s-gcp, which run them, may not share a wave."""
     fleet = load_fleet(site / "fleet.yaml")
     plans = _plans(tmp_path, "      - {name: both, clusters: [k8s-aws, k8s-gcp]}\n      - {name: rest, rest: true}\n")
     with pytest.raises(PlanError, match=r"plans\[0\]\.waves\[0\]: wave 'both' changes k8s-aws \(runs pg-aws\) and "
                                         r"k8s-gcp \(runs pg-gcp\) together, a database's primary and its standby"):
         load_plans(plans, fleet)
-    # given pairs that say otherwise (as `replicates:` will), the same wave is fine
+    # given pairs that say otherwise (as a `replicates:` naming another primary would), the same wave is fine
     assert load_plans(plans, fleet, pairs=[]).keys() == {"p"}
     split = _plans(tmp_path, "      - {name: aws, cloud: aws}\n      - {name: rest, rest: true}\n")
     assert [len(w.clusters) for w in load_plans(split, fleet)["p"].waves] == [1, 3]
@@ -586,16 +586,18 @@ def test_the_demo_shows_a_dry_run_plan_of_the_platforms_rollout_across_the_demo_
     assert "Deployment platform-dr/platform-dr-webserver: " in text
 
 
-def test_replication_pairs_follow_replicates_once_the_fleet_declares_it():
-    """The input of the primary/standby rule: with `replicates:` (another change adds it to the
-    fleet's clusters) a standby pairs with its own primary only; without, with every primary."""
+def test_replication_pairs_follow_replicates():
+    """The input of the primary/standby rule: a standby with `replicates:` pairs with its own
+    primary only; a DR cluster naming none, with every primary."""
     from types import SimpleNamespace as Spec
 
     from platform_orchestration.rollout.plans import replication_pairs
 
-    declared = Spec(clusters=[Spec(name="a", role="primary"), Spec(name="b", role="primary"),
+    declared = Spec(clusters=[Spec(name="a", role="primary", replicates=None),
+                              Spec(name="b", role="primary", replicates=None),
                               Spec(name="s", role="standby", replicates="a")])
     assert replication_pairs(declared) == {frozenset({"a", "s"})}
-    undeclared = Spec(clusters=[Spec(name="a", role="primary"), Spec(name="b", role="primary"),
-                                Spec(name="s", role="dr")])
+    undeclared = Spec(clusters=[Spec(name="a", role="primary", replicates=None),
+                                Spec(name="b", role="primary", replicates=None),
+                                Spec(name="s", role="dr", replicates=None)])
     assert replication_pairs(undeclared) == {frozenset({"a", "s"}), frozenset({"b", "s"})}
