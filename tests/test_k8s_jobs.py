@@ -279,6 +279,29 @@ def test_the_run_queue_lets_at_most_four_runs_use_one_cloud_link():
     assert len({r.tags[DATABASE_RUN_TAG] for r in launchable}) == 4
 
 
+def test_the_run_queue_runs_one_rollout_of_a_plan_at_a_time():
+    """deploy/dagster.yaml's queue, asked by Dagster's queued-run daemon: two queued runs of the
+    production plan's rollout job (tagged as the job tags them) and one of another plan."""
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    from platform_orchestration.definitions import build_definitions
+    from platform_orchestration.ops.rollout import ROLLOUT_TAG
+
+    repo = build_definitions(Path(PRODUCTION_FLEET)).get_repository_def()
+    [job] = [j for j in repo.get_all_jobs() if ROLLOUT_TAG in j.tags]
+    production = yaml.safe_load(PRODUCTION_INSTANCE.read_text())
+    origin = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("platform_orchestration"), "__repository__")
+    with dg.instance_for_test(overrides={"concurrency": production["concurrency"],
+                                         "telemetry": {"enabled": False}}) as instance:
+        for tags in (job.tags, job.tags, {**job.tags, ROLLOUT_TAG: "another-plan"}):
+            create_run_for_test(instance, job_name=job.name, status=dg.DagsterRunStatus.QUEUED,
+                                tags=dict(tags), remote_job_origin=origin.get_job_origin(job.name))
+        launchable = QueuedRunCoordinatorDaemon(interval_seconds=1)._get_runs_to_dequeue(  # noqa: SLF001
+            instance, instance.get_concurrency_config(), None)
+    assert sorted(r.tags[ROLLOUT_TAG] for r in launchable) == sorted([job.tags[ROLLOUT_TAG], "another-plan"])
+
+
 def test_every_cloud_link_of_the_fleets_has_a_limit():
     from platform_orchestration.kube import cloud_links, link_tag
 
