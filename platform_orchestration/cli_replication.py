@@ -58,6 +58,8 @@ def run(args: argparse.Namespace, protection: FleetProtection, out: TextIO) -> i
         print(f"seeded standby {result.standby} ({source}) in {result.seconds:.1f}s: PostgreSQL {result.server_version} "
               f"on port {result.port}, data in {result.data_dir}, slot {result.slot}, streaming; archive fallback "
               f"{'on (restore_command)' if result.archive_fallback else 'off (the primary has no repository)'}", file=out)
+        if result.phases:
+            print("time: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.phases), file=out)
         return 0
 
     if args.command == "replication-status":

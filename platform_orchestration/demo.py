@@ -232,6 +232,7 @@ def run_drill_rounds(fleet_file: Path, rounds: int, out=sys.stdout) -> bool:  # 
 
 
 DEMO_CLOUDS_FLEET = REPOSITORY_ROOT / "deploy" / "fleet" / "demo-clouds.yaml"
+DEMO_REPLICA_FLEET = REPOSITORY_ROOT / "deploy" / "fleet" / "demo-replica.yaml"
 DEMO_PHYSICAL_FLEET = REPOSITORY_ROOT / "deploy" / "fleet" / "demo-physical.yaml"
 
 
@@ -303,6 +304,82 @@ def run_physical_drill(out=sys.stdout) -> bool:  # noqa: ANN001
     return ok
 
 
+
+
+def run_failover_drill(out=sys.stdout) -> bool:  # noqa: ANN001
+    """A standby of a throwaway primary (both local, on free ports), seeded with pg_basebackup
+    through a slot, replication observed from both sides, and a failover drill on a throwaway
+    copy of the standby: the jobs of jobs/replication.yaml as Dagster runs. Both servers and the
+    standby's directory are stopped and removed after it."""
+    import shutil
+    import secrets as token
+
+    import dagster as dg
+
+    from platform_orchestration.definitions import build_definitions
+    from platform_orchestration.postgres import ephemeral_cluster
+    from platform_orchestration.postgres.cluster import free_port
+
+    started = time.monotonic()
+    standby_dir = DEMO_DIR / "replica" / "standby"
+    standby_port = free_port()
+    os.environ["DEMO_PG_STANDBY_PORT"] = str(standby_port)
+    os.environ["DEMO_REPLICATION_PASSWORD"] = password = token.token_hex(16)
+    ok = True
+    with ephemeral_cluster(16) as primary:
+        os.environ["DEMO_PG_REPLICA_PRIMARY_PORT"] = str(primary.port)
+        standby = local_cluster(standby_dir, standby_port, primary.install.major)
+        standby = LocalCluster(standby.base_dir, standby_port, standby.install)
+        try:
+            with psycopg.connect(primary.connection().dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE ROLE replicator REPLICATION LOGIN PASSWORD {}").format(sql.Literal(password)))
+                conn.execute("CREATE TABLE shipments (id bigint PRIMARY KEY, sent_at timestamptz)")
+                conn.execute("INSERT INTO shipments SELECT g, now() - g * interval '1 minute' "
+                             "FROM generate_series(1, 50000) g")
+            hba = primary.data_dir / "pg_hba.conf"
+            hba.write_text("host replication replicator 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+            with psycopg.connect(primary.connection().dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_reload_conf()")
+            definitions = build_definitions(DEMO_REPLICA_FLEET)
+            print(f"  pg-replica-primary PostgreSQL {primary.install.version} 127.0.0.1:{primary.port} (aws), "
+                  f"standby pg-replica-standby 127.0.0.1:{standby_port} (azure)", file=out)
+            seed = {**_QUIET, "ops": {"standby_clusters": {"config": {"seed": True}}}}
+            with dg.DagsterInstance.get() as instance:
+                for job_name, config in (("seed_standby", seed), ("observe_replication", _QUIET),
+                                         ("run_failover_drills", _QUIET)):
+                    result = definitions.resolve_job_def(job_name).execute_in_process(
+                        partition_key="pg-replica-standby", instance=instance, raise_on_error=False,
+                        run_config=config)
+                    ok &= result.success
+                    for event in result.get_asset_materialization_events():
+                        m = {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+                        asset = event.asset_key.to_user_string()
+                        if asset == "standby_clusters" and "seed_seconds" in m:
+                            print(f"  seed     pg_basebackup through slot {m.get('slot')}: {m['seed_seconds']}s, "
+                                  "streaming", file=out)
+                        elif asset == "replication_lag":
+                            print(f"  lag      {m['state']}: {m['lag_bytes']} bytes, {m['lag_seconds']}s behind; "
+                                  f"slot keeps {m['slot_kept']}", file=out)
+                        elif asset == "failover_drills":
+                            print(f"  failover drill {m['drill_id']}: marker at {m['marker_lsn']} on the promoted "
+                                  f"copy: {m['marker_on_copy']}; RTO {m['rto_seconds']}s (target "
+                                  f"{m['rto_target_seconds']:.0f}s), RPO {m['rpo_seconds']}s (target "
+                                  f"{m['rpo_target_seconds']:.0f}s), copy {m['copy_seconds']}s", file=out)
+                    for evaluation in result.get_asset_check_evaluations():
+                        verdict = "pass" if evaluation.passed else "FAIL"
+                        print(f"  check    [{verdict}] {evaluation.check_name}: {evaluation.description or ''}", file=out)
+                    for event in result.all_events:
+                        if event.is_step_failure:
+                            print(f"  error    {event.step_key}: "
+                                  f"{event.step_failure_data.error.message.strip()}", file=out)
+        finally:
+            try:
+                standby.stop()
+            finally:
+                shutil.rmtree(standby.base_dir, ignore_errors=True)
+                shutil.rmtree(standby_dir.parent, ignore_errors=True)
+    print(f"  ({time.monotonic() - started:.0f}s for the replica part; both servers are stopped and removed)", file=out)
+    return ok
 
 
 def run_in_three_clouds() -> bool:
@@ -402,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = run_protection_flow()
     print(f"\nPhysical protection (barman-cloud) of one cluster, {DEMO_PHYSICAL_FLEET.relative_to(REPOSITORY_ROOT)}:")
     ok &= run_physical_drill()
+    print(f"\nA standby in another cloud and one failover drill, {DEMO_REPLICA_FLEET.relative_to(REPOSITORY_ROOT)}:")
+    ok &= run_failover_drill()
     print("\nA dry-run plan of rolling the platform out across the demo fleet's Kubernetes clusters "
           "(deploy/rollout/plans.yaml; offline, no cluster: the job `rollout_platform_dr` with dry_run "
           "shows each server's diff):")

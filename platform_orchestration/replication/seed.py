@@ -66,6 +66,19 @@ class SeedResult:
     seconds: float
     backup_id: str | None = None
     archive_fallback: bool = False
+    # Where the time went, in order: (phase, seconds); the phases sum to ``seconds``.
+    phases: tuple[tuple[str, float], ...] = ()
+
+
+class _Phases:
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+        self.done: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.done.append((name, now - self.last))
+        self.last = now
 
 
 def slot_state(primary: PgConnection, slot: str) -> tuple[bool, bool] | None:
@@ -133,7 +146,8 @@ def _refuse_password_in_settings(cluster: LocalCluster, target: StandbyTarget) -
         raise ReplicationFailed(f"seed of {target.name}: a password reached {auto}; refusing to start it")
 
 
-def start_standby(cluster: LocalCluster, *, what: str, timeout: float = STREAMING_TIMEOUT_SECONDS) -> None:
+def start_standby(cluster: LocalCluster, *, what: str, timeout: float = STREAMING_TIMEOUT_SECONDS,
+                  phases: _Phases | None = None) -> None:
     """Start a configured standby and wait until it streams."""
     from_pid = cluster.data_dir / "postmaster.pid"
     try:
@@ -142,7 +156,11 @@ def start_standby(cluster: LocalCluster, *, what: str, timeout: float = STREAMIN
         if not from_pid.exists():
             raise ReplicationFailed(f"{what}: the server did not start: {log_tail(cluster)}") from None
         raise ReplicationFailed(f"{what}: {exc}") from None
+    if phases is not None:
+        phases.mark("server start")
     wait_streaming(cluster, cluster.connection(), timeout=timeout, what=what)
+    if phases is not None:
+        phases.mark("wait until streaming")
 
 
 def seed_by_basebackup(target: StandbyTarget, base_dir: Path, *, fallback: ArchiveFallback | None = None,
@@ -150,22 +168,25 @@ def seed_by_basebackup(target: StandbyTarget, base_dir: Path, *, fallback: Archi
     """Seed ``target`` in ``base_dir`` (its data directory ``data/`` must not exist or be empty)
     with pg_basebackup from the primary through a new slot, and start it streaming."""
     what = f"seed of standby {target.name} from {target.primary_name}"
-    started = time.monotonic()
+    phases = _Phases()
     major, version = server_major(target.primary)
     cluster = prepare_cluster(base_dir, target.standby_port, major, what=what)
     passfile = _passfile(cluster, target)
     release_stale_slot(target.primary, target.slot, target.name)
+    phases.mark("checks")
     source = primary_conninfo(target.stream_dsn, target.application_name, passfile)
     run_tool([cluster.install.tool("pg_basebackup"), "-d", source, "-D", str(cluster.data_dir), "-X", "stream",
               "-c", "fast", "-C", "-S", target.slot, "-R", "--no-sync"],
              what=what, timeout=BASEBACKUP_TIMEOUT_SECONDS, secrets=[target.stream_password])
+    phases.mark("pg_basebackup")
     hand_to_server_user(cluster.data_dir)
     write_standby_settings(cluster.data_dir, standby_settings(target, passfile, _restore_for(cluster, fallback)))
     _refuse_password_in_settings(cluster, target)
-    start_standby(cluster, what=what, timeout=timeout)
+    phases.mark("settings")
+    start_standby(cluster, what=what, timeout=timeout, phases=phases)
     return SeedResult(standby=target.name, method="basebackup", data_dir=cluster.data_dir, port=cluster.port,
-                      slot=target.slot, server_version=version, seconds=time.monotonic() - started,
-                      archive_fallback=fallback is not None)
+                      slot=target.slot, server_version=version, seconds=time.monotonic() - phases.started,
+                      archive_fallback=fallback is not None, phases=tuple(phases.done))
 
 
 def newest_base_backup(backups: Sequence[BaseBackup], major: int) -> BaseBackup:
