@@ -66,7 +66,7 @@ def prepare_primary(cluster: LocalCluster) -> None:
 
 
 def write_fleet(root: Path, primary_port: int, standby_port: int, *, physical: str = "", stores: str = "",
-                seed: str = "basebackup") -> Path:
+                seed: str = "basebackup", policy_stores: tuple[str, ...] = ("aws", "azure")) -> Path:
     path = root / "fleet.yaml"
     path.write_text(f"""\
 clusters:
@@ -93,7 +93,7 @@ databases: []
 policies:
   - name: gold
     rpo: 1h
-    stores: [aws, azure]
+    stores: [{", ".join(policy_stores)}]
     drill: {{every: 1d, rto: 10m}}
     retention: {{keep_last: 3}}
     replication: {POLICY}{'''
@@ -138,7 +138,8 @@ def stop_and_remove(cluster: LocalCluster) -> None:
 
 @contextlib.contextmanager
 def replica_pair(major: int, root: Path, *, primary: LocalCluster | None = None, physical: str = "",
-                 stores: str = "", seed: str = "basebackup") -> Iterator[ReplicaPair]:
+                 stores: str = "", seed: str = "basebackup",
+                 policy_stores: tuple[str, ...] = ("aws", "azure")) -> Iterator[ReplicaPair]:
     """A primary of ``major`` (a new one, or ``primary``) and a fleet declaring a standby of it; the
     standby is not seeded yet. Everything is stopped and removed on exit."""
     root.mkdir(parents=True, exist_ok=True)
@@ -146,7 +147,8 @@ def replica_pair(major: int, root: Path, *, primary: LocalCluster | None = None,
         if primary is None:
             primary = stack.enter_context(ephemeral_cluster(major))
         prepare_primary(primary)
-        fleet_file = write_fleet(root, primary.port, free_port(), physical=physical, stores=stores, seed=seed)
+        fleet_file = write_fleet(root, primary.port, free_port(), physical=physical, stores=stores, seed=seed,
+                                 policy_stores=policy_stores)
         protection = FleetProtection(load_fleet(fleet_file, environ=dict(os.environ)), secrets=LocalSecretProvider())
         pair = ReplicaPair(primary, fleet_file, protection, root / "standby")
         try:

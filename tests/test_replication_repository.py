@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from physical_support import archived_cluster
-from replication_support import STANDBY, execute, replica_pair, wait_for
+from replication_support import PRIMARY, STANDBY, execute, replica_pair, wait_for
 
 from platform_orchestration.physical.archiving import switch_and_wait_archived
 from platform_orchestration.physical.base_backup import take_base_backup
@@ -61,3 +61,38 @@ def test_a_standby_seeded_from_the_repository_falls_back_to_the_archive_when_str
 
             execute(standby_dsn, f"ALTER SYSTEM SET primary_conninfo = '{conninfo}'", "SELECT pg_reload_conf()")
             wait_for(lambda: pair.protection.replication_status(STANDBY).streaming, what="streaming again")
+
+
+def test_a_standby_in_another_cloud_seeds_from_the_copy_in_its_own_cloud(
+        s3_backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The primary's repository is in aws; its policy keeps a copy in an S3-compatible store in
+    azure, the standby's cloud: the seed restores the copy's base backup and the standby's
+    restore_command reads the copy, never the primary's cloud (as a CloudNativePG replica
+    cluster bootstraps from its own cloud's object store)."""
+    monkeypatch.setenv("TEST_S3_KEY_ID", "testing")
+    monkeypatch.setenv("TEST_S3_SECRET", SECRET)
+    with archived_cluster(s3_backend, 16) as archived:
+        port = archived.cluster.port
+        copy_bucket = s3_backend.new_bucket()
+        physical = (f"\n    physical: {{store: aws-s3, policy: gold, server_name: pg-a, "
+                    f"dsn: \"host=127.0.0.1 port={port} user=postgres dbname=postgres\"}}")
+        credentials = "credentials: {access_key_id: {env: TEST_S3_KEY_ID}, secret_access_key: {env: TEST_S3_SECRET}}"
+        stores = (f"\n  - {{name: aws-s3, kind: s3, bucket: {archived.spec.bucket}, region: us-east-1, "
+                  f"endpoint_url: \"{s3_backend.endpoint}\", {credentials}}}"
+                  f"\n  - {{name: azure-s3, kind: s3, cloud: azure, bucket: {copy_bucket}, region: us-east-1, "
+                  f"endpoint_url: \"{s3_backend.endpoint}\", {credentials}}}")
+        with replica_pair(16, tmp_path, primary=archived.cluster, physical=physical, stores=stores,
+                          seed="repository", policy_stores=("aws", "azure", "azure-s3")) as pair:
+            primary_dsn = archived.cluster.connection().dsn
+            execute(primary_dsn, "INSERT INTO probe (payload) SELECT 'in the base backup' FROM generate_series(1, 100)")
+            backup = take_base_backup(archived.tools, archived.repository, archived.cluster.connection(),
+                                      store=archived.store).backup
+            assert pair.protection.archive_fallback(STANDBY).repository.store == "azure-s3"
+            _outcomes, failures = pair.protection.copy_physical(PRIMARY)
+            assert not failures
+            seeded = pair.protection.seed_standby(STANDBY)
+            assert seeded.method == "repository" and seeded.backup_id == backup.backup_id
+            standby_dsn = pair.standby.connection().dsn
+            wait_for(lambda: execute(standby_dsn, "SELECT count(*) FROM probe")[0][0] == 100, what="rows on the standby")
+            [(restore,)] = execute(standby_dsn, "SELECT current_setting('restore_command')")
+            assert copy_bucket in restore and archived.spec.bucket not in restore

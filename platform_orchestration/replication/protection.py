@@ -76,11 +76,21 @@ class ReplicationProtection:
             directory=standby.directory, objectives=self.replication_objectives(name))
 
     def archive_fallback(self: FleetProtection, name: str) -> ArchiveFallback | None:
-        """The primary's physical repository, where the standby's restore_command reads; None without one."""
-        _spec, primary, _policy = self._standby(name)
+        """The primary's physical repository as the standby reads it (its restore_command, and a
+        repository seed); None when the primary has none. A standby reads in its own cloud: the
+        repository when it is there, else the repository's copy in a store of the primary's
+        policy in the standby's cloud (as a CloudNativePG replica cluster bootstraps from its own
+        cloud's object store), else, with no copy there, the repository across clouds."""
+        spec, primary, _policy = self._standby(name)
         if primary.physical is None:
             return None
-        return ArchiveFallback(barman_tools(), self.physical_repository(primary.name))
+        repository = self.physical_repository(primary.name)
+        if self.fleet.store(primary.physical.store).cloud != spec.cloud:
+            targets, _local = self.physical_copy_targets(primary.name)
+            own_cloud = [store for store in targets if self.fleet.store(store).cloud == spec.cloud]
+            if own_cloud:
+                repository = self.physical_store_repository(primary.name, own_cloud[0])
+        return ArchiveFallback(barman_tools(), repository)
 
     def seed_standby(self: FleetProtection, name: str, *, method: Literal["auto", "basebackup", "repository"] | None = None,
                      directory: Path | None = None) -> SeedResult:
