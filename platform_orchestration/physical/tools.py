@@ -133,13 +133,19 @@ def _imported_version(venv: Path, python: Path) -> str:
 
 
 @functools.cache
-def _located(venv: Path) -> BarmanTools:
+def _found(venv: Path) -> BarmanTools:
     python = venv / "bin" / "python"
     if not python.exists():
         raise BarmanToolsMissing(
             f"barman-cloud is not installed: no {python} (run `make install`, which builds {DEFAULT_VENV.name} "
             f"from /usr/bin/python3, or set {VENV_ENV} to a virtualenv with barman[cloud])")
-    version = _installed_version(venv) or _imported_version(venv, python)
+    return BarmanTools(python=python, version=_installed_version(venv) or _imported_version(venv, python))
+
+
+@functools.cache
+def _located(venv: Path) -> BarmanTools:
+    found = _found(venv)
+    python, version = found.python, found.version
     if _as_root() and not _server_user_can_run(python):
         mirror = _mirror_for_server_user(venv)
         python = mirror / "bin" / "python"
@@ -150,6 +156,11 @@ def _located(venv: Path) -> BarmanTools:
     return BarmanTools(python=python, version=version)
 
 
-def barman_tools() -> BarmanTools:
-    """The barman-cloud tools, runnable by us and by the server's user; BarmanToolsMissing if not."""
-    return _located(_venv_from_env())
+def barman_tools(*, for_server_user: bool = True) -> BarmanTools:
+    """The barman-cloud tools, runnable by us and by the server's user; BarmanToolsMissing if not.
+
+    ``for_server_user=False`` when only we run them (a base backup: barman-cloud-backup runs as
+    us, the server never does): the proof that the server's user can run them (a Python process
+    as that user, about 0.25 s) is left to what the server runs (archive and restore commands)."""
+    venv = _venv_from_env()
+    return _located(venv) if for_server_user else _found(venv)
