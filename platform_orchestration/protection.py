@@ -554,7 +554,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
         repository = self.physical_repository(cluster)
         # The store's client (boto3 & co., about 0.3 s to import and build) is opened while
         # barman-cloud-backup runs: it is only needed afterwards, to read barman's record.
-        connection, tools = self.physical_connection(cluster), barman_tools()
+        # Only we run barman-cloud-backup: no need to prove the server's user can run it too.
+        connection, tools = self.physical_connection(cluster), barman_tools(for_server_user=False)
         with ThreadPoolExecutor(max_workers=1) as pool:
             store = pool.submit(self.store, repository.store)
             return take_base_backup(tools, repository, connection, jobs=jobs, clock=self.clock, store=store)
