@@ -24,6 +24,7 @@ from platform_orchestration.sensors import report_failed_runs
 from platform_orchestration.ops.batches import BATCH_RUN_TAG
 from platform_orchestration.ownership import Lease, ProcessIdentity
 from platform_orchestration.specs import CLUSTER_RUN_TAG, DATABASE_RUN_TAG
+from platform_orchestration.ops.rollout import ROLLOUT_TAG
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -307,11 +308,12 @@ def test_production_instance_config_keeps_runs_in_postgresql(tmp_path, target_cl
 
     with dg.DagsterInstance.from_config(str(home)) as production_instance:
         limits = production_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
-        assert limits[:3] == [
+        assert limits[:4] == [
             {"key": DATABASE_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
             {"key": BATCH_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
-            {"key": CLUSTER_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
-        assert limits[3:] and all(limit["key"].startswith("platform/egress-") for limit in limits[3:])  # one per cloud link
+            {"key": CLUSTER_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+            {"key": ROLLOUT_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+        assert limits[4:] and all(limit["key"].startswith("platform/egress-") for limit in limits[4:])  # one per cloud link
 
         @dg.op
         def noop() -> None: ...
