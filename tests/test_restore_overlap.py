@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -20,13 +21,14 @@ import pytest
 from conftest import SOURCE_DB
 from pg import both_majors, fingerprint, row_counts
 
-from platform_orchestration.backups.archive_toc import BlockFinder, TocIncomplete, TocUnsupported, read_toc
+from platform_orchestration.backups.archive_toc import BlockFinder, TocEntry, TocIncomplete, TocUnsupported, read_toc
 from platform_orchestration.backups.catalog import find_backup
 from platform_orchestration.backups.integrity import BackupCorrupt
 from platform_orchestration.backups.restore import (
     _RLS_ENTRY,
     RestoreFailed,
     _phases,
+    _RowCounter,
     restore_backup,
 )
 from platform_orchestration.crypto.local_keys import LocalDataKeyProvider
@@ -334,3 +336,89 @@ def test_post_data_of_a_table_is_ready_once_its_data_is_in_by_dependencies_and_l
     via_root = entry(12, "TABLE DATA", 3, (2,), "small", "COPY public.big (a) FROM stdin;\n")
     rooted = ArchiveToc((1, 15, 0), tuple(via_root if e.dump_id == 12 else e for e in entries), end=0)
     assert _early_post(rooted, _phases(rooted)) == {}
+
+
+def test_rows_counted_as_each_table_loads_are_still_held_against_the_manifest(backup, stores, keys, bulky_db,
+                                                                               target_db):
+    """Each table is counted as soon as its data is in (beside the other tables' loads), no
+    longer all at the end: a manifest that says one row more for a table still fails the
+    restore, naming the table, and the database it created is gone."""
+    backup(stores, connection=bulky_db, keys=keys)
+    manifest = find_backup([stores[0]], SOURCE_DB).manifest
+    counts = dict(manifest.row_counts)
+    counts["public.zz_bulk"] += 1
+    write_bytes(stores[0], manifest.manifest_key, manifest.model_copy(update={"row_counts": counts}).to_json())
+
+    with pytest.raises(RestoreFailed, match=r"public\.zz_bulk: 120000 rows, expected 120001"):
+        restore_backup(find_backup([stores[0]], SOURCE_DB), target_db, keys=keys)
+    assert not _exists(target_db)
+
+
+def test_a_count_waiting_on_a_lock_is_cancelled_and_its_session_closed_when_the_restore_fails(target_db):
+    """When a restore fails while a table is being counted, the count is cancelled and its
+    connection closed at once: dropping the database the restore created then finds no
+    session of ours in it (a count waiting on a lock would otherwise hold it up)."""
+    with psycopg.connect(target_db.for_database("postgres").dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{target_db.dbname}"')
+    try:
+        with psycopg.connect(target_db.dsn) as holder:
+            holder.execute("CREATE TABLE public.locked (id int)")
+            holder.commit()
+            holder.execute("LOCK TABLE public.locked IN ACCESS EXCLUSIVE MODE")
+            counter = _RowCounter(_StoredStub(), target_db)
+            counter.count(TocEntry(dump_id=7, has_data=True, desc="TABLE DATA", tag="locked", section=3,
+                                   namespace="public"))
+            deadline = time.monotonic() + 10
+            while not _sessions_waiting_on_a_lock(target_db) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert _sessions_waiting_on_a_lock(target_db) == 1, "the count should be waiting on the lock"
+            stopping = threading.Thread(target=counter.stop, kwargs={"cancel": True})
+            stopping.start()
+            stopping.join(5)
+            cancelled = not stopping.is_alive()
+            holder.rollback()  # lets a count that was not cancelled finish, so the test ends
+            stopping.join()
+            assert cancelled, "stop(cancel=True) waited for the lock instead of cancelling the count"
+            assert counter.finished() == set()
+        assert _sessions(target_db) == 0
+    finally:
+        with psycopg.connect(target_db.for_database("postgres").dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{target_db.dbname}"')
+
+
+def test_a_count_that_fails_is_raised_naming_the_restore(target_db):
+    """A table that cannot be counted (here: gone) fails the restore with the counting
+    error, not later and not silently."""
+    with psycopg.connect(target_db.for_database("postgres").dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{target_db.dbname}"')
+    try:
+        counter = _RowCounter(_StoredStub(), target_db)
+        counter.count(TocEntry(dump_id=8, has_data=True, desc="TABLE DATA", tag="nowhere", section=3,
+                               namespace="public"))
+        counter.stop(cancel=False)
+        with pytest.raises(RestoreFailed, match=r"counting the restored rows failed: .*nowhere"):
+            counter.finished()
+        assert _sessions(target_db) == 0
+    finally:
+        with psycopg.connect(target_db.for_database("postgres").dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{target_db.dbname}"')
+
+
+class _StoredStub:
+    """What _RowCounter's error messages read of a stored backup."""
+    backup_id = "b-1"
+
+    class manifest:  # noqa: N801 - stands for the manifest attribute
+        database = "orders"
+
+
+def _sessions(target) -> int:
+    with psycopg.connect(target.for_database("postgres").dsn, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+                            "AND backend_type = 'client backend'", (target.dbname,)).fetchone()[0]
+
+
+def _sessions_waiting_on_a_lock(target) -> int:
+    with psycopg.connect(target.for_database("postgres").dsn, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                            (target.dbname,)).fetchone()[0]

@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import queue
 import re
 import select
 import shutil
@@ -61,7 +62,7 @@ import subprocess
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -89,7 +90,7 @@ from platform_orchestration.ownership import leased_work_directory
 from platform_orchestration.postgres.binaries import client_tools_for
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.postgres.globals import GlobalsApplied, GlobalsError, apply_globals
-from platform_orchestration.postgres.snapshot import count_rows
+from platform_orchestration.postgres.snapshot import count_rows, count_table_rows
 
 # Where a database is created or dropped from, in order; never the target itself.
 MAINTENANCE_DATABASES = ("postgres", "template1")
@@ -334,22 +335,21 @@ def _fetch_to_file(stored: StoredBackup, path: Path, progress: ProgressListener,
                             f"manifest's {manifest.dump.raw_bytes}")
 
 
-def verify_row_counts(stored: StoredBackup, target: PgConnection) -> tuple[int, int]:
+def verify_row_counts(stored: StoredBackup, target: PgConnection,
+                      counted: Mapping[str, int] | None = None) -> tuple[int, int]:
     """Compare every table's row count with the manifest; returns (tables, rows).
 
     Tables are the ordinary ones (relkind 'r'), as in the manifest: a partitioned table's
     partitions are counted one by one and its parent (relkind 'p', no rows of its own) is not,
-    so every row is counted exactly once."""
+    so every row is counted exactly once. `counted` holds the tables counted already, as soon
+    as their data was in (_RowCounter); the others are counted now. Which tables exist is
+    always read now."""
     expected = stored.manifest.row_counts
     try:
         with psycopg.connect(target.dsn, **target.psycopg_kwargs()) as conn:
-            actual = count_rows(conn)
+            actual = count_rows(conn, counted)
     except psycopg.Error as exc:
-        hint = (" (counting every row of a table with row-level security needs a login with BYPASSRLS)"
-                if "row-level security" in str(exc) else "")
-        raise RestoreFailed(f"restore of backup {stored.backup_id} of {stored.manifest.database} into "
-                            f"{target.display()}: counting the restored rows failed: {one_line(exc)}{hint}"
-                            ) from None
+        raise _counting_failed(stored, target, exc) from None
     problems = []
     for table, rows in sorted(expected.items()):
         if table not in actual:
@@ -363,6 +363,87 @@ def verify_row_counts(stored: StoredBackup, target: PgConnection) -> tuple[int, 
             + "; ".join(problems[:10]) + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else "")
         )
     return len(expected), sum(expected.values())
+
+
+def _counting_failed(stored: StoredBackup, target: PgConnection, exc: psycopg.Error) -> RestoreFailed:
+    hint = (" (counting every row of a table with row-level security needs a login with BYPASSRLS)"
+            if "row-level security" in str(exc) else "")
+    return RestoreFailed(f"restore of backup {stored.backup_id} of {stored.manifest.database} into "
+                         f"{target.display()}: counting the restored rows failed: {one_line(exc)}{hint}")
+
+
+class _RowCounter:
+    """Counts each table's rows as soon as its data is in, in a thread of its own, one table
+    at a time, beside the other tables' loads: the count then leaves the end of the restore,
+    and a table's post-data waits for it. Counted before its primary key is built, a freshly
+    loaded table is also cheaper to index: the count sets the rows' hint bits with parallel
+    workers, which the index build would otherwise do alone (measured on 6 M pgbench rows:
+    count then key 1.7-1.9 s, key then count 1.8-2.2 s).
+
+    The counts stay exact to the end: post-data builds indexes, constraints, triggers and
+    rules, none of which adds or removes a row (a trigger created after the load never
+    fires for it). Each count is its own short transaction, so that its ACCESS SHARE lock
+    never holds up the table's ALTER TABLE that follows."""
+
+    def __init__(self, stored: StoredBackup, target: PgConnection) -> None:
+        self._stored, self._target = stored, target
+        self._wanted: queue.Queue[TocEntry | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+        self._stopping = False
+        self.counted: dict[str, int] = {}
+        self.done: set[int] = set()  # dump ids of the TABLE DATA entries counted
+        self.error: RestoreFailed | None = None
+        self._thread = threading.Thread(target=self._run, name="restore-count", daemon=True)
+        self._thread.start()
+
+    def count(self, entry: TocEntry) -> None:
+        self._wanted.put(entry)
+
+    def finished(self) -> set[int]:
+        """The entries counted so far (raises what a count failed with)."""
+        with self._lock:
+            if self.error is not None:
+                raise self.error
+            return set(self.done)
+
+    def stop(self, *, cancel: bool) -> None:
+        """Stop after what is queued (or at once, cancelling a running count, with `cancel`)
+        and close the connection: a database that is dropped next has no session of ours."""
+        with self._lock:
+            self._stopping = cancel
+            if cancel and self._conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.cancel_safe()
+        self._wanted.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while (entry := self._wanted.get()) is not None:
+                with self._lock:
+                    if self._stopping or self.error is not None:
+                        continue
+                    if self._conn is None:
+                        self._conn = psycopg.connect(self._target.dsn, autocommit=True,
+                                                     **self._target.psycopg_kwargs())
+                    conn = self._conn
+                with conn.transaction():
+                    conn.execute("SET LOCAL row_security = off")
+                    rows = count_table_rows(conn, entry.namespace, entry.tag)
+                with self._lock:
+                    self.counted[f"{entry.namespace}.{entry.tag}"] = rows
+                    self.done.add(entry.dump_id)
+        except psycopg.Error as exc:
+            with self._lock:
+                if not self._stopping:
+                    self.error = _counting_failed(self._stored, self._target, exc)
+            while self._wanted.get() is not None:  # until stop()
+                pass
+        finally:
+            if self._conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.close()
 
 
 # Row-level security entries of a pg_restore --list: enabling RLS, policies, their comments.
@@ -578,8 +659,12 @@ class _OverlappedRestore:
 
     def __init__(self, *, stored: StoredBackup, archive: Path, scratch: Path, progress: ProgressListener,
                  keys: DataKeyProvider | None, command: Sequence[str], version: str, pg_restore: str,
-                 jobs: int, env: dict[str, str], into: str, create: Callable[[], object]) -> None:
+                 jobs: int, env: dict[str, str], into: str, create: Callable[[], object],
+                 target: PgConnection) -> None:
         self._stored, self._archive, self._scratch = stored, archive, scratch
+        self._target = target
+        self._counter: _RowCounter | None = None
+        self.counted: dict[str, int] = {}  # tables counted as soon as their data was in
         self._progress, self._keys = progress, keys
         self._command, self._version, self._pg_restore = list(command), version, pg_restore
         self._jobs, self._env, self._into, self._create = max(1, jobs), env, into, create
@@ -599,6 +684,8 @@ class _OverlappedRestore:
             self._restore()
         except BaseException:
             self._stop.set()
+            if self._counter is not None:
+                self._counter.stop(cancel=True)
             for process, _, _ in self._passes:
                 if process.poll() is None:
                     process.kill()
@@ -611,6 +698,9 @@ class _OverlappedRestore:
         fetcher.join()
         for feeder in self._feeders:
             feeder.join()
+        if self._counter is not None:
+            self._counter.stop(cancel=False)
+            self.counted = dict(self._counter.counted)
 
     def _fetch(self) -> None:
         try:
@@ -638,6 +728,10 @@ class _OverlappedRestore:
             out.write(head.read(toc.end))
         if phases.schema:
             self._wait([self._start("schema", phases.schema, feed=((0, toc.end),))])
+        if all(_loads_own_table(e) for e in toc.entries if e.desc == "TABLE DATA"):
+            # (A table loaded through its partition root may put its rows in any partition:
+            # those are only counted at the end, all at once.)
+            self._counter = _RowCounter(self._stored, self._target)
         finder = BlockFinder(toc, phases.blocks)
         finding = threading.Thread(target=self._find_blocks, args=(finder, toc.end), name="restore-blocks",
                                    daemon=True)
@@ -658,7 +752,7 @@ class _OverlappedRestore:
         early = _early_post(toc, phases)
         blocks = phases.blocks
         all_data = {e.dump_id for e in (*blocks, *phases.data)}
-        data_done: set[int] = set()
+        data_done: set[int] = set()  # restored (and, with a counter, counted)
         post_done: set[int] = set()
         post_left = list(phases.post)
         units: list[_Unit] = []
@@ -670,7 +764,16 @@ class _OverlappedRestore:
                 if unit.process.returncode:
                     self._check()  # raises, naming that pass
                 units.remove(unit)
-                (data_done if unit.data else post_done).update(e.dump_id for e in unit.entries)
+                if not unit.data:
+                    post_done.update(e.dump_id for e in unit.entries)
+                    continue
+                for entry in unit.entries:
+                    if self._counter is not None and entry.desc == "TABLE DATA":
+                        self._counter.count(entry)  # done once counted
+                    else:
+                        data_done.add(entry.dump_id)
+            if self._counter is not None:
+                data_done |= self._counter.finished()
             fetched = self._growing.state == "complete"
             if fetched and not announced:
                 self._progress("restore", 0)
@@ -981,6 +1084,7 @@ def restore_backup(
     scratch = leased_work_directory("restore-", workdir)  # reaped if this process is killed
     applied: GlobalsApplied | None = None
     created = False
+    counted: dict[str, int] = {}
     try:
         try:
             started = time.monotonic()
@@ -990,11 +1094,12 @@ def restore_backup(
                     stored=stored, archive=archive, scratch=scratch, progress=progress, keys=keys,
                     command=command, version=tools.version, pg_restore=tools.tool("pg_restore"), jobs=jobs,
                     env=target.tool_env(), into=into,
-                    create=lambda: _prepare_database(target, state, restore_as, what))
+                    create=lambda: _prepare_database(target, state, restore_as, what), target=target)
                 try:
                     runner.run()
                 finally:
                     created = runner.created
+                counted = runner.counted
                 action: TargetAction = "created"
                 fetched = runner.fetched_at
             else:
@@ -1017,7 +1122,7 @@ def restore_backup(
             with contextlib.suppress(OSError):
                 shutil.rmtree(scratch)
         progress("verify", 0)
-        tables, rows = verify_row_counts(stored, target)
+        tables, rows = verify_row_counts(stored, target, counted)
     except BaseException as failure:
         if created:  # whatever failed, a database this restore created does not stay behind
             _drop_created(target, into, failure)

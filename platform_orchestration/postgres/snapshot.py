@@ -8,6 +8,7 @@ snapshot is only importable while its transaction lives.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,19 +44,29 @@ def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in conn.execute(_USER_TABLES).fetchall()]
 
 
-def count_rows(conn: psycopg.Connection) -> dict[str, int]:
+def count_rows(conn: psycopg.Connection, known: Mapping[str, int] | None = None) -> dict[str, int]:
     """Every ordinary table's exact row count (partitions one by one; a partitioned parent,
-    relkind 'p', has no rows of its own and is not listed, so no row is counted twice).
+    relkind 'p', has no rows of its own and is not listed, so no row is counted twice),
+    keyed "schema.table". Tables in `known` (counted already, e.g. as soon as a restore had
+    loaded them) are taken from it, not counted again; a name in `known` that is not a
+    table here is left out.
 
     Row-level security is switched off for the transaction (call this inside one), as
     pg_dump does: a policy must never hide rows from a count, so a login that a policy
     would apply to gets an error naming the table instead of a smaller number."""
     conn.execute("SET LOCAL row_security = off")
+    known = known or {}
     counts: dict[str, int] = {}
     for schema, table in user_tables(conn):
-        query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        counts[f"{schema}.{table}"] = int(conn.execute(query).fetchone()[0])
+        name = f"{schema}.{table}"
+        counts[name] = known[name] if name in known else count_table_rows(conn, schema, table)
     return counts
+
+
+def count_table_rows(conn: psycopg.Connection, schema: str, table: str) -> int:
+    """One table's exact row count (row-level security must be off: see `count_rows`)."""
+    query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+    return int(conn.execute(query).fetchone()[0])
 
 
 class ExportedSnapshot:
