@@ -40,6 +40,7 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -901,6 +902,9 @@ class WholeRestoreRun:
     read_seconds: list[float] = field(default_factory=list)
     s3_verifies: list[CliSample] = field(default_factory=list)
     s3_read_seconds: list[float] = field(default_factory=list)
+    link_verifies: list[CliSample] = field(default_factory=list)
+    link_read_seconds: list[float] = field(default_factory=list)
+    link_mb_per_second: float = 0.0
 
 
 def _cli_with_peaks(args: Sequence[str], env: dict[str, str], peak_file: Path) -> CliSample:
@@ -923,14 +927,17 @@ def _cli_with_peaks(args: Sequence[str], env: dict[str, str], peak_file: Path) -
 
 
 def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *, repeat: int,
-                        jobs: int, key_dir: Path, s3_endpoint: str | None = None) -> WholeRestoreRun:
+                        jobs: int, key_dir: Path, s3_endpoint: str | None = None,
+                        link: tuple[str, float] | None = None) -> WholeRestoreRun:
     """On the whole-process database `whole_<kind>` (still in `source`): `platform-dr restore DB
     --target-dsn fresh --jobs N` (default settings: encrypted, one local store) against
     CREATE DATABASE + `pg_restore -jN --no-owner --no-privileges` of a plain -Fc file of the
     same database into a fresh database of the same target server; and `platform-dr verify DB`
     against reading the stored object once (a Python read loop, interpreter start included);
     with `s3_endpoint` (moto server), `platform-dr verify DB --store bench-s3` against one plain
-    boto3 read of the same object (interpreter start and boto3's import included)."""
+    boto3 read of the same object (interpreter start and boto3's import included); with `link`
+    (the endpoint of a `benchmarks.link` relay in front of moto, and its MB/s), the same two
+    through that bandwidth-limited link, as from a cloud store over a network."""
     name = f"whole_{kind}"
     work = WORK_DIR / f"{name}_restore"
     shutil.rmtree(work, ignore_errors=True)
@@ -944,6 +951,9 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
     fleet_s3 = work / "fleet-s3.yaml"
     _write_bench_fleet(fleet, source, name, store)
     _write_bench_fleet(fleet_s3, source, name, store, s3_endpoint)
+    fleet_link = work / "fleet-link.yaml"
+    if link is not None:
+        _write_bench_fleet(fleet_link, source, name, store, link[0])
     env = _cli_env(PLATFORM_LOCAL_KEK=str(key_dir / "kek"), BENCH_AWS_ACCESS_KEY_ID="bench",
                    BENCH_AWS_SECRET_ACCESS_KEY="bench")
     backup_id = _timed_process((*CLI, "--fleet", str(fleet_s3 if s3_endpoint else fleet), "backup", name),
@@ -955,7 +965,7 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
     run = WholeRestoreRun(kind, Dataset(name=name, target_gib=0, database_bytes=_database_bytes(conn),
                                         orders_rows=0, readings_rows=0, generate_seconds=0),
                           stored_bytes=manifest["dump"]["stored_bytes"], raw_bytes=manifest["dump"]["raw_bytes"],
-                          plain_bytes=plain.stat().st_size)
+                          plain_bytes=plain.stat().st_size, link_mb_per_second=link[1] if link else 0.0)
     target_tools = client_tools_for(target.install.major)
     peak_file = work / "peak"
     counter = itertools.count(1)
@@ -1002,6 +1012,17 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
             (sys.executable, "-c", _S3_READ, str(s3_endpoint), S3_BUCKET,
              str(stored_path.relative_to(store))), env)[0].seconds)
 
+    def verify_link() -> None:
+        _settle([source, target])
+        run.link_verifies.append(_cli_with_peaks(["--fleet", str(fleet_link), "verify", name, "--store",
+                                                  "bench-s3"], env, peak_file))
+
+    def read_link() -> None:
+        _settle([source, target])
+        assert link is not None
+        run.link_read_seconds.append(_timed_process(
+            (sys.executable, "-c", _S3_READ, link[0], S3_BUCKET, str(stored_path.relative_to(store))), env)[0].seconds)
+
     baseline(timed=False)  # untimed: the target creates its WAL segments, the cache warms
     ours(timed=False)
     contenders = [(f"pg_restore -j{jobs}", baseline), (f"platform-dr restore {name}", ours),
@@ -1009,12 +1030,35 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
     if s3_endpoint:
         contenders += [(f"platform-dr verify {name} --store bench-s3", verify_s3),
                        ("one boto3 read of the S3 object", read_s3)]
+    if link:
+        contenders += [(f"platform-dr verify {name} --store bench-s3 through {link[1]:g} MB/s", verify_link),
+                       (f"one boto3 read through {link[1]:g} MB/s", read_link)]
     for round_ in range(repeat):
         for what, operation in _rotated(contenders, round_):
             log(f"{name}: round {round_ + 1}/{repeat}: {what}")
             operation()
     shutil.rmtree(work, ignore_errors=True)
     return run
+
+
+def _start_link(endpoint: str, mb_per_second: float) -> tuple[subprocess.Popen[bytes], str]:
+    """A `benchmarks.link` relay in front of `endpoint` (http://127.0.0.1:PORT); its process and
+    endpoint, once it accepts connections."""
+    from platform_orchestration.postgres.cluster import free_port
+
+    port = free_port()
+    process = subprocess.Popen((sys.executable, "-m", "benchmarks.link", str(port), endpoint.rsplit(":", 1)[1],
+                                "--mb-per-second", str(mb_per_second)), cwd=ROOT)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError(f"benchmarks.link did not start on port {port}") from None
+            time.sleep(0.05)
 
 
 def _start_moto(log_dir: Path):  # noqa: ANN202 - an emulators.Emulator
@@ -1050,6 +1094,13 @@ def summarise_whole_restore(run: WholeRestoreRun) -> dict[str, Any]:
             "ratio_s3_verify_vs_read": _median([s.seconds for s in run.s3_verifies]) / _median(run.s3_read_seconds),
             "s3_verify_peak_rss_bytes": max(s.peak_rss_bytes for s in run.s3_verifies)}
            if run.s3_verifies else {}),
+        **({"link_mb_per_second": run.link_mb_per_second,
+            "link_verify_seconds": _stats([s.seconds for s in run.link_verifies]),
+            "link_read_seconds": _stats(run.link_read_seconds),
+            "ratio_link_verify_vs_read": _median([s.seconds for s in run.link_verifies])
+            / _median(run.link_read_seconds),
+            "link_verify_peak_rss_bytes": max(s.peak_rss_bytes for s in run.link_verifies)}
+           if run.link_verifies else {}),
     }
 
 
@@ -1198,6 +1249,10 @@ def goals(sizes: Sequence[dict[str, Any]], startup: dict[str, Any] | None = None
             check(f"whole `platform-dr verify` from S3 (moto) <= {WHOLE_VERIFY_VS_READ_GOAL:.2f}x one boto3 read, "
                   f"{run['kind']} data", run, run["ratio_s3_verify_vs_read"], WHOLE_VERIFY_VS_READ_GOAL,
                   _x(run["ratio_s3_verify_vs_read"]))
+        if "ratio_link_verify_vs_read" in run:
+            check(f"whole `platform-dr verify` from S3 through {run['link_mb_per_second']:g} MB/s <= "
+                  f"{WHOLE_VERIFY_VS_READ_GOAL:.2f}x one boto3 read through it, {run['kind']} data", run,
+                  run["ratio_link_verify_vs_read"], WHOLE_VERIFY_VS_READ_GOAL, _x(run["ratio_link_verify_vs_read"]))
         peak = max(run["restore_peak_rss_bytes"], run["verify_peak_rss_bytes"])
         check(f"peak RSS of platform-dr restore/verify < {_mib(PEAK_RSS_GOAL_BYTES)}, {run['kind']} data",
               run, peak, PEAK_RSS_GOAL_BYTES, _mib(peak), strict=True)
@@ -1290,6 +1345,17 @@ def render(report: dict[str, Any], markdown: bool) -> str:
                   _s(w["s3_verify_seconds"]["median"]), _x(w["ratio_s3_verify_vs_read"]),
                   _mib(w["s3_verify_peak_rss_bytes"])]
                  for w in report["whole_restore"] if "s3_verify_seconds" in w], markdown))
+            out.append("")
+        linked = [w for w in report["whole_restore"] if "link_verify_seconds" in w]
+        if linked:
+            heading(f"{code('platform-dr verify DB --store bench-s3')} vs one plain boto3 read, both through a "
+                    f"{linked[0]['link_mb_per_second']:g} MB/s link to moto (benchmarks/link.py: a cloud store "
+                    "over a network)")
+            out.append(_table(
+                ["data", "stored", "boto3 read", "platform-dr verify", "ratio", "verify peak RSS"],
+                [[w["kind"], _mib(w["stored_bytes"]), _s(w["link_read_seconds"]["median"]),
+                  _s(w["link_verify_seconds"]["median"]), _x(w["ratio_link_verify_vs_read"]),
+                  _mib(w["link_verify_peak_rss_bytes"])] for w in linked], markdown))
             out.append("")
     if sizes:
         heading(f"Backup: take_backup (zstd-{default['level']}, {default['threads']} threads, one local "
@@ -1414,6 +1480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "whole-process databases (run by default, --quick too)")
     parser.add_argument("--no-s3", action="store_true",
                         help="skip verify against the S3 emulator (moto server) and its boto3 baseline")
+    parser.add_argument("--link-mb-per-second", type=float, default=100.0,
+                        help="also verify from S3 through a relay limited to this many MB/s (a cloud store "
+                             "over a network), against one boto3 read through it; 0 skips it (default 100)")
     parser.add_argument("--startup-runs", type=int, default=20,
                         help="rounds of the start-up measurement; 0 skips it (default 20)")
     parser.add_argument("--compare-with", type=Path, metavar="CHECKOUT",
@@ -1450,11 +1519,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The embedded default's key file must live outside the repository.
     key_dir = Path(tempfile.mkdtemp(prefix="bench-kek-"))
     moto = None
+    link_process: subprocess.Popen[bytes] | None = None
+    link: tuple[str, float] | None = None
     try:
         s3_endpoint = None
         if args.whole_gib > 0 and not args.no_whole_restore and not args.no_s3:
             moto = _start_moto(key_dir)
             s3_endpoint = moto.endpoint
+            if args.link_mb_per_second > 0:
+                link_process, link_endpoint = _start_link(moto.endpoint, args.link_mb_per_second)
+                link = (link_endpoint, args.link_mb_per_second)
         with ephemeral_cluster(SERVER_MAJOR) as source, ephemeral_cluster(SERVER_MAJOR) as target:
             machine = machine_info(source)
             if args.whole_gib > 0:
@@ -1464,13 +1538,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if not args.no_whole_restore:
                         whole_restore.append(bench_whole_restore(source, target, kind, repeat=args.repeat,
                                                                  jobs=args.jobs, key_dir=key_dir,
-                                                                 s3_endpoint=s3_endpoint))
+                                                                 s3_endpoint=s3_endpoint, link=link))
                     _drop_database(source, f"whole_{kind}")
             for index, size in enumerate([] if args.quick else args.sizes):
                 codecs = [default, *sweep] if index == 0 else [default]
                 runs.append(bench_size(source, target, size, repeat=args.repeat, jobs=args.jobs,
                                        codecs=codecs, default=default))
     finally:
+        if link_process is not None:
+            link_process.kill()
+            link_process.wait()
         if moto is not None:
             moto.stop()
         shutil.rmtree(key_dir, ignore_errors=True)

@@ -17,7 +17,7 @@ from store_backends import upload_keys
 from platform_orchestration.backups.catalog import latest_backup, list_backups
 from platform_orchestration.backups.copy import copy_backup
 from platform_orchestration.backups.index import read_catalog
-from platform_orchestration.backups.integrity import verify_stored_backup
+from platform_orchestration.backups.integrity import BackupCorrupt, verify_stored_backup
 from platform_orchestration.backups.take import BackupFailed
 from platform_orchestration.storage import (
     ConditionalWrites,
@@ -25,6 +25,7 @@ from platform_orchestration.storage import (
     PreconditionFailed,
     StoreError,
     read_bytes,
+    reads_over_network,
     write_bytes,
 )
 
@@ -181,6 +182,20 @@ def test_a_backup_lands_verifies_and_copies_across_backends(backend, backup, loc
         view = read_catalog(written, SOURCE_DB)
         assert (view.index, view.read_directly) == ("current", 0), written.name
         assert [b.backup_id for b in view.backups.backups] == [outcome.manifest.backup_id]
+
+
+def test_a_damaged_backup_fails_verify_on_every_backend_read_ahead_or_not(backend, backup):
+    """From a cloud store the read runs in a thread ahead of decompression; from a local one
+    in the same thread. Either way one changed byte is found, named, and verify fails."""
+    store = backend.new_store()
+    backup([store])
+    [stored] = list_backups(store, SOURCE_DB)
+    assert reads_over_network(store) == backend.networked
+    data = bytearray(read_bytes(store, stored.manifest.dump_key))
+    data[len(data) // 2] ^= 0x01
+    write_bytes(store, stored.manifest.dump_key, bytes(data))
+    with pytest.raises(BackupCorrupt, match=f"backup {stored.backup_id} .* in store {store.name}: checksum mismatch"):
+        verify_stored_backup(store, stored.manifest)
 
 
 # --- leftovers of killed writers -------------------------------------------------------------

@@ -22,7 +22,7 @@ from platform_orchestration.backups.errors import BackupCorrupt
 from platform_orchestration.backups.manifest import BackupManifest, globals_binding
 from platform_orchestration.backups.progress import ProgressListener, no_progress
 from platform_orchestration.crypto import DataKeyProvider
-from platform_orchestration.storage import ObjectStore
+from platform_orchestration.storage import ObjectStore, reads_over_network
 
 PG_DUMP_MAGIC = b"PGDMP"
 
@@ -187,6 +187,11 @@ class _CompressedSource(io.RawIOBase):
 # 0.65 s), and no faster at load average 2.2 (0.43 against 0.40 s): Tink holds the GIL while
 # it decrypts, and the two threads then take turns.
 READ_AHEAD_CHUNKS = 0
+# From a cloud store the read waits on the network, not on a core: there the read, SHA-256 and
+# decryption run in a thread this many chunks ahead of decompression, so that verify and fetch
+# take about as long as the download itself. Measured in one process against moto (146 MiB
+# stored, 535 MiB dumped, load 0.2): verify 0.83 s serial, 0.70-0.75 s with 4 chunks ahead.
+REMOTE_READ_AHEAD_CHUNKS = 4
 
 
 class _Failed:
@@ -264,7 +269,7 @@ def decompressed(store: ObjectStore, manifest: BackupManifest, chunks: Iterator[
     or bytes after it, are BackupCorrupt."""
     if manifest.encryption is not None:
         chunks = decrypted_backup_chunks(store, manifest, chunks, keys)
-    chunks = read_ahead(chunks, READ_AHEAD_CHUNKS)
+    chunks = read_ahead(chunks, REMOTE_READ_AHEAD_CHUNKS if reads_over_network(store) else READ_AHEAD_CHUNKS)
     source = _CompressedSource(chunks)
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=_COMPRESSED_STEP_BYTES,
                                                         read_across_frames=False, closefd=False)

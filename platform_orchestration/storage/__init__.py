@@ -17,6 +17,7 @@ from platform_orchestration.storage.base import (
     ReportsEncryptionAtRest,
     StoreError,
     read_bytes,
+    reads_over_network,
     write_bytes,
 )
 from platform_orchestration.storage.counting import CountingStore
@@ -38,6 +39,7 @@ __all__ = [
     "ReportsEncryptionAtRest",
     "StoreError",
     "read_bytes",
+    "reads_over_network",
     "write_bytes",
 ]
 

@@ -258,6 +258,8 @@ class AzureObjectStore:
     `api_version` pins the Storage REST API version (default: the SDK's newest).
     """
 
+    reads_over_network = True
+
     def __init__(self, name: str, account_url: str, container: str, *, prefix: str = "",
                  account_key: str | None = None, sas_token: str | None = None,
                  connection_string: str | None = None,

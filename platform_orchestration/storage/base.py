@@ -146,6 +146,12 @@ class ObjectStore(Protocol):
         ...
 
 
+def reads_over_network(store: object) -> bool:
+    """Whether reading `store` waits on a network (the cloud stores set `reads_over_network`),
+    not on a local disk: what decides whether a read is worth a thread of its own."""
+    return bool(getattr(store, "reads_over_network", False))
+
+
 @runtime_checkable
 class ConditionalWrites(Protocol):
     """Compare-and-swap of small objects (the catalog index): every backend has it (S3

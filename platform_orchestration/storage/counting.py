@@ -15,6 +15,7 @@ from platform_orchestration.storage.base import (
     ObjectInfo,
     ObjectStore,
     ObjectWriter,
+    reads_over_network,
 )
 
 
@@ -25,6 +26,7 @@ class CountingStore:
     def __init__(self, inner: ObjectStore) -> None:
         self.inner = inner
         self.name = inner.name
+        self.reads_over_network = reads_over_network(inner)
         self.calls: Counter[str] = Counter()
         self.prefixes: list[str] = []
         self._lock = threading.Lock()

@@ -410,6 +410,8 @@ def google_credentials(store_name: str, secrets: Mapping[str, str], endpoint_url
 class GcsObjectStore:
     """Objects under `prefix/` in a GCS bucket. See the module docstring for the guarantees."""
 
+    reads_over_network = True
+
     def __init__(self, name: str, bucket: str, *, project: str | None = None, prefix: str = "",
                  endpoint_url: str | None = None, credentials: Credentials | None = None,
                  immutability: Immutability | None = None, page_size: int = 1000,

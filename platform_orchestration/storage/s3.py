@@ -249,6 +249,8 @@ class S3ObjectWriter(WriterLifecycle):
 class S3ObjectStore:
     """An ObjectStore over one S3 bucket, keys under `prefix/` when a prefix is given."""
 
+    reads_over_network = True
+
     def __init__(
         self,
         name: str,
