@@ -365,7 +365,7 @@ def verify_row_counts(stored: StoredBackup, target: PgConnection,
     return len(expected), sum(expected.values())
 
 
-def _counting_failed(stored: StoredBackup, target: PgConnection, exc: psycopg.Error) -> RestoreFailed:
+def _counting_failed(stored: StoredBackup, target: PgConnection, exc: Exception) -> RestoreFailed:
     hint = (" (counting every row of a table with row-level security needs a login with BYPASSRLS)"
             if "row-level security" in str(exc) else "")
     return RestoreFailed(f"restore of backup {stored.backup_id} of {stored.manifest.database} into "
@@ -434,7 +434,7 @@ class _RowCounter:
                 with self._lock:
                     self.counted[f"{entry.namespace}.{entry.tag}"] = rows
                     self.done.add(entry.dump_id)
-        except psycopg.Error as exc:
+        except Exception as exc:  # any error, not only the driver's: the scheduler waits on these counts
             with self._lock:
                 if not self._stopping:
                     self.error = _counting_failed(self._stored, self._target, exc)
