@@ -21,10 +21,14 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
+# What every command that reads a store uses is imported here; each capability (taking,
+# copying, restoring, drilling, pruning, compliance, physical, reporting) is imported by the
+# methods that use it, so that a command pays only for what it runs: a break-glass `verify`
+# loads no PostgreSQL driver, a `restore` none of physical, replication or reporting
+# (tests/test_startup.py proves what each command keeps out; tests/test_architecture.py that
+# no such import hides a cycle).
 from platform_orchestration.backups.catalog import (
     BackupChoice,
     BackupListing,
@@ -41,28 +45,18 @@ from platform_orchestration.backups.compliance import (
     record_compliance,
 )
 from platform_orchestration.backups.copy import CopyReport, ensure_copies
-from platform_orchestration.backups.drill import run_restore_drill
-from platform_orchestration.backups.integrity import verify_stored_backup
 from platform_orchestration.backups.leftovers import (
     CleanupReport,
     LeftoverSweep,
     prefixes_written_for,
     sweep_leftovers,
 )
-from platform_orchestration.backups.manifest import DrillRecord
 from platform_orchestration.backups.progress import ProgressListener, no_progress
-from platform_orchestration.backups.restore import RestoreResult, restore_backup
-from platform_orchestration.backups.retention import DrillRetention, PruneReport, prune_database
 from platform_orchestration.backups.rewrap import (
     RewrapEntry,
     RewrapFailed,
     RewrapReport,
     rewrap_backup,
-)
-from platform_orchestration.backups.take import (
-    BackupOutcome,
-    CompressionSettings,
-    take_backup,
 )
 from platform_orchestration.clock import Clock, utc_now
 from platform_orchestration.crypto import DataKeyProvider
@@ -70,43 +64,36 @@ from platform_orchestration.errors import InvalidDeclaration, PlatformError, one
 from platform_orchestration.fleet import Fleet
 from platform_orchestration.fleet.durations import format_duration
 from platform_orchestration.fleet.model import MIN_SWEEP_AGE, PHYSICAL_STORE_KINDS
-from platform_orchestration.observability.recoverability import (
-    DatabaseRecoverability,
-    StoreFacts,
-    describe_immutability,
-    observe_recoverability,
-)
 from platform_orchestration.ownership import reap_abandoned
-from platform_orchestration.postgres.connection import PgConnection
-from platform_orchestration.postgres.locks import DatabaseBusy, DatabaseLock, LockUnavailable
-from platform_orchestration.postgres.probe import DatabaseObservation, ServerObservation, observe_database, observe_server
-from platform_orchestration.physical.archiving import ArchiveStatus, archive_status
-from platform_orchestration.physical.base_backup import BaseBackup, BaseBackupOutcome, list_base_backups, take_base_backup
-from platform_orchestration.physical.compliance import ClusterCompliance, assess_cluster
-from platform_orchestration.physical.copy import CopyLag, CopyOutcome, PhysicalCopyFailed, copy_lag, copy_repository
-from platform_orchestration.physical.drill import (
-    PitrDrillRecord,
-    next_drill_store,
-    pitr_drill_history,
-    run_pitr_drill,
-)
-from platform_orchestration.physical.encryption import StoreEncryption, observe_encryption
-from platform_orchestration.physical.retention import RetentionPlan, apply_retention, plan_retention, wal_before
-from platform_orchestration.physical.pitr import PitrRefused, PitrResult, RecoveryTarget, restore_to_point
-from platform_orchestration.physical.repository import Repository, repository_for
-from platform_orchestration.physical.settings import server_settings
-from platform_orchestration.physical.tools import barman_tools
+from platform_orchestration.postgres.connection import PgConnection, conninfo_to_dict, make_conninfo
 from platform_orchestration.providers import providers_from_env
 from platform_orchestration.replication.protection import ReplicationProtection
-from platform_orchestration.reporting import RecoverabilityReport, record_report
 from platform_orchestration.secrets import LocalSecretProvider, SecretProvider, SecretUnavailable
 from platform_orchestration.storage import ObjectStore, StoreError
 from platform_orchestration.stores import open_store
 
+if TYPE_CHECKING:
+    from platform_orchestration.backups.manifest import DrillRecord
+    from platform_orchestration.backups.restore import RestoreResult
+    from platform_orchestration.backups.retention import PruneReport
+    from platform_orchestration.backups.take import BackupOutcome, CompressionSettings
+    from platform_orchestration.observability.recoverability import DatabaseRecoverability
+    from platform_orchestration.physical.archiving import ArchiveStatus
+    from platform_orchestration.physical.base_backup import BaseBackup, BaseBackupOutcome
+    from platform_orchestration.physical.compliance import ClusterCompliance
+    from platform_orchestration.physical.copy import CopyLag, CopyOutcome
+    from platform_orchestration.physical.drill import PitrDrillRecord
+    from platform_orchestration.physical.encryption import StoreEncryption
+    from platform_orchestration.physical.pitr import PitrResult, RecoveryTarget
+    from platform_orchestration.physical.repository import Repository
+    from platform_orchestration.physical.retention import RetentionPlan
+    from platform_orchestration.postgres.locks import DatabaseLock
+    from platform_orchestration.postgres.probe import DatabaseObservation, ServerObservation
+    from platform_orchestration.reporting import RecoverabilityReport
+
 
 class TargetRefused(InvalidDeclaration):
     """A restore target given on the command line or in run config breaks a rule."""
-
 
 # One rule for the CLI and the Launchpad: a password never travels in a target DSN, since
 # command lines end up in shell history and `ps`, and run config is stored and displayed.
@@ -118,6 +105,8 @@ TARGET_PASSWORD_RULE = ("the target DSN must not contain a password (command lin
 def restore_target(dsn: str, password: str | None = None) -> PgConnection:
     """The restore target a DSN names, refusing one that carries a password or does not parse.
     `password` comes from the environment (PGPASSWORD, or the variable the run config names)."""
+    import psycopg  # its parser's error type; the restore that follows connects with it
+
     if not dsn.strip():
         raise TargetRefused("a target DSN is required: the libpq DSN of the database to restore into")
     try:
@@ -149,7 +138,6 @@ def store_concurrency_from_env(environ: Mapping[str, str] | None = None) -> int 
 @dataclass(frozen=True)
 class ClusterObservation:
     """One fleet cluster as declared and as seen through one of its databases' logins."""
-
     name: str
     cloud: str
     region: str
@@ -173,7 +161,7 @@ class ClusterObservation:
 class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill, promote (replication/protection.py)
     fleet: Fleet
     secrets: SecretProvider = field(default_factory=LocalSecretProvider)
-    compression: CompressionSettings = field(default_factory=CompressionSettings)
+    compression: CompressionSettings | None = None  # None: take_backup's defaults (level 1, no threads)
     workdir: Path | None = None
     clock: Clock = utc_now
     # None: backups are taken unencrypted, and encrypted ones cannot be read.
@@ -238,6 +226,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
         """Every cluster of the fleet, observed through the login of its first database (a
         cluster without databases is listed as declared). An unreachable one is reported in
         its observation, not raised: one cluster down must not hide the others."""
+        from platform_orchestration.postgres.probe import observe_server
+
         observations = []
         for cluster in self.fleet.clusters:
             members = tuple(db.name for db in self.fleet.databases if db.cluster == cluster.name)
@@ -256,6 +246,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
 
     def observe_database(self, database: str) -> DatabaseObservation:
         """Size, tables and server version of one fleet database, through its own login."""
+        from platform_orchestration.postgres.probe import observe_database
+
         return observe_database(self.connection_for(database))
 
     def database_lock(self, database: str, operation: str, *, wait: float = 0.0) -> DatabaseLock:
@@ -263,6 +255,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
         processes and machines (postgres/locks.py), taken on the database's own connection.
         Entering it raises DatabaseBusy (errors.Busy, exit code 4) naming the holder once
         `wait` seconds have passed, or LockUnavailable if the database cannot be reached."""
+        from platform_orchestration.postgres.locks import DatabaseLock
+
         return DatabaseLock(self.connection_for(database), database, operation, wait=wait)
 
     def _locked(self, database: str, operation: str, lock: bool, wait: float) -> AbstractContextManager[object]:
@@ -272,12 +266,14 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
                lock_wait: float = 0.0) -> BackupOutcome:
         """Take a backup of `database` into every store of its policy, holding the database's
         lock (waiting up to `lock_wait` seconds for it; DatabaseBusy after that)."""
+        from platform_orchestration.backups.take import CompressionSettings, take_backup
+
         spec = self.fleet.database(database)
         with self.database_lock(database, "backup", wait=lock_wait):
             return take_backup(
                 database=database, cluster=spec.cluster, policy=spec.policy,
                 connection=self.connection_for(database), stores=self.stores_for(database),
-                compression=self.compression, progress=progress, clock=self.clock, keys=self.keys,
+                compression=self.compression or CompressionSettings(), progress=progress, clock=self.clock, keys=self.keys,
                 credentials="dynamic" if spec.credentials is not None else "static",
             )
 
@@ -286,6 +282,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
 
     def drill(self, database: str, store_name: str | None = None,
               progress: ProgressListener = no_progress) -> DrillRecord:
+        from platform_orchestration.backups.drill import run_restore_drill
+
         policy = self.fleet.policy_for(database)
         return run_restore_drill(
             database=database, stores=self.stores_for(database), store_name=store_name,
@@ -323,6 +321,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
         """Re-read the chosen backup end to end (checksum, decryption, archive); returns the
         choice, which names the database's unreadable manifests. A backup asked for by id
         whose manifest cannot be read raises BackupUnreadable."""
+        from platform_orchestration.backups.integrity import verify_stored_backup
+
         choice = self.select_backup(database, backup_id, store_name)
         verify_stored_backup(choice.stored.store, choice.stored.manifest, progress, keys=self.keys)
         return choice
@@ -333,6 +333,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
                 with_globals: bool = False) -> RestoreResult:
         """Restore the chosen backup into `target` (its globals first with `with_globals`); the
         result names the newer backups passed over because their manifest could not be read."""
+        from platform_orchestration.backups.restore import restore_backup
+
         choice = self.select_backup(database, backup_id, store_name)
         result = restore_backup(choice.stored, target, replace=replace, jobs=jobs, progress=progress,
                                 workdir=self.workdir, keys=self.keys, restore_as=restore_as,
@@ -351,6 +353,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
         that is busy or unreachable gets failed entries and the others go on. Backups of
         databases no longer in the fleet have no source to lock and are rewrapped as they are.
         `lock=False` skips the lock: see `prune` for when that is right."""
+        from platform_orchestration.postgres.locks import DatabaseBusy, LockUnavailable
+
         if self.keys is None:
             raise ValueError("rewrap needs a key provider: this FleetProtection has none")
         if database is not None:
@@ -424,6 +428,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
         cannot be known then. `lock=False` (``--no-lock``) is the break-glass override for
         an operator who knows none is, e.g. to free space while the database is down. A dry
         run changes nothing, so it takes no lock."""
+        from platform_orchestration.backups.retention import DrillRetention, prune_database
+
         policy = self.fleet.policy_for(database)
         age = sweep_older_than if sweep_older_than is not None else policy.retention.sweep_older_than
         if age < MIN_SWEEP_AGE:
@@ -526,6 +532,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
 
     def physical_repository(self, cluster: str) -> Repository:
         """The cluster's physical repository, its store's credentials resolved (never log them)."""
+        from platform_orchestration.physical.repository import repository_for
+
         spec = self.fleet.cluster(cluster)
         if spec.physical is None:
             raise InvalidDeclaration(f"cluster {cluster} has no physical section in {self.fleet.source} "
@@ -544,6 +552,9 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
 
     def physical_settings(self, cluster: str, credentials_file: Path | None = None) -> dict[str, str]:
         """The server parameters that make ``cluster`` archive into its repository."""
+        from platform_orchestration.physical.settings import server_settings
+        from platform_orchestration.physical.tools import barman_tools
+
         repository = self.physical_repository(cluster)
         if repository.server_credentials == "ambient":
             credentials_file = None
@@ -551,6 +562,9 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
 
     def base_backup(self, cluster: str, *, jobs: int = 2) -> BaseBackupOutcome:
         """A base backup of ``cluster`` now (barman-cloud-backup on this host)."""
+        from platform_orchestration.physical.base_backup import take_base_backup
+        from platform_orchestration.physical.tools import barman_tools
+
         repository = self.physical_repository(cluster)
         # The store's client (boto3 & co., about 0.3 s to import and build) is opened while
         # barman-cloud-backup runs: it is only needed afterwards, to read barman's record.
@@ -562,6 +576,9 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
 
     def list_base_backups(self, cluster: str | None = None) -> dict[str, list[BaseBackup]]:
         """{cluster: its base backups, oldest first} for one physical cluster or all of them."""
+        from platform_orchestration.physical.base_backup import list_base_backups
+        from platform_orchestration.physical.tools import barman_tools
+
         names = [cluster] if cluster else [c.name for c in self.fleet.physical_clusters()]
         listed = {}
         for name in names:
@@ -570,6 +587,10 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
         return listed
 
     def archive_status(self, cluster: str) -> ArchiveStatus:
+        from platform_orchestration.physical.archiving import archive_status
+        from platform_orchestration.physical.base_backup import list_base_backups
+        from platform_orchestration.physical.tools import barman_tools
+
         repository = self.physical_repository(cluster)
         backups = list_base_backups(barman_tools(), repository)
         return archive_status(self.physical_connection(cluster), self.store(repository.store), repository, backups)
@@ -587,6 +608,9 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
     def physical_store_repository(self, cluster: str, store_name: str | None = None) -> Repository:
         """The repository (``store_name`` None or the repository's store) or its copy in ``store_name``
         (one of the policy's other object stores), credentials resolved; PitrRefused for another store."""
+        from platform_orchestration.physical.pitr import PitrRefused
+        from platform_orchestration.physical.repository import repository_for
+
         repository = self.physical_repository(cluster)
         if store_name is None or store_name == repository.store:
             return repository
@@ -606,6 +630,9 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
                       verify: bool = False) -> tuple[list[CopyOutcome], dict[str, str]]:
         """Bring the copies of ``cluster``'s repository (in every copy store, or ``store_name``) up
         to date; (the outcomes, {store: why its copy failed})."""
+        from platform_orchestration.physical.copy import PhysicalCopyFailed, copy_repository
+        from platform_orchestration.physical.pitr import PitrRefused
+
         repository = self.physical_repository(cluster)
         targets, _ = self.physical_copy_targets(cluster)
         if store_name is not None:
@@ -624,6 +651,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
 
     def copy_lags(self, cluster: str) -> dict[str, CopyLag | str]:
         """How far each copy of ``cluster``'s repository is behind it (or why that is unknown)."""
+        from platform_orchestration.physical.copy import copy_lag
+
         repository = self.physical_repository(cluster)
         lags: dict[str, CopyLag | str] = {}
         for name in self.physical_copy_targets(cluster)[0]:
@@ -635,6 +664,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
 
     def physical_encryption(self, cluster: str) -> list[StoreEncryption]:
         """How the repository's store and each copy's encrypt them at rest (provider-side)."""
+        from platform_orchestration.physical.encryption import observe_encryption
+
         repository = self.physical_repository(cluster)
         found = [observe_encryption(self.store(repository.store), repository, "repository")]
         for name in self.physical_copy_targets(cluster)[0]:
@@ -644,6 +675,11 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
     def prune_physical(self, cluster: str, *, dry_run: bool = False) -> list[RetentionPlan]:
         """Retention of base backups and WAL per the policy's pitr_window, in the repository and
         every copy (physical/retention.py); with ``dry_run``, only what would be deleted."""
+        from platform_orchestration.physical.base_backup import list_base_backups
+        from platform_orchestration.physical.drill import pitr_drill_history
+        from platform_orchestration.physical.retention import apply_retention, plan_retention, wal_before
+        from platform_orchestration.physical.tools import barman_tools
+
         repository = self.physical_repository(cluster)
         window = repository.policy.pitr_window  # type: ignore[union-attr]
         drills, _ = pitr_drill_history(self._physical_record_stores(cluster), cluster)
@@ -667,6 +703,9 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
                      store_name: str | None = None) -> PitrResult:
         """A new cluster in ``target_dir`` at ``target``, from ``cluster``'s repository or its copy in
         ``store_name``; left running."""
+        from platform_orchestration.physical.pitr import restore_to_point
+        from platform_orchestration.physical.tools import barman_tools
+
         repository = self.physical_store_repository(cluster, store_name)
         return restore_to_point(barman_tools(), repository, target, target_dir, port=port,
                                 store=self.store(repository.store))
@@ -679,6 +718,9 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
     def pitr_drill(self, cluster: str, store_name: str | None = None) -> PitrDrillRecord:
         """One PITR drill of ``cluster``, from ``store_name`` or the next store in rotation (the
         repository's, then each copy's), recorded in its repository's store and its policy's stores."""
+        from platform_orchestration.physical.drill import next_drill_store, pitr_drill_history, run_pitr_drill
+        from platform_orchestration.physical.tools import barman_tools
+
         repository = self.physical_repository(cluster)
         policy = self.fleet.policy(self.fleet.cluster(cluster).physical.policy)  # type: ignore[union-attr]
         if store_name is None:
@@ -694,6 +736,12 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
 
     def assess_cluster(self, cluster: str, now: datetime | None = None) -> ClusterCompliance:
         """The cluster's physical findings (physical/compliance.py)."""
+        from platform_orchestration.physical.archiving import archive_status
+        from platform_orchestration.physical.base_backup import list_base_backups
+        from platform_orchestration.physical.compliance import assess_cluster
+        from platform_orchestration.physical.drill import pitr_drill_history
+        from platform_orchestration.physical.tools import barman_tools
+
         spec = self.fleet.cluster(cluster)
         policy = self.fleet.policy(spec.physical.policy)  # type: ignore[union-attr]
         repository = self.physical_repository(cluster)
@@ -715,6 +763,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
         assessment's findings with the figures per store and per cloud behind them (see
         :mod:`platform_orchestration.observability.recoverability`). `assessments` made by the
         caller at `now` are used instead of assessing again."""
+        from platform_orchestration.observability.recoverability import StoreFacts, describe_immutability, observe_recoverability
+
         now = now or self.clock()
         if assessments is None:
             assessments = [self.assess(database, now)] if database else self.assess_fleet(now)
@@ -728,6 +778,8 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
     def record_report(self, evidence: ComplianceEvidence, *, run_id: str | None = None) -> RecoverabilityReport:
         """Write the recoverability report (HTML and JSON) of one compliance run beside its
         evidence in every store, from the assessments the evidence holds (same `now`)."""
+        from platform_orchestration.reporting import record_report
+
         views = self.recoverability(now=evidence.generated_at, assessments=evidence.assessments)
         return record_report(views, self.all_stores(), evidence=evidence, fleet_file=str(self.fleet.source),
                              run_id=run_id)

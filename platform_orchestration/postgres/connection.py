@@ -9,15 +9,32 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
-
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from typing import TYPE_CHECKING, Any
 
 from platform_orchestration.errors import PlatformError, one_line
 
+if TYPE_CHECKING:
+    import psycopg
+
 # libpq waits for ever by default; a server that does not answer must fail a step, not hang it.
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 10
+
+
+def conninfo_to_dict(dsn: str, **overrides: Any) -> dict[str, Any]:
+    """libpq's reading of a DSN (psycopg's parser; psycopg.ProgrammingError if it does not parse).
+
+    psycopg (about 0.15 s to import) is loaded on the first call, not with this module: the
+    commands that only read stores (list, verify) hold PgConnection values and never connect."""
+    from psycopg.conninfo import conninfo_to_dict as parse
+
+    return parse(dsn, **overrides)
+
+
+def make_conninfo(conninfo: str = "", **overrides: Any) -> str:
+    """A DSN from `conninfo` with `overrides` applied (psycopg's, loaded on first use)."""
+    from psycopg.conninfo import make_conninfo as make
+
+    return make(conninfo, **overrides)
 
 
 class DatabaseUnavailable(PlatformError):
@@ -57,6 +74,8 @@ class PgConnection:
         server (host, port, user, database) and libpq's reason on one line."""
         if "connect_timeout" not in conninfo_to_dict(self.dsn):
             options.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT_SECONDS)
+        import psycopg
+
         try:
             return psycopg.connect(self.dsn, autocommit=autocommit, **self.psycopg_kwargs(), **options)
         except psycopg.OperationalError as exc:

@@ -12,27 +12,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
+# Imported where used, as in protection.py: a command that does not touch standbys loads none of this
+# package (nor psycopg through it).
 from platform_orchestration.backups.catalog import Recorded
 from platform_orchestration.errors import InvalidDeclaration
 from platform_orchestration.fleet.model import Cluster, Policy
-from platform_orchestration.physical.tools import barman_tools
-from platform_orchestration.postgres.connection import PgConnection
-from platform_orchestration.replication.compliance import (
-    StandbyCompliance,
-    assess_standby,
-    record_replication_compliance,
-)
-from platform_orchestration.replication.drill import FailoverDrillRecord, failover_drill_history, run_failover_drill
-from platform_orchestration.replication.promotion import PromotionResult, RepointResult, promote, repoint
-from platform_orchestration.replication.seed import ArchiveFallback, SeedResult, seed_by_basebackup, seed_from_repository
-from platform_orchestration.replication.status import ReplicationStatus, observe_replication
-from platform_orchestration.replication.target import ReplicationObjectives, StandbyTarget
+from platform_orchestration.postgres.connection import PgConnection, conninfo_to_dict, make_conninfo
 from platform_orchestration.storage import ObjectStore
 
 if TYPE_CHECKING:
     from platform_orchestration.protection import FleetProtection
+    from platform_orchestration.replication.compliance import StandbyCompliance
+    from platform_orchestration.replication.drill import FailoverDrillRecord
+    from platform_orchestration.replication.promotion import PromotionResult, RepointResult
+    from platform_orchestration.replication.seed import ArchiveFallback, SeedResult
+    from platform_orchestration.replication.status import ReplicationStatus
+    from platform_orchestration.replication.target import ReplicationObjectives, StandbyTarget
 
 
 class ReplicationProtection:
@@ -46,6 +41,8 @@ class ReplicationProtection:
         return spec, self.fleet.cluster(spec.replicates), self.fleet.policy(spec.standby.policy)
 
     def replication_objectives(self: FleetProtection, name: str) -> ReplicationObjectives:
+        from platform_orchestration.replication.target import ReplicationObjectives
+
         _spec, _primary, policy = self._standby(name)
         replication = policy.replication
         if replication is None:
@@ -58,6 +55,8 @@ class ReplicationProtection:
 
     def standby_target(self: FleetProtection, name: str) -> StandbyTarget:
         """The standby ``name`` and its primary, every login's secret resolved (never log them)."""
+        from platform_orchestration.replication.target import StandbyTarget
+
         spec, primary, _policy = self._standby(name)
         standby = spec.standby
         assert standby is not None
@@ -81,6 +80,9 @@ class ReplicationProtection:
         repository when it is there, else the repository's copy in a store of the primary's
         policy in the standby's cloud (as a CloudNativePG replica cluster bootstraps from its own
         cloud's object store), else, with no copy there, the repository across clouds."""
+        from platform_orchestration.physical.tools import barman_tools
+        from platform_orchestration.replication.seed import ArchiveFallback
+
         spec, primary, _policy = self._standby(name)
         if primary.physical is None:
             return None
@@ -96,6 +98,8 @@ class ReplicationProtection:
                      directory: Path | None = None) -> SeedResult:
         """Seed the standby ``name`` on this host into ``directory`` (default: its ``standby.directory``)
         and start it streaming. ``auto``: from the repository when the primary has one."""
+        from platform_orchestration.replication.seed import seed_by_basebackup, seed_from_repository
+
         spec, _primary, _policy = self._standby(name)
         target = self.standby_target(name)
         where = directory or target.directory
@@ -111,6 +115,8 @@ class ReplicationProtection:
         return seed_by_basebackup(target, Path(where), fallback=fallback)
 
     def replication_status(self: FleetProtection, name: str) -> ReplicationStatus:
+        from platform_orchestration.replication.status import observe_replication
+
         return observe_replication(self.standby_target(name))
 
     def _replication_record_stores(self: FleetProtection, name: str) -> list[ObjectStore]:
@@ -119,14 +125,20 @@ class ReplicationProtection:
 
     def failover_drill(self: FleetProtection, name: str) -> FailoverDrillRecord:
         """One failover drill of the standby ``name`` on a throwaway copy, recorded in its policy's stores."""
+        from platform_orchestration.replication.drill import run_failover_drill
+
         return run_failover_drill(self.standby_target(name), record_stores=self._replication_record_stores(name),
                                   clock=self.clock, workdir=self.workdir)
 
     def failover_drills(self: FleetProtection, name: str) -> tuple[list[FailoverDrillRecord], list[str]]:
+        from platform_orchestration.replication.drill import failover_drill_history
+
         return failover_drill_history(self._replication_record_stores(name), name)
 
     def assess_standby(self: FleetProtection, name: str, now: datetime | None = None) -> StandbyCompliance:
         """The standby's four findings (replication/compliance.py)."""
+        from platform_orchestration.replication.compliance import assess_standby
+
         spec, primary, policy = self._standby(name)
         drills, unreadable = self.failover_drills(name)
         return assess_standby(standby=name, primary=primary.name, policy=policy.name,
@@ -136,6 +148,8 @@ class ReplicationProtection:
     def record_replication_compliance(self: FleetProtection,
                                       assessments: Sequence[StandbyCompliance] | None = None) -> Recorded:
         """Every standby's findings as evidence in every store of their policies."""
+        from platform_orchestration.replication.compliance import record_replication_compliance
+
         now = self.clock()
         names = [c.name for c in self.fleet.standby_clusters()]
         if assessments is None:
@@ -147,12 +161,16 @@ class ReplicationProtection:
 
     def promote_standby(self: FleetProtection, name: str, *, confirm: str) -> PromotionResult:
         """Promote the standby ``name`` (``confirm`` must be its name; refused while its primary takes writes)."""
+        from platform_orchestration.replication.promotion import promote
+
         return promote(self.standby_target(name), confirm=confirm)
 
     def repoint_old_primary(self: FleetProtection, name: str, old_primary_dir: Path, *, port: int | None = None,
                             method: Literal["auto", "rewind", "reseed"] = "auto") -> RepointResult:
         """After ``name`` was promoted: make its old primary (stopped, its data in ``old_primary_dir`` on
         this host) a standby of it, streaming with the same replication login."""
+        from platform_orchestration.replication.promotion import repoint
+
         target = self.standby_target(name)
         standby_parts = conninfo_to_dict(target.standby.dsn)
         stream = make_conninfo(target.stream_dsn, host=standby_parts.get("host", "127.0.0.1"),
