@@ -23,12 +23,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-# What every command that reads a store uses is imported here; each capability (taking,
-# copying, restoring, drilling, pruning, compliance, physical, reporting) is imported by the
-# methods that use it, so that a command pays only for what it runs: a break-glass `verify`
-# loads no PostgreSQL driver, a `restore` none of physical, replication or reporting
-# (tests/test_startup.py proves what each command keeps out; tests/test_architecture.py that
-# no such import hides a cycle).
+# What the commands that read stores share, and the light modules beside it, is imported here.
+# What brings the PostgreSQL driver or much code of its own (taking, restoring, drilling, pruning,
+# locks and probes, physical, standbys, recoverability, the report) is imported by the methods
+# that use it, so that a command pays only for what it runs: a break-glass `verify` loads no
+# PostgreSQL driver, a `restore` none of physical, replication or reporting
+# (tests/test_startup.py proves what each keeps out; tests/test_architecture.py that no such
+# import hides a cycle).
 from platform_orchestration.backups.catalog import (
     BackupChoice,
     BackupListing,
