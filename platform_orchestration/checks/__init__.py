@@ -7,8 +7,6 @@ reports what it saw (ids, ages, stores, objects that could not be read) so a fai
 explains itself.
 """
 
-import warnings
-
 import dagster as dg
 
 from platform_orchestration.backups.catalog import describe_all
@@ -20,8 +18,9 @@ from platform_orchestration.backups.compliance import (
     DYNAMIC_CREDENTIALS_USED,
     DatabaseCompliance,
 )
+from platform_orchestration.checks.steps import Finding, partitioned_check_step
 from platform_orchestration.kube import k8s_op_tags
-from platform_orchestration.resources import FleetResource
+from platform_orchestration.protection import FleetProtection
 
 # check name -> (guarded asset, description), in the order of the flow (results are reported so)
 _CHECKS = {
@@ -49,31 +48,14 @@ def assessment_metadata(assessment: DatabaseCompliance) -> dict[str, str]:
             "unreadable": describe_all(assessment.unreadable, limit=20) or "none"}
 
 
+def _assess_database(protection: FleetProtection, database: str) -> tuple[dict[str, Finding], dict[str, str]]:
+    assessment = protection.assess(database)
+    return {f.check: f for f in assessment.findings}, assessment_metadata(assessment)
+
+
 def build_checks(assets_by_name: dict[str, dg.AssetsDefinition],
                  partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetChecksDefinition]:
-    # Partitioned asset checks are a preview feature of the pinned dagster (1.13.27); we rely on
-    # them deliberately (one verdict per database), so their PreviewWarning is not news.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec",
-                                category=dg.PreviewWarning)
-        specs = [dg.AssetCheckSpec(name, asset=assets_by_name[asset], description=description,
-                                   partitions_def=partitions)
-                 for name, (asset, description) in _CHECKS.items()]
-
-    # can_subset: a job that materializes only some of the guarded assets selects only their checks.
-    @dg.multi_asset_check(specs=specs, can_subset=True, name="database_protection_checks",
-                          op_tags=k8s_op_tags("database_protection_checks"),
-                          description="The five findings of one database's assessment, from the stores.")
-    def database_protection_checks(context: dg.AssetCheckExecutionContext, fleet: FleetResource):
-        with fleet.protection() as protection:
-            assessment = protection.assess(context.partition_key)
-        metadata = assessment_metadata(assessment)
-        for spec in specs:
-            if spec.key not in context.selected_asset_check_keys:
-                continue
-            finding = assessment.finding(spec.name)
-            yield dg.AssetCheckResult(asset_key=spec.asset_key, check_name=spec.name, passed=finding.passed,
-                                      severity=dg.AssetCheckSeverity.ERROR, description=finding.detail,
-                                      metadata=metadata)
-
-    return [database_protection_checks]
+    return [partitioned_check_step(
+        name="database_protection_checks", checks=_CHECKS, assets_by_name=assets_by_name, partitions=partitions,
+        assess=_assess_database, op_tags=k8s_op_tags("database_protection_checks"),
+        description="The five findings of one database's assessment, from the stores.")]
