@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -33,7 +33,7 @@ from platform_orchestration.backups.manifest import (
     first_problem,
     is_manifest_key,
 )
-from platform_orchestration.errors import PlatformError
+from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.storage import (
     ObjectInfo,
     ObjectNotFound,
@@ -359,6 +359,46 @@ class Recorded:
     key: str
     stored_in: tuple[str, ...]
     failed: dict[str, str]
+
+
+class _Evidence(Protocol):
+    @property
+    def drill_id(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+
+_E = TypeVar("_E", bound=_Evidence)
+
+
+def read_evidence(stores: Sequence[ObjectStore], prefix: str, model: Any) -> tuple[list[_E], list[str]]:
+    """Every readable record under `prefix` (drill records written by `record_everywhere`) across
+    `stores`, parsed as `model` (a pydantic model with `drill_id` and `key`): oldest first, one
+    per drill id (the copy of the first store that has it); and what could not be read, as
+    "<key> in store <store>: <reason>", never skipped in silence. A record that describes
+    another key than the one it is stored under is one of those."""
+    found: dict[str, _E] = {}
+    unreadable: list[str] = []
+    for store in stores:
+        try:
+            keys = [info.key for info in store.list(prefix) if info.key.endswith(".json")]
+        except StoreError as exc:
+            unreadable.append(f"{prefix} in store {store.name}: {one_line(exc)}")
+            continue
+        for key in keys:
+            try:
+                record = model.model_validate_json(read_bytes(store, key))
+            except ObjectNotFound:
+                continue  # pruned between the listing and the read
+            except (StoreError, ValueError) as exc:
+                unreadable.append(f"{key} in store {store.name}: {one_line(exc)[:200]}")
+                continue
+            if record.key != key:
+                unreadable.append(f"{key} in store {store.name}: the record describes {record.key}")
+                continue
+            found.setdefault(record.drill_id, record)
+    return sorted(found.values(), key=lambda r: r.drill_id), unreadable
 
 
 def record_everywhere(stores: Sequence[ObjectStore], key: str, data: bytes, what: str) -> Recorded:

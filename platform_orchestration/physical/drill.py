@@ -29,7 +29,7 @@ from typing import Literal
 import psycopg
 from pydantic import BaseModel, ConfigDict
 
-from platform_orchestration.backups.catalog import record_everywhere
+from platform_orchestration.backups.catalog import read_evidence, record_everywhere
 from platform_orchestration.backups.manifest import FORMAT_VERSION, new_drill_id
 from platform_orchestration.clock import Clock, utc_now
 from platform_orchestration.errors import PlatformError, one_line
@@ -47,7 +47,7 @@ from platform_orchestration.physical.repository import Repository
 from platform_orchestration.physical.tools import BarmanTools
 from platform_orchestration.postgres.binaries import PostgresToolsMissing
 from platform_orchestration.postgres.connection import PgConnection
-from platform_orchestration.storage import ObjectStore, StoreError
+from platform_orchestration.storage import ObjectStore
 
 PHYSICAL_DRILLS_PREFIX = "physical-drills/"
 MARKER_TABLE = "platform_pitr.drill_markers"
@@ -228,19 +228,4 @@ def run_pitr_drill(*, tools: BarmanTools, repository: Repository, store: ObjectS
 def pitr_drill_history(stores: Sequence[ObjectStore], cluster: str) -> tuple[list[PitrDrillRecord], list[str]]:
     """Every readable PITR drill record of ``cluster`` across ``stores``, oldest first, one per id;
     and what could not be read ("<key> in store <store>: <reason>"), never skipped in silence."""
-    found: dict[str, PitrDrillRecord] = {}
-    unreadable: list[str] = []
-    for store in stores:
-        try:
-            keys = [info.key for info in store.list(physical_drills_prefix(cluster)) if info.key.endswith(".json")]
-        except StoreError as exc:
-            unreadable.append(f"{physical_drills_prefix(cluster)} in store {store.name}: {one_line(exc)}")
-            continue
-        for key in keys:
-            try:
-                record = PitrDrillRecord.model_validate_json(b"".join(store.read(key)))
-            except (StoreError, ValueError) as exc:
-                unreadable.append(f"{key} in store {store.name}: {one_line(exc)[:200]}")
-                continue
-            found.setdefault(record.drill_id, record)
-    return sorted(found.values(), key=lambda r: r.drill_id), unreadable
+    return read_evidence(stores, physical_drills_prefix(cluster), PitrDrillRecord)

@@ -27,7 +27,7 @@ from typing import Literal
 import psycopg
 from pydantic import BaseModel, ConfigDict
 
-from platform_orchestration.backups.catalog import record_everywhere
+from platform_orchestration.backups.catalog import read_evidence, record_everywhere
 from platform_orchestration.backups.manifest import FORMAT_VERSION, new_drill_id
 from platform_orchestration.clock import Clock, utc_now
 from platform_orchestration.errors import PlatformError, one_line
@@ -36,7 +36,7 @@ from platform_orchestration.postgres.binaries import PostgresToolsMissing
 from platform_orchestration.replication.copy import throwaway_copy
 from platform_orchestration.replication.server import ReplicationFailed, wait_until
 from platform_orchestration.replication.target import StandbyTarget
-from platform_orchestration.storage import ObjectStore, StoreError
+from platform_orchestration.storage import ObjectStore
 
 FAILOVER_DRILLS_PREFIX = "failover-drills/"
 MARKER_TABLE = "platform_replication.failover_markers"
@@ -218,20 +218,4 @@ def run_failover_drill(target: StandbyTarget, *, record_stores: Sequence[ObjectS
 def failover_drill_history(stores: Sequence[ObjectStore], standby: str) -> tuple[list[FailoverDrillRecord], list[str]]:
     """Every readable failover drill record of ``standby`` across ``stores``, oldest first, one per id;
     and what could not be read, never skipped in silence."""
-    found: dict[str, FailoverDrillRecord] = {}
-    unreadable: list[str] = []
-    prefix = failover_drills_prefix(standby)
-    for store in stores:
-        try:
-            keys = [info.key for info in store.list(prefix) if info.key.endswith(".json")]
-        except StoreError as exc:
-            unreadable.append(f"{prefix} in store {store.name}: {one_line(exc)}")
-            continue
-        for key in keys:
-            try:
-                record = FailoverDrillRecord.model_validate_json(b"".join(store.read(key)))
-            except (StoreError, ValueError) as exc:
-                unreadable.append(f"{key} in store {store.name}: {one_line(exc)[:200]}")
-                continue
-            found.setdefault(record.drill_id, record)
-    return sorted(found.values(), key=lambda r: r.drill_id), unreadable
+    return read_evidence(stores, failover_drills_prefix(standby), FailoverDrillRecord)
