@@ -36,7 +36,7 @@ from platform_orchestration.fleet import load_fleet
 from platform_orchestration.postgres import ephemeral_cluster
 from platform_orchestration.postgres.cluster import LocalCluster, free_port, local_cluster
 from platform_orchestration.protection import FleetProtection
-from platform_orchestration.replication.server import hand_to_server_user
+from platform_orchestration.postgres.server_user import hand_to_server_user
 from platform_orchestration.secrets import LocalSecretProvider
 
 PASSWORD = "bench-replication-pw"

@@ -21,7 +21,6 @@ import bz2
 import contextlib
 import gzip
 import os
-import pwd
 import re
 import shlex
 import shutil
@@ -43,7 +42,7 @@ from platform_orchestration.physical.archiving import Segment, segments_in_store
 from platform_orchestration.physical.base_backup import BaseBackup, list_base_backups, run_tool
 from platform_orchestration.physical.repository import Repository
 from platform_orchestration.physical.settings import credentials_file_for, restore_command, write_credentials_file
-from platform_orchestration.physical.tools import SERVER_USER, BarmanTools
+from platform_orchestration.physical.tools import BarmanTools
 from platform_orchestration.postgres.binaries import PgInstall, find_installs
 from platform_orchestration.ownership import Lease
 from platform_orchestration.postgres.cluster import (
@@ -54,6 +53,7 @@ from platform_orchestration.postgres.cluster import (
     start_owned_server,
 )
 from platform_orchestration.storage import ObjectStore
+from platform_orchestration.postgres.server_user import hand_to_server_user
 
 _LSN = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
 RESTORE_TIMEOUT_SECONDS = 6 * 3600
@@ -196,16 +196,6 @@ def write_recovery_config(data_dir: Path, settings: dict[str, str]) -> None:
                 kept.append(line)
     auto.write_text("\n".join([*kept, *(f"{k} = {_quote_setting(v)}" for k, v in settings.items())]) + "\n")
     (data_dir / "recovery.signal").write_text("")
-
-
-def _hand_to_server_user(path: Path) -> None:
-    if os.geteuid() != 0:
-        return
-    user = pwd.getpwnam(SERVER_USER)
-    for root, dirs, files in os.walk(path):
-        for name in [*dirs, *files]:
-            os.lchown(os.path.join(root, name), user.pw_uid, user.pw_gid)
-    os.chown(path, user.pw_uid, user.pw_gid)
 
 
 def _log_lines(cluster: LocalCluster) -> list[str]:
@@ -387,14 +377,14 @@ def restore_to_point(tools: BarmanTools, repository: Repository, target: Recover
                                                    repository.environment_for(for_server=True))
     spool = cluster.base_dir / "physical" / "wal-spool"
     spool.mkdir(parents=True, exist_ok=True)
-    _hand_to_server_user(spool.parent)
+    hand_to_server_user(spool.parent)
     restore = restore_command(tools, repository, credentials_file, spool)
     prefetched = 0
     if store is not None:
         fetched_dir = cluster.base_dir / "physical" / "wal-prefetched"
         fetched_dir.mkdir(parents=True, exist_ok=True)
         prefetched = prefetch_wal(store, repository, chosen, target, fetched_dir)
-        _hand_to_server_user(fetched_dir)
+        hand_to_server_user(fetched_dir)
         restore = _local_first(restore, fetched_dir)
     write_recovery_config(cluster.data_dir, _recovery_settings(target, restore))
     (cluster.data_dir / "postmaster.pid").unlink(missing_ok=True)
@@ -402,7 +392,7 @@ def restore_to_point(tools: BarmanTools, repository: Repository, target: Recover
     cluster.socket_dir.mkdir(exist_ok=True)
     cluster.log_file.touch()
     for path in (cluster.data_dir, cluster.socket_dir, cluster.log_file):
-        _hand_to_server_user(path)
+        hand_to_server_user(path)
     server = _start_restored(cluster) if lease is not None else None
     try:
         if server is not None:

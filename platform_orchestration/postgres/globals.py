@@ -25,7 +25,6 @@ connect is an error.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess

@@ -8,19 +8,13 @@ only the server's user can read (0600, its directory 0700), and the conninfo nam
 from __future__ import annotations
 
 import os
-import pwd
 from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-SERVER_USER = "nobody"
+from platform_orchestration.postgres.server_user import chown_to_server_user
+
 _DROPPED = ("password", "passfile", "dbname", "replication", "application_name")
-
-
-def _chown_to_server_user(path: Path) -> None:
-    if os.geteuid() == 0:
-        user = pwd.getpwnam(SERVER_USER)
-        os.chown(path, user.pw_uid, user.pw_gid)
 
 
 def _pgpass_field(value: str) -> str:
@@ -42,12 +36,12 @@ def write_passfile(path: Path, stream_dsn: str, password: str) -> Path:
                                                      parts.get("user") or "postgres", password))
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    _chown_to_server_user(path.parent)
+    chown_to_server_user(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(line + "\n")
     os.chmod(path, 0o600)
-    _chown_to_server_user(path)
+    chown_to_server_user(path)
     return path
 
 

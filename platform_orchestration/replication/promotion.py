@@ -29,11 +29,10 @@ from platform_orchestration.replication.conninfo import passfile_for, primary_co
 from platform_orchestration.replication.drill import promote_and_write
 from platform_orchestration.replication.seed import create_slot, release_stale_slot, standby_settings
 from platform_orchestration.replication.seed import seed_by_basebackup, start_standby
+from platform_orchestration.postgres.server_user import as_server_user, hand_to_server_user
 from platform_orchestration.replication.server import (
     ReplicationFailed,
     ReplicationRefused,
-    as_server_user,
-    hand_to_server_user,
     run_tool,
     server_major,
     write_standby_settings,

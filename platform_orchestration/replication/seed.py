@@ -30,10 +30,10 @@ from platform_orchestration.physical.tools import BarmanTools
 from platform_orchestration.postgres.cluster import LocalCluster
 from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.replication.conninfo import passfile_for, primary_conninfo, write_passfile
+from platform_orchestration.postgres.server_user import hand_to_server_user
 from platform_orchestration.replication.server import (
     ReplicationFailed,
     ReplicationRefused,
-    hand_to_server_user,
     log_tail,
     prepare_cluster,
     run_tool,

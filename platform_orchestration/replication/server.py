@@ -9,7 +9,6 @@ started with ``pg_ctl`` as ``nobody`` when we are root), as point-in-time restor
 from __future__ import annotations
 
 import os
-import pwd
 import socket
 import subprocess
 import time
@@ -22,8 +21,8 @@ from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.postgres.binaries import PgInstall, find_installs
 from platform_orchestration.postgres.cluster import LocalCluster, local_cluster
 from platform_orchestration.postgres.connection import PgConnection
+from platform_orchestration.postgres.server_user import hand_to_server_user
 
-SERVER_USER = "nobody"
 # Settings a copy of a server must not inherit: where it archives to, where it streams from.
 _INHERITED = ("archive_", "restore_command", "primary_conninfo", "primary_slot_name", "recovery_")
 
@@ -80,23 +79,6 @@ def prepare_cluster(base_dir: Path, port: int, major: int, *, what: str) -> Loca
     for path in (cluster.data_dir, cluster.socket_dir, cluster.log_file):
         hand_to_server_user(path)
     return cluster
-
-
-def hand_to_server_user(path: Path) -> None:
-    if os.geteuid() != 0:
-        return
-    user = pwd.getpwnam(SERVER_USER)
-    for root, dirs, files in os.walk(path):
-        for name in [*dirs, *files]:
-            os.lchown(os.path.join(root, name), user.pw_uid, user.pw_gid)
-    os.chown(path, user.pw_uid, user.pw_gid)
-
-
-def as_server_user(command: Sequence[str]) -> list[str]:
-    """``command`` run as the server's user when we are root (files it writes are then the server's)."""
-    if os.geteuid() != 0:
-        return list(command)
-    return ["setpriv", f"--reuid={SERVER_USER}", "--regid=nogroup", "--clear-groups", "--reset-env", *command]
 
 
 def run_tool(command: Sequence[str], *, what: str, timeout: float, env: Mapping[str, str] | None = None,

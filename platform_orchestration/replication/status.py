@@ -22,7 +22,6 @@ import psycopg
 from platform_orchestration.errors import PlatformError, one_line
 from platform_orchestration.fleet.sizes import format_size
 from platform_orchestration.physical.pitr import lsn_value
-from platform_orchestration.postgres.connection import PgConnection
 from platform_orchestration.replication.target import ReplicationObjectives, StandbyTarget
 
 REPLICATION_WITHIN_LAG = "replication_within_lag"
