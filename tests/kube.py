@@ -1,10 +1,15 @@
-"""Test helpers for the Kubernetes side: a pod's environment, the production instance file."""
+"""Test helpers for the Kubernetes side: a pod's environment, the production instance file, and
+an API server double (kmock) the synchronous kubernetes client can talk to."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
+import kubernetes
 import pytest
+from kmock import KubernetesEmulator, Server
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION_INSTANCE = REPOSITORY_ROOT / "deploy" / "dagster.yaml"
@@ -78,3 +83,35 @@ def production_run_launcher(kubeconfig: Path) -> dict:
     launcher = yaml.safe_load(PRODUCTION_INSTANCE.read_text())["run_launcher"]
     config = dict(launcher["config"], load_incluster_config=False, kubeconfig_file=str(kubeconfig))
     return {**launcher, "config": config}
+
+
+class ApiServerDouble:
+    """kmock's emulator, no real API server (none runs here), on its own event loop in a thread,
+    so that the synchronous kubernetes client (dagster-k8s's, ours) can talk to it over HTTP.
+    A subclass may give another emulator (`_emulator`)."""
+
+    def _emulator(self) -> KubernetesEmulator:
+        return KubernetesEmulator()
+
+    def __enter__(self):  # noqa: ANN204 - the subclass's own type
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "kmock did not start"
+        config = kubernetes.client.Configuration()
+        config.host = self.url
+        self.client = kubernetes.client.ApiClient(config)
+        return self
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with self._emulator() as emulator, Server(emulator) as server:
+            self.emulator, self.url = emulator, str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def __exit__(self, *_: object) -> None:
+        self.client.close()
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)

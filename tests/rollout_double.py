@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -34,8 +33,9 @@ from typing import Any
 import aiohttp.web
 import attrs
 import kubernetes
-from kmock import KubernetesEmulator, Server
+from kmock import KubernetesEmulator
 from kmock._internal import enums, references
+from kube import ApiServerDouble
 
 from platform_orchestration.kube.client import APPLY_CONTENT_TYPE, RESOURCES
 
@@ -84,35 +84,15 @@ class ShimmedEmulator(KubernetesEmulator):
         return await super()._handle(request)
 
 
-class ClusterDouble:
+class ClusterDouble(ApiServerDouble):
     """One cluster's API server double, and the controllers the tests play on it."""
 
     def __init__(self, name: str, git_version: str = "v1.31.4") -> None:
         self.name = name
         self.git_version = git_version
 
-    def __enter__(self) -> ClusterDouble:
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10), "kmock did not start"
-        config = kubernetes.client.Configuration()
-        config.host = self.url
-        self.client = kubernetes.client.ApiClient(config)
-        return self
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        async with ShimmedEmulator(git_version=self.git_version) as emulator, Server(emulator) as server:
-            self.emulator, self.url = emulator, str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
-
-    def __exit__(self, *_: object) -> None:
-        self.client.close()
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+    def _emulator(self) -> ShimmedEmulator:
+        return ShimmedEmulator(git_version=self.git_version)
 
     def reset(self) -> None:
         """Forget every object (between tests sharing the doubles)."""

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
 import kubernetes_validate
 import pytest

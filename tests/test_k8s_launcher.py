@@ -17,11 +17,8 @@ monitoring is Dagster's own daemon function, called once per kubelet move.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
 import kubernetes
@@ -34,9 +31,8 @@ from dagster._core.storage.tags import DOCKER_IMAGE_TAG
 from dagster._core.test_utils import create_run_for_test, in_process_test_workspace
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._daemon.monitoring.run_monitoring import monitor_started_run
-from kmock import KubernetesEmulator, Server
 from kube import IMAGE, NAMESPACE, PRODUCTION_INSTANCE, REPOSITORY_ROOT, TARGET_KUBERNETES, production_run_launcher, \
-    write_kubeconfig
+    ApiServerDouble, write_kubeconfig
 
 from platform_orchestration.specs import DATABASE_RUN_TAG
 
@@ -44,31 +40,8 @@ PRODUCTION_FLEET = REPOSITORY_ROOT / "deploy" / "fleet" / "production.yaml"
 JOBS = ("batch", "v1", "jobs")
 
 
-class ApiServerDouble:
-    """kmock's emulator on its own event loop in a thread, so the synchronous kubernetes
-    client of dagster-k8s can talk to it."""
-
-    def __enter__(self) -> ApiServerDouble:
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10), "kmock did not start"
-        config = kubernetes.client.Configuration()
-        config.host = self.url
-        self.client = kubernetes.client.ApiClient(config)
-        return self
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        async with KubernetesEmulator() as emulator, Server(emulator) as server:
-            self.emulator, self.url = emulator, str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
-
-    def __exit__(self, *_: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+class LauncherApiServer(ApiServerDouble):
+    """The API server double, with what the Job controller and the kubelet would do."""
 
     def jobs(self) -> dict[str, dict]:
         batch = kubernetes.client.BatchV1Api(self.client)
@@ -101,8 +74,8 @@ class ApiServerDouble:
 
 
 @pytest.fixture
-def double() -> Iterator[ApiServerDouble]:
-    with ApiServerDouble() as server:
+def double() -> Iterator[LauncherApiServer]:
+    with LauncherApiServer() as server:
         yield server
 
 
