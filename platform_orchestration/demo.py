@@ -159,7 +159,6 @@ def run_protection_flow(fleet_file: Path = DEMO_FLEET, out=sys.stdout) -> bool: 
                 event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
                 for event in result.get_asset_materialization_events()
             }
-            checks = result.get_asset_check_evaluations()
             print(f"\n{database.name}  (cluster {database.cluster}, policy {database.policy}) "
                   f"run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s",
                   file=out)
@@ -185,16 +184,7 @@ def run_protection_flow(fleet_file: Path = DEMO_FLEET, out=sys.stdout) -> bool: 
                       f"{m['rows_verified']} rows verified", file=out)
                 if m.get("passed_over", "none") != "none":
                     print(f"  warning  the drill passed over newer {m['passed_over']}", file=out)
-            for evaluation in checks:
-                verdict = "pass" if evaluation.passed else "FAIL"
-                print(f"  check    [{verdict}] {evaluation.check_name}: {evaluation.description or ''}", file=out)
-                all_ok &= evaluation.passed
-            if not result.success:
-                all_ok = False
-                for event in result.all_events:
-                    if event.is_step_failure:
-                        print(f"  error    {event.step_key}: {event.step_failure_data.error.message.strip()}",
-                              file=out)
+            all_ok &= _print_checks_and_errors(result, out) and result.success
         report = materialized.get("compliance_report") if fleet.databases else None
         if report:
             m = {k: v.value for k, v in report.items()}
@@ -203,6 +193,23 @@ def run_protection_flow(fleet_file: Path = DEMO_FLEET, out=sys.stdout) -> bool: 
             if "report" in m:
                 print(f"report: {m['report']}", file=out)
     return all_ok
+
+
+def _metadata(event) -> dict:  # noqa: ANN001 - a DagsterEvent of a materialization
+    return {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+
+
+def _print_checks_and_errors(result, out) -> bool:  # noqa: ANN001 - an ExecuteInProcessResult, a text stream
+    """Each check's verdict and each failed step's error, one line each; whether every check passed."""
+    passed = True
+    for evaluation in result.get_asset_check_evaluations():
+        verdict = "pass" if evaluation.passed else "FAIL"
+        print(f"  check    [{verdict}] {evaluation.check_name}: {evaluation.description or ''}", file=out)
+        passed &= evaluation.passed
+    for event in result.all_events:
+        if event.is_step_failure:
+            print(f"  error    {event.step_key}: {event.step_failure_data.error.message.strip()}", file=out)
+    return passed
 
 
 def run_drill_rounds(fleet_file: Path, rounds: int, out=sys.stdout) -> bool:  # noqa: ANN001
@@ -222,7 +229,7 @@ def run_drill_rounds(fleet_file: Path, rounds: int, out=sys.stdout) -> bool:  # 
                                                 raise_on_error=False, run_config=_QUIET)
                 ok &= result.success
                 for event in result.get_asset_materialization_events():
-                    m = {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+                    m = _metadata(event)
                     print(f"  drill {round_number + 2}  {database.name:<10} from {m['source_store']:<11} "
                           f"RTO {m['rto_seconds']}s, RPO {m['rpo_seconds']}s, {m['rows_verified']} rows verified",
                           file=out)
@@ -279,7 +286,7 @@ def run_physical_drill(out=sys.stdout) -> bool:  # noqa: ANN001
                         partition_key="pg-physical", instance=instance, raise_on_error=False, run_config=_QUIET)
                     ok &= result.success
                     for event in result.get_asset_materialization_events():
-                        m = {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+                        m = _metadata(event)
                         asset = event.asset_key.to_user_string()
                         if asset == "physical_base_backups":
                             print(f"  base     {m['backup_id']}  LSN {m['begin_lsn']}-{m['end_lsn']}, "
@@ -290,13 +297,7 @@ def run_physical_drill(out=sys.stdout) -> bool:  # noqa: ANN001
                                   f"reached LSN {m['reached_lsn']}, marker back and nothing after it; "
                                   f"RTO {m['rto_seconds']}s (target {m['rto_target_seconds']:.0f}s), "
                                   f"RPO {m['rpo_seconds']}s", file=out)
-                    for evaluation in result.get_asset_check_evaluations():
-                        verdict = "pass" if evaluation.passed else "FAIL"
-                        print(f"  check    [{verdict}] {evaluation.check_name}: {evaluation.description or ''}", file=out)
-                    for event in result.all_events:
-                        if event.is_step_failure:
-                            print(f"  error    {event.step_key}: "
-                                  f"{event.step_failure_data.error.message.strip()}", file=out)
+                    _print_checks_and_errors(result, out)
     finally:
         s3.stop()
     print(f"  ({time.monotonic() - started:.0f}s for the physical part; pitr_window_covered fails until the "
@@ -352,7 +353,7 @@ def run_failover_drill(out=sys.stdout) -> bool:  # noqa: ANN001
                         run_config=config)
                     ok &= result.success
                     for event in result.get_asset_materialization_events():
-                        m = {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+                        m = _metadata(event)
                         asset = event.asset_key.to_user_string()
                         if asset == "standby_clusters" and "seed_seconds" in m:
                             print(f"  seed     pg_basebackup through slot {m.get('slot')}: {m['seed_seconds']}s, "
@@ -365,13 +366,7 @@ def run_failover_drill(out=sys.stdout) -> bool:  # noqa: ANN001
                                   f"copy: {m['marker_on_copy']}; RTO {m['rto_seconds']}s (target "
                                   f"{m['rto_target_seconds']:.0f}s), RPO {m['rpo_seconds']}s (target "
                                   f"{m['rpo_target_seconds']:.0f}s), copy {m['copy_seconds']}s", file=out)
-                    for evaluation in result.get_asset_check_evaluations():
-                        verdict = "pass" if evaluation.passed else "FAIL"
-                        print(f"  check    [{verdict}] {evaluation.check_name}: {evaluation.description or ''}", file=out)
-                    for event in result.all_events:
-                        if event.is_step_failure:
-                            print(f"  error    {event.step_key}: "
-                                  f"{event.step_failure_data.error.message.strip()}", file=out)
+                    _print_checks_and_errors(result, out)
         finally:
             try:
                 standby.stop()
