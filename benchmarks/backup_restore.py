@@ -907,13 +907,13 @@ class WholeRestoreRun:
     link_mb_per_second: float = 0.0
 
 
-def _cli_with_peaks(args: Sequence[str], env: dict[str, str], peak_file: Path) -> CliSample:
-    """Run the CLI to completion; its wall time, its own peak RSS (VmHWM, exact) and the
-    peak of its whole process tree's summed RSS (sampled every 50 ms)."""
-    started = time.perf_counter()
-    process = subprocess.Popen((sys.executable, "-c", _PEAK_WRAPPER, *args), cwd=ROOT,
-                               env={**env, "BENCH_PEAK_FILE": str(peak_file)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _sampled(argv: Sequence[str], env: dict[str, str], started: float | None = None) -> tuple[float, int]:
+    """Run `argv` to completion, sampling its process tree's summed RSS every 50 ms; its wall
+    time (from `started`, default its fork) and that peak. Every contender of a comparison runs
+    through this, baselines too: the sampling costs a few ms of CPU each time (a scan of /proc),
+    which must not be charged to ours alone."""
+    started = time.perf_counter() if started is None else started
+    process = subprocess.Popen(list(argv), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     tree = 0
     while process.poll() is None:
         tree = max(tree, _tree_rss_bytes(process.pid))
@@ -921,7 +921,14 @@ def _cli_with_peaks(args: Sequence[str], env: dict[str, str], peak_file: Path) -
     seconds = time.perf_counter() - started
     stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
     if process.returncode != 0:
-        raise RuntimeError(f"platform-dr {' '.join(args[2:])} exited with {process.returncode}: {stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(argv[:4])} exited with {process.returncode}: {stderr[-2000:]}")
+    return seconds, tree
+
+
+def _cli_with_peaks(args: Sequence[str], env: dict[str, str], peak_file: Path) -> CliSample:
+    """Run the CLI to completion; its wall time, its own peak RSS (VmHWM, exact) and the
+    peak of its whole process tree's summed RSS (sampled every 50 ms)."""
+    seconds, tree = _sampled((sys.executable, "-c", _PEAK_WRAPPER, *args), {**env, "BENCH_PEAK_FILE": str(peak_file)})
     own = int(peak_file.read_text())
     return CliSample(seconds, own, max(tree, own))
 
@@ -987,10 +994,11 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
         _settle([source, target])
         started = time.perf_counter()
         _create_database(target, database)
-        _run([target_tools.tool("pg_restore"), f"--jobs={jobs}", "--no-owner", "--no-privileges",
-              f"--dbname={target.connection(database).dsn}", str(plain)], target.connection(database).tool_env())
+        seconds, _tree = _sampled([target_tools.tool("pg_restore"), f"--jobs={jobs}", "--no-owner", "--no-privileges",
+                                   f"--dbname={target.connection(database).dsn}", str(plain)],
+                                  target.connection(database).tool_env(), started)
         if timed:
-            run.pg_restore_seconds.append(time.perf_counter() - started)
+            run.pg_restore_seconds.append(seconds)
         _drop_database(target, database)
 
     def verify() -> None:
@@ -999,7 +1007,7 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
 
     def read_once() -> None:
         _settle([source, target])
-        run.read_seconds.append(_timed_process((sys.executable, "-c", _READ_LOOP, str(stored_path)), env)[0].seconds)
+        run.read_seconds.append(_sampled((sys.executable, "-c", _READ_LOOP, str(stored_path)), env)[0])
 
     def verify_s3() -> None:
         _settle([source, target])
@@ -1008,9 +1016,8 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
 
     def read_s3() -> None:
         _settle([source, target])
-        run.s3_read_seconds.append(_timed_process(
-            (sys.executable, "-c", _S3_READ, str(s3_endpoint), S3_BUCKET,
-             str(stored_path.relative_to(store))), env)[0].seconds)
+        run.s3_read_seconds.append(_sampled(
+            (sys.executable, "-c", _S3_READ, str(s3_endpoint), S3_BUCKET, str(stored_path.relative_to(store))), env)[0])
 
     def verify_link() -> None:
         _settle([source, target])
@@ -1020,8 +1027,8 @@ def bench_whole_restore(source: LocalCluster, target: LocalCluster, kind: str, *
     def read_link() -> None:
         _settle([source, target])
         assert link is not None
-        run.link_read_seconds.append(_timed_process(
-            (sys.executable, "-c", _S3_READ, link[0], S3_BUCKET, str(stored_path.relative_to(store))), env)[0].seconds)
+        run.link_read_seconds.append(_sampled(
+            (sys.executable, "-c", _S3_READ, link[0], S3_BUCKET, str(stored_path.relative_to(store))), env)[0])
 
     baseline(timed=False)  # untimed: the target creates its WAL segments, the cache warms
     ours(timed=False)
