@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from platform_orchestration.cli import human_bytes
+from platform_orchestration.errors import PlatformError
 from platform_orchestration.postgres.cluster import LocalCluster, local_cluster
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
@@ -87,9 +89,23 @@ SEED_SQL = {
 }
 
 
+class DemoPortTaken(PlatformError):
+    """A demo server's port answers, but not for this checkout's server."""
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def start_servers(out=sys.stdout) -> None:  # noqa: ANN001
     for server in SERVERS:
         cluster = server.cluster()
+        # Another checkout's demo (or any server) on the port: say so, rather than pg_ctl's log.
+        if not cluster.is_running() and _answers(server.port):
+            raise DemoPortTaken(
+                f"demo server {server.name}: port {server.port} is taken by another process (another checkout's "
+                f"`make demo`? run `make demo-stop` there), or move this demo with {server.port_env}=PORT")
         fresh = not cluster.is_initialised()
         cluster.ensure_running()
         print(f"  {server.name:<16} PostgreSQL {cluster.install.version:<6} 127.0.0.1:{server.port}"
@@ -459,7 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "rollout":
         return 0 if show_rollout_plan() else 1
     print("Local PostgreSQL servers:")
-    start_servers()
+    try:
+        start_servers()
+    except DemoPortTaken as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     os.environ.setdefault("DAGSTER_HOME", str(prepare_dagster_home()))
     os.environ["PLATFORM_FLEET"] = str(DEMO_FLEET)
     if args.action == "servers":

@@ -101,3 +101,20 @@ def test_verify_loads_no_postgres_driver_and_restore_only_what_restoring_uses(tm
     assert not restored & {"dagster", *CLOUD_AND_VAULT, *NOT_RESTORING}
     with target_db.connect() as conn:  # it did restore
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] > 0
+
+
+def test_the_demo_names_a_port_another_server_holds_and_how_to_free_it(monkeypatch, capsys):
+    # As when a second checkout runs `make demo` while the first one's servers still run.
+    import socket
+
+    from platform_orchestration import demo
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        monkeypatch.setenv("DEMO_PG_AWS_PORT", str(port))
+        assert demo.main(["servers"]) == 2
+    error = capsys.readouterr().err
+    assert f"demo server pg-aws-eu: port {port} is taken by another process" in error
+    assert "`make demo-stop`" in error and "DEMO_PG_AWS_PORT=PORT" in error
