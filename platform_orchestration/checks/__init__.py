@@ -48,9 +48,9 @@ def assessment_metadata(assessment: DatabaseCompliance) -> dict[str, str]:
             "unreadable": describe_all(assessment.unreadable, limit=20) or "none"}
 
 
-def _assess_database(protection: FleetProtection, database: str) -> tuple[dict[str, Finding], dict[str, str]]:
+def _assess_database(protection: FleetProtection, database: str) -> tuple[list[Finding], dict[str, str]]:
     assessment = protection.assess(database)
-    return {f.check: f for f in assessment.findings}, assessment_metadata(assessment)
+    return list(assessment.findings), assessment_metadata(assessment)
 
 
 def build_checks(assets_by_name: dict[str, dg.AssetsDefinition],

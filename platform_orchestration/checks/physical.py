@@ -3,7 +3,7 @@ physical/compliance.py, each on the asset it guards, from one assessment."""
 
 import dagster as dg
 
-from platform_orchestration.checks.steps import Finding, partitioned_check_step
+from platform_orchestration.checks.steps import Finding, listed, partitioned_check_step
 from platform_orchestration.physical.compliance import (
     BACKUPS_ENCRYPTED,
     BASE_BACKUP_WITHIN_CADENCE,
@@ -28,13 +28,13 @@ _CHECKS = {
 }
 
 
-def _assess_cluster(protection: FleetProtection, cluster: str) -> tuple[dict[str, Finding], dict[str, str]]:
+def _assess_cluster(protection: FleetProtection, cluster: str) -> tuple[list[Finding], dict[str, str]]:
     assessment = protection.assess_cluster(cluster)
-    return {f.check: f for f in assessment.findings}, {
+    return list(assessment.findings), {
         "cluster": assessment.cluster, "policy": assessment.policy,
         "latest_base_backup_id": assessment.latest_base_backup_id or "none",
         "latest_pitr_drill_id": assessment.latest_drill_id or "none",
-        "unreadable": "; ".join(assessment.unreadable[:20]) or "none"}
+        "unreadable": listed(assessment.unreadable)}
 
 
 def build_physical_checks(assets_by_name: dict[str, dg.AssetsDefinition],

@@ -3,7 +3,7 @@ each on the asset it guards, from one assessment."""
 
 import dagster as dg
 
-from platform_orchestration.checks.steps import Finding, partitioned_check_step
+from platform_orchestration.checks.steps import Finding, listed, partitioned_check_step
 from platform_orchestration.replication.status import (
     FAILOVER_DRILL_PASSED_WITHIN_CADENCE,
     REPLICATION_WITHIN_LAG,
@@ -21,12 +21,12 @@ _CHECKS = {
 }
 
 
-def _assess_standby(protection: FleetProtection, standby: str) -> tuple[dict[str, Finding], dict[str, str]]:
+def _assess_standby(protection: FleetProtection, standby: str) -> tuple[list[Finding], dict[str, str]]:
     assessment = protection.assess_standby(standby)
-    return {f.check: f for f in assessment.findings}, {
+    return list(assessment.findings), {
         "standby": assessment.standby, "primary": assessment.primary, "policy": assessment.policy,
         "latest_failover_drill_id": assessment.latest_drill_id or "none",
-        "unreadable": "; ".join(assessment.unreadable[:20]) or "none"}
+        "unreadable": listed(assessment.unreadable)}
 
 
 def build_replication_checks(assets_by_name: dict[str, dg.AssetsDefinition],

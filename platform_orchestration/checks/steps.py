@@ -4,7 +4,7 @@ a cluster, a standby), each finding reported on the asset it guards."""
 # Like the rest of the Dagster layer, without postponed annotations: Dagster inspects the
 # step's parameters (`fleet: FleetResource`) when it is defined, to find its resources.
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 import dagster as dg
@@ -14,13 +14,19 @@ from platform_orchestration.resources import FleetResource
 
 
 class Finding(Protocol):
+    check: str
     passed: bool
     detail: str
 
 
-# What an assessment of one partition gives the step: its findings by check name, and the
-# metadata every one of its results carries (ids, policy, what could not be read).
-Assess = Callable[[FleetProtection, str], tuple[Mapping[str, Finding], dict[str, str]]]
+# What an assessment of one partition gives the step: its findings, and the metadata every
+# one of its results carries (ids, policy, what could not be read).
+Assess = Callable[[FleetProtection, str], tuple[Sequence[Finding], dict[str, str]]]
+
+
+def listed(unreadable: Sequence[str], limit: int = 20) -> str:
+    """What could not be read, for a result's metadata: at most `limit` of them, or "none"."""
+    return "; ".join(unreadable[:limit]) or "none"
 
 
 def partitioned_check_step(*, name: str, description: str, checks: Mapping[str, tuple[str, str]],
@@ -43,10 +49,11 @@ def partitioned_check_step(*, name: str, description: str, checks: Mapping[str, 
     def step(context: dg.AssetCheckExecutionContext, fleet: FleetResource) -> Iterator[dg.AssetCheckResult]:
         with fleet.protection() as protection:
             findings, metadata = assess(protection, context.partition_key)
+        by_check = {finding.check: finding for finding in findings}
         for spec in specs:
             if spec.key not in context.selected_asset_check_keys:
                 continue
-            finding = findings[spec.name]
+            finding = by_check[spec.name]
             yield dg.AssetCheckResult(asset_key=spec.asset_key, check_name=spec.name, passed=finding.passed,
                                       severity=dg.AssetCheckSeverity.ERROR, description=finding.detail,
                                       metadata=metadata)
