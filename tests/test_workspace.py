@@ -167,6 +167,23 @@ def _wait_for_run(port: int, run_id: str, timeout: float = 180) -> str:
     raise AssertionError(f"run {run_id} did not finish in {timeout}s")
 
 
+def _launch_run(page) -> str:
+    """Click the Launchpad's Launch Run and return the id of the run whose page it opens; when it
+    opens none, fail with what the page shows instead (an error dialog, a config warning) and
+    keep a screenshot of it."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.get_by_role("button", name="Launch Run").click()
+    try:
+        page.wait_for_url("**/runs/**", timeout=60_000)
+    except PlaywrightTimeout:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "launch-run-failed.png"))
+        shown = page.get_by_role("dialog").all_inner_texts() or [page.inner_text("body")[-3000:]]
+        raise AssertionError(f"Launch Run opened no run page; the page shows: {shown}") from None
+    return page.url.rstrip("/").split("/runs/")[1].split("?")[0].split("/")[0]
+
+
 def test_asset_graph_shows_the_protection_lineage(browser_page):
     """The rendered graph: every asset is a node on the canvas, and the layout (left to right)
     puts each asset to the right of the ones it depends on."""
@@ -201,9 +218,11 @@ def test_a_backup_of_one_partition_launched_from_the_ui_succeeds(browser_page, u
     # fetched after the page loads, which can take a while on a loaded machine.
     partition.press_sequentially(SOURCE_DB, delay=50)
     page.get_by_role("menuitem", name=SOURCE_DB, exact=True).click(timeout=90_000)
-    page.get_by_role("button", name="Launch Run").click()
-    page.wait_for_url("**/runs/**", timeout=60_000)
-    run_id = page.url.rstrip("/").split("/runs/")[1].split("?")[0].split("/")[0]
+    # Picking the partition starts a query for its config and tags; a Launch Run clicked before
+    # it answers (a loaded machine) meets the "no partition selected" warning instead of a run.
+    # The partition's own tags in the session's tag bar say it has answered.
+    page.get_by_text(f"platform/database: {SOURCE_DB}", exact=True).wait_for(timeout=90_000)
+    run_id = _launch_run(page)
 
     assert _wait_for_run(port, run_id) == "SUCCESS"
     run = _graphql(port, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ jobName tags {{ key value }} }} }} }}')
@@ -238,9 +257,7 @@ def test_disaster_restore_launched_from_the_launchpad_restores_the_database(
     # The Launchpad's editor is CodeMirror; typing would fight its auto-indent, so the config
     # goes in through the editor's own API, as a paste would.
     editor.evaluate("(element, text) => element.CodeMirror.setValue(text)", config)
-    page.get_by_role("button", name="Launch Run").click()
-    page.wait_for_url("**/runs/**", timeout=60_000)
-    run_id = page.url.rstrip("/").split("/runs/")[1].split("?")[0].split("/")[0]
+    run_id = _launch_run(page)
 
     assert _wait_for_run(port, run_id) == "SUCCESS"
     assert fingerprint(target) == fingerprint(source_db)
