@@ -13,10 +13,12 @@ DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR
 
 .PHONY: install barman browser monitoring-tools demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-physical bench-stores bench-fleet bench-replication chaos clean
 
-$(INSTALLED): pyproject.toml
+# The runtime dependencies at the lock's versions (what the image ships), whatever PyPI has
+# released since: a new release of a transitive dependency changes nothing until `make lock`.
+$(INSTALLED): pyproject.toml deploy/requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c deploy/requirements.lock -e '.[test]'
 	touch $@
 
 $(BARMAN_INSTALLED):
