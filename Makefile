@@ -13,12 +13,12 @@ DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR
 
 .PHONY: install barman browser monitoring-tools demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-physical bench-stores bench-fleet bench-replication chaos clean
 
-# The runtime dependencies at the lock's versions (what the image ships), whatever PyPI has
-# released since: a new release of a transitive dependency changes nothing until `make lock`.
-$(INSTALLED): pyproject.toml deploy/requirements.lock
+# The runtime dependencies at the lock's versions (what the image ships) and the test tools at
+# theirs, whatever PyPI has released since: a new release changes nothing until `make lock`.
+$(INSTALLED): pyproject.toml deploy/requirements.lock tests/requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c deploy/requirements.lock -e '.[test]'
+	$(BIN)/pip install --quiet -c deploy/requirements.lock -c tests/requirements.lock -e '.[test]'
 	touch $@
 
 $(BARMAN_INSTALLED):
@@ -74,7 +74,8 @@ node_modules/.installed: package.json package-lock.json
 test: install browser monitoring-tools node_modules/.installed
 	$(BIN)/python -m pytest $(if $(WORKERS),-n $(if $(filter 1,$(WORKERS)),0,$(WORKERS)))
 
-## deploy/requirements.lock: the runtime dependencies at the versions installed in .venv (the image installs it).
+## deploy/requirements.lock and tests/requirements.lock: the runtime dependencies (the image installs them)
+## and the test tools at the versions installed in .venv.
 lock: install
 	$(BIN)/python deploy/lock.py
 

