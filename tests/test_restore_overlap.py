@@ -69,15 +69,18 @@ def _restored_meanwhile(target) -> tuple[bool, bool]:
 
 class PausingStore(LocalObjectStore):
     """A local store handing out the dump in small pieces, calling `before_last` (in the
-    fetching thread) before the last one."""
+    fetching thread) before the last one, or before the first piece that lies within
+    `hold_back` bytes of the end."""
 
     before_last: Callable[[], None] = staticmethod(lambda: None)
+    hold_back = 0
 
     def read(self, key: str, chunk_bytes: int = PIECE) -> Iterator[bytes]:
         data = b"".join(super().read(key))
         pieces = [data[i:i + PIECE] for i in range(0, len(data), PIECE)] or [b""]
+        pause_at = max(0, min(len(pieces) - 1, (len(data) - self.hold_back) // PIECE))
         for i, piece in enumerate(pieces):
-            if i == len(pieces) - 1 and key.endswith(".zst"):
+            if i == pause_at and key.endswith(".zst"):
                 self.before_last()
             yield piece
 
@@ -176,25 +179,44 @@ def test_a_restore_failing_after_the_fetch_drops_the_database_it_created(backup,
 
 def test_pg_restore_failing_in_an_overlapped_restore_drops_the_database_and_names_the_phase(
         backup, stores, keys, bulky_db, target_db):
-    """While the fetch is held up, the schema is there: a table of it is dropped under the
-    restore's feet, so loading its data after the fetch fails."""
+    """While the fetch is held up, the schema is there: the table whose data comes last is
+    dropped under the restore's feet, so loading its data after the fetch fails.
+
+    The fetch is held 1.5 MiB before the end of the stored object, so the last AEAD segment
+    (1 MiB, handed on only once whole) and with it that table's data block are not out yet: no
+    COPY into it can have begun. (Dropping a table whose COPY is under way, waiting for the very
+    bytes the fetch is held on, would wait on its lock for ever: that had hung this test.)"""
+    with psycopg.connect(bulky_db.dsn, autocommit=True) as conn:
+        # public.zzz_last: pg_dump writes table data by schema, then name; only large objects after it.
+        conn.execute("CREATE TABLE public.zzz_last AS SELECT i FROM generate_series(1, 10) i")
     backup(stores, connection=bulky_db, keys=keys)
     store = _pausing(stores)
-    seen = _watching(store, target_db, lambda state: state[0])
-    watch = store.before_last
+    store.hold_back = 3 * 512 * 1024
+
+    def last_table_created() -> bool:
+        if not _exists(target_db):
+            return False
+        with psycopg.connect(target_db.dsn, autocommit=True) as conn:
+            return conn.execute("SELECT to_regclass('public.zzz_last') IS NOT NULL").fetchone()[0]
+
+    seen: list[bool] = []
 
     def sabotage() -> None:
-        watch()
+        deadline = time.monotonic() + 30
+        while not last_table_created() and time.monotonic() < deadline:
+            time.sleep(0.05)
         with psycopg.connect(target_db.dsn, autocommit=True) as conn:
-            conn.execute("DROP TABLE public.zz_bulk")
+            conn.execute("SET lock_timeout = '20s'")  # a wait would be this test's bug: fail, do not hang
+            conn.execute("DROP TABLE public.zzz_last")
+        seen.append(True)
 
     store.before_last = sabotage
 
     with pytest.raises(RestoreFailed, match=r"pg_restore \d+\.\d+ \(data\) exited with 1 \(the database this "
-                                            r"restore created is dropped again\): .*zz_bulk"):
+                                            r"restore created is dropped again\): .*zzz_last"):
         restore_backup(find_backup([store], SOURCE_DB), target_db, keys=keys)
 
-    assert seen and seen[0][0]
+    assert seen == [True], "the table was dropped while the fetch was held up"
     assert not _exists(target_db)
 
 
