@@ -20,6 +20,7 @@ class FaultProxy:
     port: int = 0
     failures_served: int = 0
     connections_cut: int = 0
+    connections_accepted: int = 0
     _fail_budget: int = 0
     _fail_status: int = 503
     _cut_after: int | None = None
@@ -80,6 +81,7 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         with self._lock:
+            self.connections_accepted += 1
             down = self._down
             fail = self._fail_budget > 0
             if fail:

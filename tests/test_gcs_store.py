@@ -14,6 +14,7 @@ import json
 import os
 import re
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -384,14 +385,28 @@ def test_a_retention_refusal_is_recognised_from_gcs_error_text() -> None:
     assert retention_refusal(api_exceptions.NotFound("retention")) == (False, None)
 
 
+def test_a_store_sends_only_the_requests_it_is_asked_for(gcs_backend: GcsBackend) -> None:
+    """google-cloud-storage 3.17 would fetch the bucket's metadata in a thread of its own on a
+    client's first call (a second connection, storage.buckets.get): turned off per client."""
+    proxy = gcs_backend.proxy()
+    written = gcs_backend.new_store()
+    write_bytes(written, "d/x", b"1")
+    store = gcs_backend.store_on(written.bucket_name, name=written.name, via=proxy)
+    store.delete("d/x")  # one request (the emulator closes each connection after its answer)
+    time.sleep(0.5)  # room for a background request to show itself
+    assert proxy.connections_accepted == 1
+    assert keys(written) == []
+
+
 def test_a_403_without_retention_reason_is_a_store_error_not_a_lock(gcs_backend: GcsBackend) -> None:
     proxy = gcs_backend.proxy()
-    store = gcs_backend.new_store(via=proxy, fast_retries=True)
-    write_bytes(store, "d/x", b"1")
-    # The proxy fails new connections only: cut the one the write left open in the client's
-    # pool, so the delete opens a new one (a reused connection let it pass, in a loaded CI run).
-    proxy.down()
-    proxy.up()
+    written = gcs_backend.new_store()
+    write_bytes(written, "d/x", b"1")
+    # The proxy fails new connections only: the delete goes through a store of its own, whose
+    # client has never connected, so its first request is the one answered 403. (Through the
+    # writer's client, a pooled connection that outlived the proxy's cut let the delete pass
+    # in a loaded CI run.)
+    store = gcs_backend.store_on(written.bucket_name, name=written.name, via=proxy, fast_retries=True)
     proxy.fail_next(1, status=403)
     with pytest.raises(StoreError) as raised:
         store.delete("d/x")

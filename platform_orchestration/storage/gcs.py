@@ -443,6 +443,14 @@ class GcsObjectStore:
         client_options = {"api_endpoint": endpoint_url.rstrip("/")} if endpoint_url else None
         self._client = storage.Client(project=project, credentials=credentials, _http=self.http,
                                       client_options=client_options)
+        # google-cloud-storage 3.17 fetches the bucket's metadata (GET b/BUCKET) in a thread of
+        # its own on a client's first call, for OpenTelemetry span attributes we do not record:
+        # a request nobody asked for, needing storage.buckets.get, racing the caller's own
+        # first request (it took the one 403 a fault test injected). None turns it off for
+        # this client only (the library checks the attribute; its switch is a process-wide
+        # environment variable).
+        if getattr(self._client, "_bucket_metadata_cache", None) is not None:
+            self._client._bucket_metadata_cache = None
         self._bucket = self._client.bucket(bucket)
         self.api_endpoint = self._client.api_endpoint.rstrip("/")
         self.place = (self.api_endpoint, bucket)
