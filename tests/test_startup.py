@@ -64,6 +64,32 @@ def test_validate_prints_nothing_on_stderr():
     assert result.stderr == ""
 
 
+def test_the_garbage_collector_is_off_only_while_a_command_imports():
+    """Off for the imports (collections there find nothing to free), on again for the
+    command's work (a restore runs for hours), and as it was once main returns."""
+    probe = (
+        "import gc, json, sys\n"
+        "from platform_orchestration import cli\n"
+        "on_after_imports = []\n"
+        "mark = cli._imported\n"
+        "def marking():\n"
+        "    mark()\n"
+        "    on_after_imports.append(gc.isenabled())\n"
+        "cli._imported = marking\n"
+        "during_imports = []\n"
+        "def watch(phase, info):\n"
+        "    if phase == 'start' and 'pydantic' in sys.modules and not on_after_imports:\n"
+        "        during_imports.append(info['generation'])\n"
+        "gc.callbacks.append(watch)\n"
+        f"code = cli.main(['--fleet', {str(DEMO_FLEET)!r}, 'validate'])\n"
+        "print(json.dumps([code, on_after_imports, gc.isenabled(), during_imports]), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    code, on_after_imports, after, during_imports = json.loads(result.stderr.strip().splitlines()[-1])
+    assert code == 0 and on_after_imports == [True] and after is True
+    assert during_imports == []  # no collection while pydantic and the fleet model were imported
+
+
 def test_help_imports_none_of_the_core():
     imported = _imported_by("--help")
     assert not imported & {"dagster", "pydantic", "yaml", *BACKUP_LIBRARIES, *CLOUD_AND_VAULT}
