@@ -30,10 +30,12 @@ def runtime_closure(root: str = ROOT_DISTRIBUTION) -> dict[str, str]:
     return _closure(root, frozenset())
 
 
-def test_closure(root: str = ROOT_DISTRIBUTION) -> dict[str, str]:
-    """What `root`'s `test` extra needs beyond the runtime closure."""
-    runtime = runtime_closure(root)
-    return {name: version for name, version in _closure(root, frozenset({"test"})).items()
+def extra_closure(extra: str, root: str = ROOT_DISTRIBUTION,
+                  runtime: dict[str, str] | None = None) -> dict[str, str]:
+    """What `root`'s `extra` needs beyond the runtime closure (`runtime`, walked here when not
+    given)."""
+    runtime = runtime_closure(root) if runtime is None else runtime
+    return {name: version for name, version in _closure(root, frozenset({extra})).items()
             if name not in runtime}
 
 
@@ -70,6 +72,8 @@ TEST_LOCK_WHAT = "The test tools (the `test` extra beyond deploy/requirements.lo
 
 
 if __name__ == "__main__":
-    LOCK.write_text(render(runtime_closure()))
-    TEST_LOCK.write_text(render(test_closure(), TEST_LOCK_WHAT))
-    print(f"wrote {LOCK} ({len(runtime_closure())} distributions) and {TEST_LOCK} ({len(test_closure())})")
+    runtime = runtime_closure()
+    tools = extra_closure("test", runtime=runtime)
+    LOCK.write_text(render(runtime))
+    TEST_LOCK.write_text(render(tools, TEST_LOCK_WHAT))
+    print(f"wrote {LOCK} ({len(runtime)} distributions) and {TEST_LOCK} ({len(tools)})")

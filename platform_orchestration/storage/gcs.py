@@ -449,8 +449,7 @@ class GcsObjectStore:
         # first request (it took the one 403 a fault test injected). None turns it off for
         # this client only (the library checks the attribute; its switch is a process-wide
         # environment variable).
-        if getattr(self._client, "_bucket_metadata_cache", None) is not None:
-            self._client._bucket_metadata_cache = None
+        self._client._bucket_metadata_cache = None
         self._bucket = self._client.bucket(bucket)
         self.api_endpoint = self._client.api_endpoint.rstrip("/")
         self.place = (self.api_endpoint, bucket)
