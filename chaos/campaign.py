@@ -355,7 +355,10 @@ policies:
             result = self._run(self._args(command))
             self.calibration[command] = time.monotonic() - started
             if result.returncode != 0:
-                raise RuntimeError(f"calibration: platform-dr {command} failed ({result.returncode}): {result.stderr}")
+                # Both streams: a drill that ran and failed says why on stdout (its verdict), with
+                # nothing on stderr.
+                raise RuntimeError(f"calibration: platform-dr {command} failed ({result.returncode}):\n"
+                                   f"stdout: {result.stdout.strip()}\nstderr: {result.stderr.strip()}")
         self._mutate()
         started = time.monotonic()
         self._run(["backup", CLOUD_DATABASE, "--wait", "60"])
