@@ -62,7 +62,9 @@ for _directory in (_SESSION_TMP, _SESSION_VAR):
 os.environ["TMPDIR"] = tempfile.tempdir = str(_SESSION_TMP)
 os.environ[LEASE_DIR_ENV] = str(_SESSION_VAR / "leases")
 os.environ[STAND_IN_DIR_ENV] = str(_SESSION_VAR / "clusters")
-_EXPECTED_IN_TMP = ("pytest-of-", "platform-orchestration-pg-")
+# Caches kept on purpose: the server binaries' copy (postgres/cluster.py) and barman-cloud's
+# (physical/tools.py), made when the checkout is out of the server user's reach (mktemp -d).
+_EXPECTED_IN_TMP = ("pytest-of-", "platform-orchestration-pg-", "platform-orchestration-barman-")
 _LEFTOVERS_KEY = "platform_tests_leftovers"
 _worker_leftovers: dict[str, list[str]] = {}  # the controller's: what each worker reported
 
