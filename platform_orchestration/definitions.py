@@ -28,7 +28,7 @@ from platform_orchestration.checks import build_checks
 from platform_orchestration.checks.physical import build_physical_checks
 from platform_orchestration.checks.replication import build_replication_checks
 from platform_orchestration.fleet import Fleet, fleet_path_from_env
-from platform_orchestration.kube import link_run_tags, per_step_k8s_config
+from platform_orchestration.kube import link_run_tags, per_cluster_step_k8s_config, per_step_k8s_config
 from platform_orchestration.ops import build_disaster_restore_job
 from platform_orchestration.ops.batches import batch_executor, build_batch_job
 from platform_orchestration.ops.rollout import build_rollout_jobs
@@ -88,6 +88,14 @@ def _run_config_for(fleet: Fleet, executor: str) -> Callable[[str], dict[str, An
         fleet.database(database))}}}
 
 
+def _cluster_run_config_for(fleet: Fleet, executor: str) -> Callable[[str], dict[str, Any]] | None:
+    """The same for a run of one cluster or standby: its drills' pods sized from the cluster."""
+    if executor != "k8s":
+        return None
+    return lambda cluster: {"execution": {"config": {"per_step_k8s_config": per_cluster_step_k8s_config(
+        fleet, cluster)}}}
+
+
 def _kubernetes_definitions(fleet: Fleet) -> tuple[list[Any], list[Any], list[Any]]:
     """The fleet's Kubernetes clusters observed for drift (a partition each, a schedule) and one
     rollout job per plan of the plans file (PLATFORM_ROLLOUT_PLANS, default deploy/rollout/plans.yaml);
@@ -124,7 +132,8 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
                       database_partitions=partitions, partitioned_assets=partitioned_assets,
                       run_tags_for=_run_tags_for(fleet), run_config_for=_run_config_for(fleet, executor),
                       cluster_partitions=physical_partitions, cluster_partitioned_assets=per_cluster_assets,
-                      standby_partitions=replica_partitions, standby_partitioned_assets=per_standby_assets)
+                      standby_partitions=replica_partitions, standby_partitioned_assets=per_standby_assets,
+                      cluster_run_config_for=_cluster_run_config_for(fleet, executor))
     asset_jobs = [spec for spec in job_specs if isinstance(spec, AssetJobSpec)]
     partitioned = {spec.name for spec in asset_jobs if any(name in partitioned_assets for name in spec.assets)}
     per_cluster = {spec.name for spec in asset_jobs if any(name in per_cluster_assets for name in spec.assets)}

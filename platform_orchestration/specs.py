@@ -331,6 +331,7 @@ def build_jobs(
     cluster_partitioned_assets: Collection[str] = (),
     standby_partitions: dg.PartitionsDefinition | None = None,
     standby_partitioned_assets: Collection[str] = (),
+    cluster_run_config_for: Callable[[str], Mapping[str, Any]] | None = None,
 ) -> list[DagsterJob]:
     """One Dagster job per spec: an asset job, or ``disaster_restore_job_factory(name, description)``.
 
@@ -338,7 +339,8 @@ def build_jobs(
     tags each run with its database (:data:`DATABASE_RUN_TAG`), however it is launched: by a
     schedule, from the Launchpad, by a backfill or a retry; ``run_tags_for(assets, database)``
     adds tags to such a run (the cross-cloud links it uses) and ``run_config_for(database)``
-    gives its run config (the executor's per-step pod sizes).
+    gives its run config (the executor's per-step pod sizes); ``cluster_run_config_for(cluster)``
+    does the same for a run of one cluster or standby.
 
     Raises :class:`SpecError` listing every duplicate job name and every asset not in ``asset_names``.
     """
@@ -385,12 +387,12 @@ def build_jobs(
                     database_partitions,
                     run_config_for_partition_key_fn=lambda key: dict(run_config_for(key)) if run_config_for else {},
                     tags_for_partition_key_fn=_run_tags(spec.assets, run_tags_for))
-            elif per_cluster:
-                config = dg.PartitionedConfig(cluster_partitions, run_config_for_partition_key_fn=lambda _key: {},
-                                              tags_for_partition_key_fn=cluster_run_tags)
-            elif per_standby:  # a standby's runs share the per-cluster limit under its own name
-                config = dg.PartitionedConfig(standby_partitions, run_config_for_partition_key_fn=lambda _key: {},
-                                              tags_for_partition_key_fn=cluster_run_tags)
+            elif per_cluster or per_standby:  # a standby's runs share the per-cluster limit under its own name
+                config = dg.PartitionedConfig(
+                    cluster_partitions if per_cluster else standby_partitions,
+                    run_config_for_partition_key_fn=lambda key: (
+                        dict(cluster_run_config_for(key)) if cluster_run_config_for else {}),
+                    tags_for_partition_key_fn=cluster_run_tags)
             jobs.append(
                 dg.define_asset_job(
                     spec.name,

@@ -213,7 +213,7 @@ def test_unknown_field_lists_the_allowed_ones(tmp_path: Path) -> None:
         policies: []
         """)
     assert load_errors(path) == [
-        f"{path}:5: clusters[0].colour: unknown field 'colour' (allowed: name, cloud, region, role, physical, replicates, standby)"
+        f"{path}:5: clusters[0].colour: unknown field 'colour' (allowed: name, cloud, region, role, physical, replicates, standby, expected_size)"
     ]
 
 

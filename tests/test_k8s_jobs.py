@@ -46,7 +46,7 @@ from kube import (
 )
 
 from platform_orchestration.fleet import load_fleet
-from platform_orchestration.kube import GiB, SIZED_STEPS, step_resources
+from platform_orchestration.kube import CLUSTER_SIZED_STEPS, GiB, SIZED_STEPS, step_resources
 
 PRODUCTION_FLEET = REPOSITORY_ROOT / "deploy" / "fleet" / "production.yaml"
 STORAGE_PASSWORD = "storage-password-never-in-a-job-7Qx"
@@ -79,11 +79,12 @@ def k8s_instance(tmp_path, monkeypatch):
         yield instance, kubeconfig
 
 
-def _step_jobs(instance, kubeconfig: Path, job_name: str, partition: str | None, run_config=None):
+def _step_jobs(instance, kubeconfig: Path, job_name: str, partition: str | None, run_config=None,
+               fleet: Path = PRODUCTION_FLEET):
     """(step key, namespace, Job body) for every step of `job_name`, as the k8s executor would launch them."""
     from platform_orchestration.definitions import build_definitions
 
-    job = build_definitions(PRODUCTION_FLEET).resolve_job_def(job_name)
+    job = build_definitions(fleet).resolve_job_def(job_name)
     tags = {}
     if partition is not None:
         run_config = job.partitioned_config.get_run_config_for_partition_key(partition)
@@ -196,6 +197,89 @@ def test_the_disaster_restore_job_gets_a_work_volume_for_a_default_sized_databas
     assert container["resources"] == step_resources("restore_from_backup").as_kubernetes()
     volumes = {v["name"]: v for v in body["spec"]["template"]["spec"]["volumes"]}
     assert volumes["work"]["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "27Gi"
+
+
+PHYSICAL_FLEET = """\
+clusters:
+  - name: pg-aws
+    cloud: aws
+    region: eu-west-1
+    expected_size: 300GiB
+    physical: {store: aws-s3, policy: critical, dsn: "host=10.0.0.5 user=postgres dbname=postgres"}
+  - name: pg-unsized
+    cloud: aws
+    region: eu-west-1
+    physical: {store: aws-s3, policy: critical, dsn: "host=10.0.0.6 user=postgres dbname=postgres"}
+  - name: pg-azure
+    cloud: azure
+    region: westeurope
+    role: standby
+    replicates: pg-aws
+    standby:
+      policy: critical
+      dsn: host=10.1.0.5 user=postgres
+      primary_conninfo: host=10.0.0.5 user=replicator
+      replication_password: {env: REPL_PASSWORD}
+stores:
+  - {name: aws-s3, kind: s3, bucket: pg-physical, region: eu-west-1}
+policies:
+  - name: critical
+    rpo: 1h
+    stores: [aws-s3]
+    drill: {every: 1d, rto: 15m}
+    retention: {keep_last: 7}
+    physical: {base_backup: 1d, wal_max_lag: 5m, pitr_window: 7d}
+    replication: {max_lag_bytes: 16MiB, max_lag: 30s, failover_rto: 5m, max_slot_wal: 1GiB}
+  # schedules/protection.yaml selects databases by these two policies (this fleet has none)
+  - {name: standard, rpo: 1d, stores: [aws-s3], drill: {every: 7d, rto: 30m}, retention: {keep_last: 3}}
+databases: []
+"""
+
+
+@pytest.mark.parametrize(("job_name", "partition", "work_volume"), [
+    ("run_pitr_drills", "pg-aws", "454Gi"),  # 1.5 x 300 GiB + 4 GiB
+    ("run_pitr_drills", "pg-unsized", "34Gi"),  # 20 GiB assumed
+    ("run_failover_drills", "pg-azure", "454Gi"),  # the standby of pg-aws holds as much
+    ("take_base_backups", "pg-aws", None), ("copy_physical_repositories", "pg-aws", None),
+    ("prune_physical_repositories", "pg-unsized", None), ("observe_replication", "pg-azure", None),
+    ("record_replication_compliance", None, None)])
+def test_physical_and_replication_steps_get_pods_sized_for_what_they_hold(
+        k8s_instance, monkeypatch, tmp_path, job_name, partition, work_volume):
+    monkeypatch.setenv("PLATFORM_EXECUTOR", "k8s")
+    monkeypatch.setenv("REPL_PASSWORD", "replication-password-never-in-a-job")
+    fleet = tmp_path / "physical.yaml"
+    fleet.write_text(PHYSICAL_FLEET)
+    instance, kubeconfig = k8s_instance
+    size = load_fleet(fleet, environ={}).expected_cluster_size(partition) if partition else None
+    jobs = _step_jobs(instance, kubeconfig, job_name, partition, fleet=fleet)
+    assert (work_volume is not None) == any(step in CLUSTER_SIZED_STEPS for step, _, _ in jobs)
+    for step, namespace, body in jobs:
+        container = _assert_a_valid_step_job(job_name, step, namespace, body)
+        assert container["resources"] == step_resources(step, cluster_size=size).as_kubernetes(), step
+        volumes = {v["name"]: v for v in body["spec"]["template"]["spec"]["volumes"]}
+        if step in CLUSTER_SIZED_STEPS:
+            claim = volumes["work"]["ephemeral"]["volumeClaimTemplate"]["spec"]
+            assert claim["resources"]["requests"]["storage"] == work_volume
+            assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["work"] == "/var/tmp/platform"
+        else:
+            assert set(volumes) == {"fleet"}, step
+    assert "replication-password-never-in-a-job" not in json.dumps([body for _, _, body in jobs])
+
+
+def test_every_step_of_every_job_has_its_pod_resources(tmp_path, monkeypatch):
+    """A step without them would get whatever the namespace defaults to (or nothing at all)."""
+    from platform_orchestration.definitions import build_definitions
+    from platform_orchestration.kube import K8S_CONFIG_TAG
+
+    monkeypatch.setenv("PLATFORM_EXECUTOR", "k8s")
+    physical = tmp_path / "physical.yaml"
+    physical.write_text(PHYSICAL_FLEET)
+    unsized = set()
+    for fleet in (PRODUCTION_FLEET, physical):
+        for job in build_definitions(fleet).resolve_all_job_defs():
+            unsized |= {f"{job.name}: {node.name}" for node in job.graph.node_dict.values()
+                        if K8S_CONFIG_TAG not in node.definition.tags and not job.name.startswith("__ASSET_JOB")}
+    assert not unsized, sorted(unsized)
 
 
 def test_without_the_k8s_executor_runs_carry_no_kubernetes_run_config(monkeypatch):

@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 
 from platform_orchestration.assets import OWNERS
+from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.kube.client import connect
 from platform_orchestration.resources import FleetResource
 from platform_orchestration.rollout.observe import DRIFT_CHECKS, observe_cluster
@@ -29,7 +30,7 @@ def build_kubernetes_assets(partitions: dg.StaticPartitionsDefinition) -> list[d
                  for name, description in DRIFT_CHECKS.items()]
 
     @dg.asset(group_name=KUBERNETES_GROUP, kinds={"kubernetes"}, owners=OWNERS, partitions_def=partitions,
-              check_specs=specs,
+              check_specs=specs, op_tags=k8s_op_tags("kubernetes_clusters"),
               description="One Kubernetes cluster as its API server reports it: version, nodes ready, the "
                           "declared workloads and their health; the drift checks judge it.")
     def kubernetes_clusters(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:

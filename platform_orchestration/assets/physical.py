@@ -5,6 +5,7 @@ these only report it; the checks (checks/physical.py) judge it against the polic
 import dagster as dg
 
 from platform_orchestration.assets import GROUP, OWNERS
+from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.resources import FleetResource
 
 # The same group as the logical assets: one lineage page shows the fleet's whole protection
@@ -18,7 +19,8 @@ def cluster_partitions(cluster_names: list[str]) -> dg.StaticPartitionsDefinitio
 
 
 def build_physical_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDefinition]:
-    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres", "s3"}, owners=OWNERS, tags=TAGS, partitions_def=partitions,
+    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres", "s3"}, owners=OWNERS, tags=TAGS,
+              op_tags=k8s_op_tags("wal_archiving"), partitions_def=partitions,
               description="WAL archiving of one cluster: pg_stat_archiver against the segments in its "
                           "repository (lag, failures, missing segments).")
     def wal_archiving(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
@@ -42,7 +44,8 @@ def build_physical_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.
             "problems": "; ".join(problems) or "none",
         })
 
-    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres", "s3"}, owners=OWNERS, tags=TAGS, partitions_def=partitions,
+    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres", "s3"}, owners=OWNERS, tags=TAGS,
+              op_tags=k8s_op_tags("physical_base_backups"), partitions_def=partitions,
               deps=[wal_archiving],
               description="A base backup of one cluster (barman-cloud-backup) into its physical repository.")
     def physical_base_backups(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:
@@ -61,7 +64,8 @@ def build_physical_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.
             "server_version": dg.MetadataValue.int(backup.server_version),
         })
 
-    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres"}, owners=OWNERS, tags=TAGS, partitions_def=partitions,
+    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres"}, owners=OWNERS, tags=TAGS,
+              op_tags=k8s_op_tags("pitr_drills"), partitions_def=partitions,
               deps=[physical_base_backups],
               description="A PITR drill: a marker row on the source, archived, restored to just after it "
                           "in a new cluster, marker present and nothing after; RTO, RPO, point reached.")
@@ -82,7 +86,8 @@ def build_physical_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.
                                          f"{record.failure}", metadata=metadata)
         return dg.MaterializeResult(metadata=metadata)
 
-    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres", "s3"}, owners=OWNERS, tags=TAGS, partitions_def=partitions,
+    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres", "s3"}, owners=OWNERS, tags=TAGS,
+              op_tags=k8s_op_tags("physical_copies"), partitions_def=partitions,
               deps=[physical_base_backups],
               description="Copies of one cluster's physical repository (base backups and WAL, barman-cloud's "
                           "layout) in its policy's other object stores: only new objects, SHA-256 verified; "
@@ -107,7 +112,8 @@ def build_physical_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.
                              metadata=metadata)
         return dg.MaterializeResult(metadata=metadata)
 
-    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres", "s3"}, owners=OWNERS, tags=TAGS, partitions_def=partitions,
+    @dg.asset(group_name=PHYSICAL_GROUP, kinds={"postgres", "s3"}, owners=OWNERS, tags=TAGS,
+              op_tags=k8s_op_tags("physical_retention"), partitions_def=partitions,
               deps=[physical_copies],
               description="Retention of one cluster's base backups and WAL per the policy's pitr_window, in the "
                           "repository and every copy; the last drill-verified backup of each store is kept.")

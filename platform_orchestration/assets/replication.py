@@ -7,6 +7,7 @@ from pydantic import Field
 
 from platform_orchestration.assets import GROUP, OWNERS
 from platform_orchestration.fleet.sizes import format_size
+from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.resources import FleetResource
 
 TAGS = {"platform/protection": "replication"}
@@ -25,7 +26,8 @@ def standby_partitions(standby_names: list[str]) -> dg.StaticPartitionsDefinitio
 
 
 def build_replication_assets(partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetsDefinition]:
-    @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS, tags=TAGS, partitions_def=partitions,
+    @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS, tags=TAGS,
+              op_tags=k8s_op_tags("standby_clusters"), partitions_def=partitions,
               deps=["clusters"],
               description="A standby cluster in another cloud: observed (in recovery, version, replay point); "
                           "with config seed: true, seeded from its primary first (pg_basebackup with a slot, or "
@@ -49,7 +51,8 @@ def build_replication_assets(partitions: dg.StaticPartitionsDefinition) -> list[
                         unreachable=status.standby_unreachable or "no")
         return dg.MaterializeResult(metadata=metadata)
 
-    @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS, tags=TAGS, partitions_def=partitions,
+    @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS, tags=TAGS,
+              op_tags=k8s_op_tags("replication_lag"), partitions_def=partitions,
               deps=[standby_clusters],
               description="Replication of one standby seen from both sides: pg_stat_replication and the slot on "
                           "the primary, replay LSN and last replayed commit on the standby; lag in bytes and "
@@ -73,7 +76,8 @@ def build_replication_assets(partitions: dg.StaticPartitionsDefinition) -> list[
             "problems": "; ".join(p for found in problems.values() for p in found) or "none",
         })
 
-    @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS, tags=TAGS, partitions_def=partitions,
+    @dg.asset(group_name=GROUP, kinds={"postgres"}, owners=OWNERS, tags=TAGS,
+              op_tags=k8s_op_tags("failover_drills"), partitions_def=partitions,
               deps=[replication_lag],
               description="A failover drill: a marker on the primary, a throwaway copy of the standby promoted, "
                           "marker checked on it; RTO (promote to first accepted write) and RPO recorded in every "
@@ -95,7 +99,8 @@ def build_replication_assets(partitions: dg.StaticPartitionsDefinition) -> list[
                                          f"{record.failure}", metadata=metadata)
         return dg.MaterializeResult(metadata=metadata)
 
-    @dg.asset(group_name=GROUP, kinds={"json"}, owners=OWNERS, tags=TAGS, deps=[failover_drills],
+    @dg.asset(group_name=GROUP, kinds={"json"}, owners=OWNERS, tags=TAGS,
+              op_tags=k8s_op_tags("replication_compliance"), deps=[failover_drills],
               description="Every standby's four findings (lag, streaming, slot, failover drill within cadence) "
                           "written as evidence/replication/ID.json into the stores of their policies.")
     def replication_compliance(context: dg.AssetExecutionContext, fleet: FleetResource) -> dg.MaterializeResult:

@@ -4,6 +4,7 @@ physical/compliance.py, each on the asset it guards, from one assessment."""
 import dagster as dg
 
 from platform_orchestration.checks.steps import Finding, listed, partitioned_check_step
+from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.physical.compliance import (
     BACKUPS_ENCRYPTED,
     BASE_BACKUP_WITHIN_CADENCE,
@@ -41,4 +42,4 @@ def build_physical_checks(assets_by_name: dict[str, dg.AssetsDefinition],
                           partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     return [partitioned_check_step(
         name="cluster_physical_checks", checks=_CHECKS, assets_by_name=assets_by_name, partitions=partitions,
-        assess=_assess_cluster, description="The physical findings of one cluster, from its server and repository.")]
+        op_tags=k8s_op_tags("cluster_physical_checks"), assess=_assess_cluster, description="The physical findings of one cluster, from its server and repository.")]

@@ -4,6 +4,7 @@ each on the asset it guards, from one assessment."""
 import dagster as dg
 
 from platform_orchestration.checks.steps import Finding, listed, partitioned_check_step
+from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.replication.status import (
     FAILOVER_DRILL_PASSED_WITHIN_CADENCE,
     REPLICATION_WITHIN_LAG,
@@ -33,4 +34,4 @@ def build_replication_checks(assets_by_name: dict[str, dg.AssetsDefinition],
                              partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     return [partitioned_check_step(
         name="standby_replication_checks", checks=_CHECKS, assets_by_name=assets_by_name, partitions=partitions,
-        assess=_assess_standby, description="The four findings of one standby, from both sides and its drill records.")]
+        op_tags=k8s_op_tags("standby_replication_checks"), assess=_assess_standby, description="The four findings of one standby, from both sides and its drill records.")]

@@ -309,6 +309,9 @@ class Cluster(_FrozenSpec):
     # A standby (role: standby) names the cluster it replicates and how it streams from it.
     replicates: Identifier | None = None
     standby: StandbySpec | None = None
+    # The cluster's data on disk (what pg_database_size sums to over its databases): sizes the
+    # pods that bring up a whole copy of it, its PITR drills and failover drills.
+    expected_size: ByteSize | None = None
 
     @model_validator(mode="after")
     def _standby_fields_go_together(self) -> Cluster:
@@ -1004,6 +1007,14 @@ class Fleet(_FrozenSpec):
     def standby_clusters(self) -> tuple[Cluster, ...]:
         """The standby clusters (``role: standby``), in file order."""
         return tuple(cluster for cluster in self.clusters if cluster.standby is not None)
+
+    def expected_cluster_size(self, name: str) -> int | None:
+        """The ``expected_size`` of cluster ``name``, for a standby without one its primary's
+        (a standby holds the same data); None when neither says."""
+        cluster = self.cluster(name)
+        if cluster.expected_size is None and cluster.replicates is not None:
+            return self.cluster(cluster.replicates).expected_size
+        return cluster.expected_size
 
 
 # --- cross references ---------------------------------------------------------------------------

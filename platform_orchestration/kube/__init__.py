@@ -16,11 +16,23 @@ Sizing, per step:
   work volume of ``2.5 x raw dump + 2 GiB`` (a generic ephemeral volume, a PersistentVolumeClaim
   of the cluster's default storage class made for the pod and deleted with it: node disks
   rarely hold hundreds of GiB), two cores for pg_restore -j2, memory for the throwaway server.
-* ``backup_copies``: streams a verified copy from one store to another, bounded memory.
-* everything else (probes, checks, retention, compliance, rewrap) is small.
+* ``backup_copies`` and ``physical_copies``: stream verified copies from one store to another,
+  bounded memory.
+* ``physical_base_backups``: barman-cloud-backup streams the cluster's files, compressed, into
+  the repository; it buffers the parts it uploads (a few at a time) in temporary files, so some
+  scratch space, a core for compression and reading.
+* ``pitr_drills`` and ``failover_drills``: a whole copy of the cluster is brought up on the pod
+  (a base backup restored and its WAL replayed, or pg_basebackup of the standby), then
+  promoted: a work volume of ``1.5 x the cluster + 4 GiB`` (its data directory, the WAL fetched
+  for replay and written after promotion), two cores, memory for the server. The point-in-time
+  restore job (``restore_to_point_in_time``) is sized as the disaster restore.
+* everything else (probes, checks, retention, compliance, rewrap, the archiving and replication
+  observations) is small.
 
 The raw dump size comes from the fleet (``expected_dump_size`` of the database, what the
-latest manifest reports as ``raw_bytes``); without it, ``DEFAULT_DUMP_SIZE`` is assumed.
+latest manifest reports as ``raw_bytes``); without it, ``DEFAULT_DUMP_SIZE`` is assumed. A
+cluster's size is its ``expected_size`` (a standby's, else its primary's); without it,
+``DEFAULT_CLUSTER_SIZE``.
 """
 
 from __future__ import annotations
@@ -35,6 +47,8 @@ from typing import Any
 from platform_orchestration.fleet import Database, Fleet
 
 __all__ = [
+    "CLUSTER_SIZED_STEPS",
+    "DEFAULT_CLUSTER_SIZE",
     "DEFAULT_DUMP_SIZE",
     "LARGE_DUMP",
     "SIZED_STEPS",
@@ -49,6 +63,7 @@ __all__ = [
     "largest_dump",
     "link_run_tags",
     "link_tag",
+    "per_cluster_step_k8s_config",
     "per_step_k8s_config",
     "step_resources",
 ]
@@ -57,6 +72,7 @@ GiB = 2**30
 MiB = 2**20
 DEFAULT_DUMP_SIZE = 10 * GiB
 LARGE_DUMP = 50 * GiB
+DEFAULT_CLUSTER_SIZE = 20 * GiB
 
 
 @dataclass(frozen=True)
@@ -105,12 +121,22 @@ def _restore(raw: int) -> StepResources:
                          work_volume=_round_up_gib(2.5 * raw + 2 * GiB))
 
 
-# step (op) name -> its resources for a database whose raw dump is `raw` bytes
+def _cluster_copy(size: int) -> StepResources:
+    return StepResources(2000, 4000, 1 * GiB, 2 * GiB, 1 * GiB, 2 * GiB,
+                         work_volume=_round_up_gib(1.5 * size + 4 * GiB))
+
+
+def _copies(_size: int) -> StepResources:
+    return StepResources(500, 2000, 512 * MiB, 1 * GiB, 512 * MiB, 1 * GiB)
+
+
+# step (op) name -> its resources for a database whose raw dump is `raw` bytes, or (the
+# physical and replication steps) for a cluster of that size
 STEPS = {
     "clusters": lambda raw: _small(),
     "databases": lambda raw: _small(),
     "backups": _backup,
-    "backup_copies": lambda raw: StepResources(500, 2000, 512 * MiB, 1 * GiB, 512 * MiB, 1 * GiB),
+    "backup_copies": _copies,
     "restore_drills": _restore,
     "retention": lambda raw: _small(512 * MiB, 250),
     "compliance_report": lambda raw: _small(512 * MiB, 250),
@@ -118,18 +144,40 @@ STEPS = {
     "restore_from_backup": _restore,
     "restore_to_point_in_time": _restore,
     "rewrap_data_keys": lambda raw: _small(512 * MiB, 250),
+    "wal_archiving": lambda size: _small(),
+    "physical_base_backups": lambda size: StepResources(1000, 2000, 512 * MiB, 1 * GiB, 1 * GiB, 4 * GiB),
+    "pitr_drills": _cluster_copy,
+    "physical_copies": _copies,
+    "physical_retention": lambda size: _small(512 * MiB, 250),
+    "standby_clusters": lambda size: _small(),
+    "replication_lag": lambda size: _small(),
+    "failover_drills": _cluster_copy,
+    "replication_compliance": lambda size: _small(512 * MiB, 250),
+    "cluster_physical_checks": lambda size: _small(),
+    "standby_replication_checks": lambda size: _small(),
+    "promote_standby": lambda size: _small(),
+    "kubernetes_clusters": lambda size: _small(),
+    # a rollout wave: kubectl (or Argo CD's API) against the wave's clusters, then health polls
+    "rollout_wave": lambda size: _small(512 * MiB, 250),
 }
 SIZED_STEPS = ("backups", "restore_drills")
 """Steps of a per-database run sized from that database; the others are the same for every
 database (the disaster restore, whose database is chosen at launch, is sized for
 ``DEFAULT_DUMP_SIZE``: its Launchpad config can raise it through ``per_step_k8s_config``)."""
+CLUSTER_SIZED_STEPS = ("pitr_drills", "failover_drills")
+"""Steps of a per-cluster (or per-standby) run sized from that cluster."""
 
 
-def step_resources(step: str, database: Database | None = None, *, raw_dump_size: int | None = None) -> StepResources:
+def step_resources(step: str, database: Database | None = None, *, raw_dump_size: int | None = None,
+                   cluster_size: int | None = None) -> StepResources:
     """What the step ``step`` needs for ``database`` (its ``expected_dump_size``, else
-    ``raw_dump_size``, else ``DEFAULT_DUMP_SIZE``). ``KeyError`` names an unknown step."""
+    ``raw_dump_size``, else ``DEFAULT_DUMP_SIZE``), or, for a step of ``CLUSTER_SIZED_STEPS``, for a
+    cluster of ``cluster_size`` bytes (else ``DEFAULT_CLUSTER_SIZE``). ``KeyError`` names an
+    unknown step."""
     if step not in STEPS:
         raise KeyError(f"no resources known for step {step!r} (known: {', '.join(STEPS)})")
+    if step in CLUSTER_SIZED_STEPS:
+        return STEPS[step](cluster_size or DEFAULT_CLUSTER_SIZE)
     raw = (database.expected_dump_size if database is not None else None) or raw_dump_size or DEFAULT_DUMP_SIZE
     return STEPS[step](raw)
 
@@ -167,7 +215,7 @@ def k8s_op_tags(step: str) -> dict[str, str]:
     name two volumes ``work``, a sized step's tag asks for that space as ephemeral storage
     instead of a volume (what it gets if a run was launched without the per-step config)."""
     resources = step_resources(step)
-    if step in SIZED_STEPS and resources.work_volume is not None:
+    if step in (*SIZED_STEPS, *CLUSTER_SIZED_STEPS) and resources.work_volume is not None:
         resources = dataclasses.replace(resources, ephemeral_storage=resources.work_volume,
                                         ephemeral_storage_limit=resources.work_volume + 2 * GiB, work_volume=None)
     return {K8S_CONFIG_TAG: json.dumps(dagster_k8s_config(resources), sort_keys=True)}
@@ -176,6 +224,13 @@ def k8s_op_tags(step: str) -> dict[str, str]:
 def per_step_k8s_config(database: Database) -> dict[str, dict[str, Any]]:
     """The k8s executor's ``per_step_k8s_config`` for a run of ``database``: its sized steps."""
     return {step: dagster_k8s_config(step_resources(step, database)) for step in SIZED_STEPS}
+
+
+def per_cluster_step_k8s_config(fleet: Fleet, cluster: str) -> dict[str, dict[str, Any]]:
+    """The k8s executor's ``per_step_k8s_config`` for a run of one cluster (or standby): its
+    drills, sized from :meth:`Fleet.expected_cluster_size`."""
+    size = fleet.expected_cluster_size(cluster)
+    return {step: dagster_k8s_config(step_resources(step, cluster_size=size)) for step in CLUSTER_SIZED_STEPS}
 
 
 def largest_dump(databases: Iterable[Database]) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.resources import FleetResource
 
 
@@ -23,7 +24,7 @@ class PromoteStandbyConfig(dg.Config):
 
 @dg.op(description="Promote a standby to primary: refused unless confirm is its name, and while its primary "
                    "still accepts writes; then re-point the old primary if asked.",
-       tags={"kind": "postgres"})
+       tags={"kind": "postgres", **k8s_op_tags("promote_standby")})
 def promote_standby_op(context: dg.OpExecutionContext, config: PromoteStandbyConfig,
                        fleet: FleetResource) -> dg.Output[dict]:
     if config.repoint_method not in ("auto", "rewind", "reseed"):

@@ -21,6 +21,7 @@ import dagster as dg
 from pydantic import Field
 
 from platform_orchestration.errors import PlatformError, one_line
+from platform_orchestration.kube import k8s_op_tags
 from platform_orchestration.kube.client import connect
 from platform_orchestration.resources import FleetResource
 from platform_orchestration.rollout.engine import Rollout, RolloutRequest, WaveHalted, find_kubectl, render_overlay
@@ -120,7 +121,7 @@ def _wave_op(plan: ResolvedPlan, wave: ResolvedWave) -> dg.OpDefinition:
     @dg.op(name=wave.step, ins={"after": dg.In(dg.Nothing)} if wave.index else {}, out=dg.Out(dg.Nothing),
            description=f"Wave {wave.index + 1} of plan {plan.name}: {clusters}. Change, wait for health on the "
                        "target revision, bake, re-check.",
-           tags={ROLLOUT_TAG: plan.name, "platform/wave": wave.name})
+           tags={ROLLOUT_TAG: plan.name, "platform/wave": wave.name, **k8s_op_tags("rollout_wave")})
     def wave_op(context: dg.OpExecutionContext, config: RolloutConfig, fleet: FleetResource):
         secrets, _ = fleet.secrets.providers()
         try:
