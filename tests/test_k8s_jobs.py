@@ -410,3 +410,14 @@ def test_a_bad_expected_dump_size_is_one_line_naming_the_field(tmp_path):
     [line] = caught.value.errors
     assert line.endswith("databases[1].expected_dump_size: expected a size like 512MiB, 40GiB or 2TiB, got '8 parsecs'")
     assert load_fleet(PRODUCTION_FLEET, environ={}).database("inventory").expected_dump_size == 8 * GiB
+
+
+def test_a_bad_cluster_expected_size_is_one_line_naming_the_field(tmp_path):
+    from platform_orchestration.fleet import FleetError
+
+    bad = tmp_path / "fleet.yaml"
+    bad.write_text(PHYSICAL_FLEET.replace("expected_size: 300GiB", "expected_size: -3GiB"))
+    with pytest.raises(FleetError) as caught:
+        load_fleet(bad, environ={})
+    [line] = caught.value.errors
+    assert "clusters[0].expected_size: " in line and "'-3GiB'" in line, line
