@@ -42,4 +42,5 @@ def build_physical_checks(assets_by_name: dict[str, dg.AssetsDefinition],
                           partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     return [partitioned_check_step(
         name="cluster_physical_checks", checks=_CHECKS, assets_by_name=assets_by_name, partitions=partitions,
-        op_tags=k8s_op_tags("cluster_physical_checks"), assess=_assess_cluster, description="The physical findings of one cluster, from its server and repository.")]
+        op_tags=k8s_op_tags("cluster_physical_checks"), assess=_assess_cluster,
+        description="The physical findings of one cluster, from its server and repository.")]

@@ -34,4 +34,5 @@ def build_replication_checks(assets_by_name: dict[str, dg.AssetsDefinition],
                              partitions: dg.StaticPartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     return [partitioned_check_step(
         name="standby_replication_checks", checks=_CHECKS, assets_by_name=assets_by_name, partitions=partitions,
-        op_tags=k8s_op_tags("standby_replication_checks"), assess=_assess_standby, description="The four findings of one standby, from both sides and its drill records.")]
+        op_tags=k8s_op_tags("standby_replication_checks"), assess=_assess_standby,
+        description="The four findings of one standby, from both sides and its drill records.")]
