@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from stores_s3 import DUMMY_CREDENTIALS, REGION, S3Backend
 
@@ -16,7 +17,7 @@ from platform_orchestration.physical.repository import Repository, repository_fo
 from platform_orchestration.physical.settings import apply_archiving
 from platform_orchestration.physical.tools import BarmanTools, barman_tools
 from platform_orchestration.postgres import LocalCluster, ephemeral_cluster
-from platform_orchestration.storage import ObjectStore
+from platform_orchestration.storage import ObjectStore, write_bytes
 
 POLICY = PhysicalPolicy(base_backup="1d", wal_max_lag="5m", pitr_window="7d")
 
@@ -61,3 +62,16 @@ def archived_cluster(s3_backend: S3Backend, major: int, name: str = "pg-a") -> I
     spec = S3StoreSpec(name="aws-s3", bucket=bucket, region=REGION, endpoint_url=s3_backend.endpoint)
     with archived_cluster_on(spec, DUMMY_CREDENTIALS, s3_backend.store(bucket), major, name) as archived:
         yield archived
+
+
+def backdate_backup(store: ObjectStore, repository: Repository, backup_id: str, days: int) -> None:
+    """Make a base backup look `days` older: its begin and end times in barman's backup.info
+    (what barman's retention and ours read), the rest of the record as it was."""
+    key = f"{repository.base_prefix}{backup_id}/backup.info"
+    lines = []
+    for line in b"".join(store.read(key)).decode().splitlines():
+        name, _, value = line.partition("=")
+        if name in ("begin_time", "end_time") and value and value != "None":
+            value = str(datetime.fromisoformat(value) - timedelta(days=days))
+        lines.append(f"{name}={value}" if _ else line)
+    write_bytes(store, key, ("\n".join(lines) + "\n").encode())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from physical_support import backdate_backup
 from stores_azure import Azurite, AzureBackend
 from stores_s3 import DUMMY_CREDENTIALS, REGION, S3Backend
 
@@ -207,17 +208,6 @@ def test_server_side_encryption_is_asked_for_and_visible_on_every_object(copied:
     assert not observed.passed and "not encrypted at rest" in observed.problem
 
 
-def _backdate(store, repository, backup_id: str, days: int) -> None:  # noqa: ANN001
-    key = f"{repository.base_prefix}{backup_id}/backup.info"
-    lines = []
-    for line in b"".join(store.read(key)).decode().splitlines():
-        name, _, value = line.partition("=")
-        if name in ("begin_time", "end_time") and value and value != "None":
-            value = str(datetime.fromisoformat(value) - timedelta(days=days))
-        lines.append(f"{name}={value}" if _ else line)
-    write_bytes(store, key, ("\n".join(lines) + "\n").encode())
-
-
 def test_pitr_from_a_copy_drills_rotate_and_retention_keeps_the_window_and_the_verified_copy(
         copied: Copied, tmp_path: Path) -> None:
     protection, repository = copied.protection, copied.repository
@@ -244,8 +234,8 @@ def test_pitr_from_a_copy_drills_rotate_and_retention_keeps_the_window_and_the_v
     protection.copy_physical("pg-c")
     assert [b.backup_id for b in protection.list_base_backups("pg-c")["pg-c"]] == [verified, newer]
     for name in ("aws-s3", "aws-west"):
-        _backdate(protection.store(name), protection.physical_store_repository("pg-c", name), verified, 20)
-        _backdate(protection.store(name), protection.physical_store_repository("pg-c", name), newer, 10)
+        backdate_backup(protection.store(name), protection.physical_store_repository("pg-c", name), verified, 20)
+        backdate_backup(protection.store(name), protection.physical_store_repository("pg-c", name), newer, 10)
     keys_before = {name: _keys(protection.store(name), repository.key_prefix) for name in ("aws-s3", "aws-west")}
 
     dry = {plan.store: plan for plan in protection.prune_physical("pg-c", dry_run=True)}
