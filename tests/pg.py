@@ -232,6 +232,17 @@ def seed(conn: psycopg.Connection, scale: int = 1) -> None:
     conn.execute("ANALYZE")
 
 
+def execute(dsn: str, *statements: str) -> list[tuple]:
+    """Run `statements` in autocommit, one after the other; the rows of the last one ([] if it
+    returns none)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows: list[tuple] = []
+        for statement in statements:
+            cursor = conn.execute(statement)
+            rows = cursor.fetchall() if cursor.description else []
+        return rows
+
+
 def create_database(cluster: LocalCluster, name: str) -> PgConnection:
     with psycopg.connect(cluster.connection().dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

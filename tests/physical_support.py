@@ -75,3 +75,8 @@ def backdate_backup(store: ObjectStore, repository: Repository, backup_id: str, 
             value = str(datetime.fromisoformat(value) - timedelta(days=days))
         lines.append(f"{name}={value}" if _ else line)
     write_bytes(store, key, ("\n".join(lines) + "\n").encode())
+
+
+def stored_keys(store: ObjectStore, prefix: str) -> set[str]:
+    """Every key under `prefix` in `store`."""
+    return {info.key for info in store.list(prefix)}

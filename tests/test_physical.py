@@ -12,8 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pg
-import psycopg
 import pytest
+from pg import execute
 from physical_support import archived_cluster
 
 from platform_orchestration.physical.archiving import Segment, archive_status, switch_and_wait_archived
@@ -30,24 +30,15 @@ from platform_orchestration.postgres.cluster import STAND_IN_DIR_ENV, free_port
 pytestmark = pytest.mark.slow
 
 
-def _execute(dsn: str, *statements: str) -> list[tuple]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows: list[tuple] = []
-        for statement in statements:
-            cursor = conn.execute(statement)
-            rows = cursor.fetchall() if cursor.description else []
-        return rows
-
-
 def _rows(dsn: str) -> list[int]:
-    return [row[0] for row in _execute(dsn, "SELECT id FROM pitr_probe ORDER BY id")]
+    return [row[0] for row in execute(dsn, "SELECT id FROM pitr_probe ORDER BY id")]
 
 
 @pg.both_majors
 def test_archive_backup_and_restore_to_a_time_and_to_an_lsn(s3_backend, pg_major: int, tmp_path: Path) -> None:
     with archived_cluster(s3_backend, pg_major) as archived:
         dsn = archived.cluster.connection().dsn
-        _execute(dsn, "CREATE TABLE pitr_probe (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+        execute(dsn, "CREATE TABLE pitr_probe (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
                  "INSERT INTO pitr_probe (id) SELECT generate_series(1, 1000)")
         outcome = take_base_backup(archived.tools, archived.repository, archived.cluster.connection(),
                                    store=archived.store)
@@ -58,12 +49,12 @@ def test_archive_backup_and_restore_to_a_time_and_to_an_lsn(s3_backend, pg_major
         assert outcome.seconds > 0
 
         # Two points after the backup: one by time (between commits), one by LSN.
-        _execute(dsn, "INSERT INTO pitr_probe (id) VALUES (1001)")
+        execute(dsn, "INSERT INTO pitr_probe (id) VALUES (1001)")
         time.sleep(1.1)
-        (point_in_time,), = _execute(dsn, "SELECT now()")
+        (point_in_time,), = execute(dsn, "SELECT now()")
         time.sleep(1.1)
-        (lsn_point,), = _execute(dsn, "INSERT INTO pitr_probe (id) VALUES (1002)", "SELECT pg_current_wal_lsn()::text")
-        _execute(dsn, "INSERT INTO pitr_probe (id) VALUES (1003)")
+        (lsn_point,), = execute(dsn, "INSERT INTO pitr_probe (id) VALUES (1002)", "SELECT pg_current_wal_lsn()::text")
+        execute(dsn, "INSERT INTO pitr_probe (id) VALUES (1003)")
         switch_and_wait_archived(archived.cluster.connection(), archived.store, archived.repository)
 
         status = archive_status(archived.cluster.connection(), archived.store, archived.repository,
@@ -80,7 +71,7 @@ def test_archive_backup_and_restore_to_a_time_and_to_an_lsn(s3_backend, pg_major
             assert by_time.backup_id == backup.backup_id and by_time.stopped_at.startswith("recovery stopping")
             assert by_time.last_replayed_commit <= point_in_time
             # The restored server archives nowhere: its source's repository stays the source's.
-            assert _execute(restored, "SHOW archive_mode") == [("off",)]
+            assert execute(restored, "SHOW archive_mode") == [("off",)]
         finally:
             stop_restored(by_time, remove=True)
 
@@ -98,9 +89,9 @@ def test_a_deleted_segment_is_reported_and_a_restore_past_it_fails(s3_backend, t
     with archived_cluster(s3_backend, 16) as archived:
         connection = archived.cluster.connection()
         take_base_backup(archived.tools, archived.repository, connection)
-        _execute(connection.dsn, "CREATE TABLE pitr_probe (id int)")
+        execute(connection.dsn, "CREATE TABLE pitr_probe (id int)")
         lost = switch_and_wait_archived(connection, archived.store, archived.repository)
-        _execute(connection.dsn, "INSERT INTO pitr_probe VALUES (1)")
+        execute(connection.dsn, "INSERT INTO pitr_probe VALUES (1)")
         switch_and_wait_archived(connection, archived.store, archived.repository)
         segment = Segment.parse(lost)
         key = next(info.key for info in archived.store.list(archived.repository.wals_prefix)
@@ -119,8 +110,8 @@ def test_a_deleted_segment_is_reported_and_a_restore_past_it_fails(s3_backend, t
                              backups=backups, store=archived.store)
         assert not (tmp_path / "checked").exists()
         # ...and by the server itself otherwise: a time past the gap is never reached.
-        (point,), = _execute(connection.dsn, "SELECT now()")
-        _execute(connection.dsn, "INSERT INTO pitr_probe VALUES (2)")
+        (point,), = execute(connection.dsn, "SELECT now()")
+        execute(connection.dsn, "INSERT INTO pitr_probe VALUES (2)")
         switch_and_wait_archived(connection, archived.store, archived.repository)
         with pytest.raises(PitrFailed, match="recovery stopped before it could promote: .*recovery target"):
             restore_to_point(archived.tools, archived.repository, RecoveryTarget(time=point), tmp_path / "unchecked",
@@ -174,7 +165,7 @@ def test_a_pitr_drill_brings_back_the_marker_and_nothing_after_it(s3_backend, tm
         assert record.rto_seconds > 0 and record.rpo_seconds is not None and record.reached_lsn
         assert record.last_replayed_commit <= record.target_time
         # The source still has both rows: the drill proved the point, not the present.
-        assert [p for (p,) in _execute(connection.dsn, "SELECT phase FROM platform_pitr.drill_markers "
+        assert [p for (p,) in execute(connection.dsn, "SELECT phase FROM platform_pitr.drill_markers "
                                                        "ORDER BY written_at")] == ["marker", "after"]
         history, unreadable = pitr_drill_history([evidence, archived.store], "pg-a")
         assert [r.drill_id for r in history] == [record.drill_id] and unreadable == []

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import psycopg
 import pytest
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+from pg import execute
 from physical_support import ArchivedCluster, archived_cluster_on, repository_on
 from store_backends import unique_name
 from stores_azure import ACCOUNT, ACCOUNT_KEY, AzureBackend
@@ -30,15 +30,6 @@ from platform_orchestration.physical.pitr import RecoveryTarget, restore_to_poin
 from platform_orchestration.stores import store_from_spec
 
 pytestmark = pytest.mark.slow
-
-
-def _execute(dsn: str, *statements: str) -> list[tuple]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows: list[tuple] = []
-        for statement in statements:
-            cursor = conn.execute(statement)
-            rows = cursor.fetchall() if cursor.description else []
-        return rows
 
 
 @dataclass
@@ -75,16 +66,16 @@ def prepared(request: pytest.FixtureRequest) -> Iterator[Prepared]:
     spec, credentials, store, major = (_azure if request.param == "azure" else _gcs)(request)
     with archived_cluster_on(spec, credentials, store, major) as archived:
         dsn = archived.cluster.connection().dsn
-        _execute(dsn, "CREATE TABLE pitr_probe (id int PRIMARY KEY)",
+        execute(dsn, "CREATE TABLE pitr_probe (id int PRIMARY KEY)",
                  "INSERT INTO pitr_probe SELECT generate_series(1, 1000)")
         backup = take_base_backup(archived.tools, archived.repository, archived.cluster.connection(),
                                   store=archived.store).backup
-        _execute(dsn, "INSERT INTO pitr_probe VALUES (1001)")
+        execute(dsn, "INSERT INTO pitr_probe VALUES (1001)")
         time.sleep(0.3)
-        (point_in_time,), = _execute(dsn, "SELECT clock_timestamp()")
+        (point_in_time,), = execute(dsn, "SELECT clock_timestamp()")
         time.sleep(0.3)
-        (lsn_point,), = _execute(dsn, "INSERT INTO pitr_probe VALUES (1002)", "SELECT pg_current_wal_lsn()::text")
-        _execute(dsn, "INSERT INTO pitr_probe VALUES (1003)")
+        (lsn_point,), = execute(dsn, "INSERT INTO pitr_probe VALUES (1002)", "SELECT pg_current_wal_lsn()::text")
+        execute(dsn, "INSERT INTO pitr_probe VALUES (1003)")
         switch_and_wait_archived(archived.cluster.connection(), archived.store, archived.repository)
         yield Prepared(request.param, archived, backup, point_in_time, lsn_point)
 
@@ -109,7 +100,7 @@ def test_a_point_in_time_restore_brings_back_exactly_that_point(prepared: Prepar
                               store=archived.store)
     try:
         restored = f"host=127.0.0.1 port={result.port} user=postgres dbname=postgres"
-        rows = [r for (r,) in _execute(restored, "SELECT id FROM pitr_probe ORDER BY id")]
+        rows = [r for (r,) in execute(restored, "SELECT id FROM pitr_probe ORDER BY id")]
         assert rows == list(range(1, 1002 if by == "time" else 1003))
         assert result.backup_id == prepared.backup.backup_id and result.stopped_at.startswith("recovery stopping")
     finally:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import psycopg
 import pytest
-from physical_support import backdate_backup
+from pg import execute
+from physical_support import backdate_backup, stored_keys
 from stores_azure import Azurite, AzureBackend
 from stores_s3 import DUMMY_CREDENTIALS, REGION, S3Backend
 
@@ -105,7 +105,7 @@ def copied(moto_server: tuple[str, int], tmp_path_factory: pytest.TempPathFactor
             protection = FleetProtection(load_fleet(fleet_file), workdir=directory)
             apply_archiving(cluster, barman_tools(), protection.physical_repository("pg-c"))
             dsn = cluster.connection().dsn
-            _execute(dsn, "CREATE TABLE copy_probe (id int PRIMARY KEY)", "INSERT INTO copy_probe VALUES (1)")
+            execute(dsn, "CREATE TABLE copy_probe (id int PRIMARY KEY)", "INSERT INTO copy_probe VALUES (1)")
             protection.base_backup("pg-c", jobs=1)
             yield Copied(protection, dsn, fleet_file)
     finally:
@@ -113,23 +113,10 @@ def copied(moto_server: tuple[str, int], tmp_path_factory: pytest.TempPathFactor
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
 
-def _execute(dsn: str, *statements: str) -> list[tuple]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows: list[tuple] = []
-        for statement in statements:
-            cursor = conn.execute(statement)
-            rows = cursor.fetchall() if cursor.description else []
-        return rows
-
-
 def _archive_more(copied: Copied, value: int) -> str:
-    _execute(copied.dsn, f"INSERT INTO copy_probe VALUES ({value})")
+    execute(copied.dsn, f"INSERT INTO copy_probe VALUES ({value})")
     connection = copied.protection.physical_connection("pg-c")
     return switch_and_wait_archived(connection, copied.store("aws-s3"), copied.repository)
-
-
-def _keys(store, prefix: str) -> set[str]:  # noqa: ANN001
-    return {info.key for info in store.list(prefix)}
 
 
 def test_copies_are_incremental_verified_and_a_changed_object_is_found(copied: Copied, azurite: Azurite) -> None:
@@ -141,9 +128,9 @@ def test_copies_are_incremental_verified_and_a_changed_object_is_found(copied: C
     write_bytes(source, unfinished + "data.tar", b"half a backup")
     try:
         first = copy_repository(source, azure, repository)
-        held = _keys(source, repository.key_prefix) - {unfinished + "backup.info", unfinished + "data.tar"}
+        held = stored_keys(source, repository.key_prefix) - {unfinished + "backup.info", unfinished + "data.tar"}
         assert set(first.copied) == held and first.skipped_unfinished == ("20200101T000000",)
-        assert _keys(azure, repository.key_prefix) == held
+        assert stored_keys(azure, repository.key_prefix) == held
         assert first.lag.segments_behind == 0 and first.lag.backups_behind == 0 and first.lag.lag_seconds == 0
 
         again = copy_repository(source, azure, repository)
@@ -195,9 +182,9 @@ def test_server_side_encryption_is_asked_for_and_visible_on_every_object(copied:
     copied.protection.copy_physical("pg-c")
     primary, west = copied.store("aws-s3"), copied.store("aws-west")
     # Written by barman-cloud (archive_command and backup) and by our copy: each as its store declares.
-    assert {primary.object_encryption(k) for k in _keys(primary, repository.key_prefix)} == {("AES256", None)}
-    assert {west.object_encryption(k)[0] for k in _keys(west, repository.key_prefix)} == {"aws:kms"}
-    assert all(west.object_encryption(k)[1].endswith(KMS_KEY) for k in _keys(west, repository.key_prefix))
+    assert {primary.object_encryption(k) for k in stored_keys(primary, repository.key_prefix)} == {("AES256", None)}
+    assert {west.object_encryption(k)[0] for k in stored_keys(west, repository.key_prefix)} == {"aws:kms"}
+    assert all(west.object_encryption(k)[1].endswith(KMS_KEY) for k in stored_keys(west, repository.key_prefix))
     finding = {f.check: f for f in copied.protection.assess_cluster("pg-c").findings}["backups_encrypted"]
     assert finding.passed and "2 of 2 store(s)" in finding.detail and "S3 SSE aws:kms" in finding.detail
 
@@ -236,10 +223,10 @@ def test_pitr_from_a_copy_drills_rotate_and_retention_keeps_the_window_and_the_v
     for name in ("aws-s3", "aws-west"):
         backdate_backup(protection.store(name), protection.physical_store_repository("pg-c", name), verified, 20)
         backdate_backup(protection.store(name), protection.physical_store_repository("pg-c", name), newer, 10)
-    keys_before = {name: _keys(protection.store(name), repository.key_prefix) for name in ("aws-s3", "aws-west")}
+    keys_before = {name: stored_keys(protection.store(name), repository.key_prefix) for name in ("aws-s3", "aws-west")}
 
     dry = {plan.store: plan for plan in protection.prune_physical("pg-c", dry_run=True)}
-    assert keys_before == {name: _keys(protection.store(name), repository.key_prefix) for name in keys_before}
+    assert keys_before == {name: stored_keys(protection.store(name), repository.key_prefix) for name in keys_before}
     # The repository: the 10-day-old backup covers the window's start, the 20-day-old one goes,
     # with the WAL before the kept one; barman's own dry run agrees.
     assert dry["aws-s3"].delete == (verified,) and dry["aws-s3"].keep == (newer,)
@@ -250,13 +237,13 @@ def test_pitr_from_a_copy_drills_rotate_and_retention_keeps_the_window_and_the_v
     done = {plan.store: plan for plan in protection.prune_physical("pg-c")}
     assert done["aws-s3"].method.startswith("barman-cloud-backup-delete --retention-policy 'RECOVERY WINDOW OF 7 DAYS'")
     assert [b.backup_id for b in protection.list_base_backups("pg-c")["pg-c"]] == [newer]
-    left = _keys(protection.store("aws-s3"), repository.key_prefix)
+    left = stored_keys(protection.store("aws-s3"), repository.key_prefix)
     assert not any(name in key for name in dry["aws-s3"].wal_to_delete for key in left)
-    assert _keys(protection.store("aws-west"), repository.key_prefix) == keys_before["aws-west"]
+    assert stored_keys(protection.store("aws-west"), repository.key_prefix) == keys_before["aws-west"]
     # What remains still restores: the newest kept backup and its WAL.
     latest = protection.restore_pitr("pg-c", RecoveryTarget(), tmp_path / "after-prune")
     try:
-        assert (12,) in _execute(f"host=127.0.0.1 port={latest.port} user=postgres", "SELECT id FROM copy_probe")
+        assert (12,) in execute(f"host=127.0.0.1 port={latest.port} user=postgres", "SELECT id FROM copy_probe")
     finally:
         stop_restored(latest, remove=True)
 

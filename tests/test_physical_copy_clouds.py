@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import psycopg
 import pytest
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-from physical_support import backdate_backup
+from pg import execute
+from physical_support import backdate_backup, stored_keys
 from store_backends import unique_name
 from stores_azure import ACCOUNT, ACCOUNT_KEY, AzureBackend
 from stores_gcs import PROJECT
@@ -48,15 +48,6 @@ class Copied:
     dsn: str  # the archiving server
     copied_to: dict[str, int]  # store -> objects copied into it
     lsn: str  # after row 2, before row 3
-
-
-def _execute(dsn: str, *statements: str) -> list[tuple]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows: list[tuple] = []
-        for statement in statements:
-            cursor = conn.execute(statement)
-            rows = cursor.fetchall() if cursor.description else []
-        return rows
 
 
 @contextlib.contextmanager
@@ -113,10 +104,10 @@ policies:
             protection = FleetProtection(load_fleet(fleet_file), workdir=directory)
             apply_archiving(cluster, barman_tools(), protection.physical_repository("pg-c"))
             dsn = cluster.connection().dsn
-            _execute(dsn, "CREATE TABLE copy_probe (id int PRIMARY KEY)", "INSERT INTO copy_probe VALUES (1)")
+            execute(dsn, "CREATE TABLE copy_probe (id int PRIMARY KEY)", "INSERT INTO copy_probe VALUES (1)")
             protection.base_backup("pg-c", jobs=1)
-            (lsn,), = _execute(dsn, "INSERT INTO copy_probe VALUES (2)", "SELECT pg_current_wal_lsn()::text")
-            _execute(dsn, "INSERT INTO copy_probe VALUES (3)")
+            (lsn,), = execute(dsn, "INSERT INTO copy_probe VALUES (2)", "SELECT pg_current_wal_lsn()::text")
+            execute(dsn, "INSERT INTO copy_probe VALUES (3)")
             switch_and_wait_archived(protection.physical_connection("pg-c"), protection.store("aws-s3"),
                                      protection.physical_repository("pg-c"))
             outcomes, failures = protection.copy_physical("pg-c")
@@ -146,7 +137,7 @@ def test_a_point_in_time_restore_from_a_copy_brings_back_exactly_that_point(copi
     restored = copied.protection.restore_pitr("pg-c", RecoveryTarget.parse(copied.lsn), tmp_path / "restored",
                                               store_name=store)
     try:
-        rows = _execute(f"host=127.0.0.1 port={restored.port} user=postgres dbname=postgres",
+        rows = execute(f"host=127.0.0.1 port={restored.port} user=postgres dbname=postgres",
                         "SELECT id FROM copy_probe ORDER BY id")
         assert rows == [(1,), (2,)], f"restored from {store}: {rows}"
         assert lsn_value(restored.reached_lsn) >= lsn_value(copied.lsn)
@@ -155,15 +146,11 @@ def test_a_point_in_time_restore_from_a_copy_brings_back_exactly_that_point(copi
         stop_restored(restored, remove=True)
 
 
-def _keys(store, prefix: str) -> set[str]:  # noqa: ANN001
-    return {info.key for info in store.list(prefix)}
-
-
 def test_retention_of_each_copy_keeps_the_window_and_what_is_left_restores(to_prune: Copied, tmp_path: Path) -> None:
     protection = to_prune.protection
     [older] = [b.backup_id for b in protection.list_base_backups("pg-c")["pg-c"]]
     newer = protection.base_backup("pg-c", jobs=1).backup.backup_id
-    _execute(to_prune.dsn, "INSERT INTO copy_probe VALUES (4)")
+    execute(to_prune.dsn, "INSERT INTO copy_probe VALUES (4)")
     switch_and_wait_archived(protection.physical_connection("pg-c"), protection.store("aws-s3"),
                              protection.physical_repository("pg-c"))
     assert protection.copy_physical("pg-c")[1] == {}
@@ -174,12 +161,12 @@ def test_retention_of_each_copy_keeps_the_window_and_what_is_left_restores(to_pr
         backdate_backup(protection.store(name), repository, older, 20)
         backdate_backup(protection.store(name), repository, newer, 10)
     prefix = protection.physical_repository("pg-c").key_prefix
-    before = {name: _keys(protection.store(name), prefix) for name in COPIES}
+    before = {name: stored_keys(protection.store(name), prefix) for name in COPIES}
 
     plans = {plan.store: plan for plan in protection.prune_physical("pg-c")}
 
     for name in COPIES:
-        plan, left = plans[name], _keys(protection.store(name), prefix)
+        plan, left = plans[name], stored_keys(protection.store(name), prefix)
         assert plan.delete == (older,) and plan.keep == (newer,) and plan.wal_to_delete, (name, plan)
         assert not any(f"/{older}/" in key for key in left), name
         assert any(f"/{newer}/" in key for key in left), name
@@ -187,7 +174,7 @@ def test_retention_of_each_copy_keeps_the_window_and_what_is_left_restores(to_pr
         assert gone and all(f"/{older}/" in key or any(w in key for w in plan.wal_to_delete) for key in gone), name
         restored = protection.restore_pitr("pg-c", RecoveryTarget(), tmp_path / name, store_name=name)
         try:
-            rows = _execute(f"host=127.0.0.1 port={restored.port} user=postgres dbname=postgres",
+            rows = execute(f"host=127.0.0.1 port={restored.port} user=postgres dbname=postgres",
                             "SELECT id FROM copy_probe ORDER BY id")
             assert rows == [(1,), (2,), (3,), (4,)] and restored.backup_id == newer, (name, rows)
         finally:
