@@ -704,10 +704,12 @@ class FleetProtection(ReplicationProtection):  # standbys: seed, observe, drill,
                      store_name: str | None = None) -> PitrResult:
         """A new cluster in ``target_dir`` at ``target``, from ``cluster``'s repository or its copy in
         ``store_name``; left running."""
+        from platform_orchestration.kube.pod_storage import refuse_unless_kept
         from platform_orchestration.physical.pitr import restore_to_point
         from platform_orchestration.physical.tools import barman_tools
 
         repository = self.physical_store_repository(cluster, store_name)
+        refuse_unless_kept(target_dir, f"point-in-time restore of cluster {cluster}", "restore_to_point_in_time")
         return restore_to_point(barman_tools(), repository, target, target_dir, port=port,
                                 store=self.store(repository.store))
 

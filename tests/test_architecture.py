@@ -42,13 +42,14 @@ ALLOWED: dict[str, set[str]] = {
     # Physical backups (barman-cloud): above backups (drill ids, evidence writing), below protection; takes plain values and open stores.
     "physical": {"errors", "clock", "fleet", "postgres", "storage", "backups", "ownership"},
     # Standby clusters: above physical (repository seeds, archive fallback), below protection.
-    "replication": {"errors", "clock", "fleet", "postgres", "storage", "backups", "physical", "ownership"},
+    # kube: a seed refuses a directory deleted with its step pod (kube.pod_storage).
+    "replication": {"errors", "clock", "fleet", "postgres", "storage", "backups", "physical", "ownership", "kube"},
     "stores": {"errors", "fleet", "storage", "secrets"},
     "providers": {"errors", "secrets", "crypto"},
     "observability": {"errors", "clock", "fleet", "storage", "backups"},
     "reporting": {"errors", "clock", "fleet", "storage", "backups", "observability"},
     "protection": {"errors", "clock", "fleet", "postgres", "storage", "secrets", "crypto", "backups", "stores",
-                   "providers", "physical", "replication", "ownership", "observability", "reporting"},
+                   "providers", "physical", "replication", "ownership", "observability", "reporting", "kube"},
     # what each step's pod needs, from the fleet: plain values the Dagster layer turns into op tags
     "kube": {"errors", "fleet"},
     "rollout": {"errors", "declarations", "fleet", "kube"},

@@ -100,6 +100,14 @@ def test_base_backup_list_status_restore_and_drill_from_the_command_line(s3_back
         again = platform_dr(fleet, "restore-pitr", "pg-a", "--to", "latest", "--target-dir", str(restored_dir))
         shutil.rmtree(Path(data_dir).parent, ignore_errors=True)
         assert again.returncode == 2 and "is not empty: a point-in-time restore never writes over" in again.stderr
+        # On a step pod, a directory deleted with the pod (here memory) is refused before anything is restored.
+        in_memory = Path("/dev/shm") / f"pitr-{tmp_path.name}"
+        with pytest.MonkeyPatch.context() as pod:
+            pod.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+            on_the_pod = platform_dr(fleet, "restore-pitr", "pg-a", "--to", "latest", "--target-dir", str(in_memory))
+        assert on_the_pod.returncode == 2, on_the_pod.stderr
+        assert f"target directory {in_memory} is on a memory-backed tmpfs" in on_the_pod.stderr
+        assert "per_step_k8s_config.restore_to_point_in_time" in on_the_pod.stderr and not in_memory.exists()
 
         compliance = platform_dr(fleet, "status-physical")
         assert "[ok] base_backup_within_cadence" in compliance.stdout

@@ -123,6 +123,12 @@ def test_the_restore_pitr_job_refuses_what_the_cli_refuses_and_restores_to_an_ls
         assert "is not empty: a point-in-time restore never writes over" in _failure(
             launch(to="latest", target_dir=str(occupied)))
         assert f"port {archived.cluster.port} is in use" in _failure(launch(to="latest", port=archived.cluster.port))
+        in_memory = Path("/dev/shm") / f"pitr-{tmp_path.name}"
+        with monkeypatch.context() as pod:
+            pod.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+            assert "is on a memory-backed tmpfs at /dev/shm, which Kubernetes deletes with this pod" in _failure(
+                launch(to="latest", target_dir=str(in_memory)))
+        assert not in_memory.exists()
         assert not (tmp_path / "restored").exists()
 
         restored = launch(to=lsn)

@@ -30,6 +30,7 @@ from replication_support import (
 )
 
 from platform_orchestration.definitions import REPOSITORY_ROOT, build_definitions
+from platform_orchestration.kube.pod_storage import EphemeralTarget
 from platform_orchestration.replication.drill import failover_drills_prefix
 from platform_orchestration.replication.server import ReplicationRefused
 from platform_orchestration.specs import CLUSTER_RUN_TAG
@@ -108,6 +109,18 @@ def test_a_seeded_standby_streams_through_its_slot_under_a_write_load(major: int
 def test_a_second_seed_never_writes_over_the_standby(pair16: ReplicaPair) -> None:
     with pytest.raises(ReplicationRefused, match="is not empty: a seed never writes over an existing data directory"):
         pair16.protection.seed_standby(STANDBY)
+    assert pair16.protection.replication_status(STANDBY).streaming
+
+
+def test_a_seed_onto_storage_deleted_with_the_pod_is_refused_before_it_starts(
+        pair16: ReplicaPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    in_memory = Path("/dev/shm") / f"standby-{os.getpid()}"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    with pytest.raises(EphemeralTarget, match=f"seeding standby {STANDBY}: target directory {in_memory} is on a "
+                                              "memory-backed tmpfs at /dev/shm, which Kubernetes deletes"):
+        pair16.protection.seed_standby(STANDBY, directory=in_memory)
+    assert not in_memory.exists()
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
     assert pair16.protection.replication_status(STANDBY).streaming
 
 

@@ -98,6 +98,7 @@ class ReplicationProtection:
                      directory: Path | None = None) -> SeedResult:
         """Seed the standby ``name`` on this host into ``directory`` (default: its ``standby.directory``)
         and start it streaming. ``auto``: from the repository when the primary has one."""
+        from platform_orchestration.kube.pod_storage import refuse_unless_kept
         from platform_orchestration.replication.seed import seed_by_basebackup, seed_from_repository
 
         spec, _primary, _policy = self._standby(name)
@@ -106,6 +107,7 @@ class ReplicationProtection:
         if where is None:
             raise InvalidDeclaration(f"standby {name}: no directory to seed into (standby.directory in the fleet "
                                      "file, or --directory)")
+        refuse_unless_kept(Path(where), f"seeding standby {name}", "standby_clusters")
         chosen = method or spec.standby.seed  # type: ignore[union-attr]
         fallback = self.archive_fallback(name)
         if chosen == "repository" or (chosen == "auto" and fallback is not None):
