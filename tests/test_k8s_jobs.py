@@ -266,6 +266,38 @@ def test_physical_and_replication_steps_get_pods_sized_for_what_they_hold(
     assert "replication-password-never-in-a-job" not in json.dumps([body for _, _, body in jobs])
 
 
+def test_the_point_in_time_restore_gets_no_work_volume_and_mounts_the_claim_the_readme_says(
+        k8s_instance, monkeypatch, tmp_path):
+    """Everything it restores goes to target_dir, which must be a claim the operator keeps: a work
+    volume would be deleted with the pod, so the step gets none. The README's recipe (a
+    persistentVolumeClaim and its mount at target_dir, through per_step_k8s_config) must make a
+    valid Job with that claim mounted there, beside the step's own resources."""
+    monkeypatch.setenv("PLATFORM_EXECUTOR", "k8s")
+    monkeypatch.setenv("REPL_PASSWORD", "replication-password-never-in-a-job")
+    fleet = tmp_path / "physical.yaml"
+    fleet.write_text(PHYSICAL_FLEET)
+    instance, kubeconfig = k8s_instance
+    op_config = {"cluster": "pg-aws", "to": "latest", "target_dir": "/restored/pg-aws"}
+    [(step, namespace, body)] = _step_jobs(instance, kubeconfig, "restore_pitr", None, fleet=fleet,
+                                           run_config={"ops": {"restore_to_point_in_time": {"config": op_config}}})
+    container = _assert_a_valid_step_job("restore_pitr", step, namespace, body)
+    assert container["resources"] == step_resources("restore_to_point_in_time").as_kubernetes()
+    assert step_resources("restore_to_point_in_time").work_volume is None
+    assert {v["name"] for v in body["spec"]["template"]["spec"]["volumes"]} == {"fleet"}
+
+    kept = {"pod_spec_config": {"volumes": [{"name": "restored", "persistentVolumeClaim": {"claimName": "pg-aws-pitr"}}]},
+            "container_config": {"volume_mounts": [{"name": "restored", "mountPath": "/restored/pg-aws"}]}}
+    run_config = {"ops": {"restore_to_point_in_time": {"config": op_config}},
+                  "execution": {"config": {"per_step_k8s_config": {"restore_to_point_in_time": kept}}}}
+    [(step, namespace, body)] = _step_jobs(instance, kubeconfig, "restore_pitr", None, fleet=fleet,
+                                           run_config=run_config)
+    container = _assert_a_valid_step_job("restore_pitr", step, namespace, body)
+    volumes = {v["name"]: v for v in body["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["restored"]["persistentVolumeClaim"] == {"claimName": "pg-aws-pitr"}
+    assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["restored"] == "/restored/pg-aws"
+    assert container["resources"] == step_resources("restore_to_point_in_time").as_kubernetes()
+
+
 def test_every_step_of_every_job_has_its_pod_resources(tmp_path, monkeypatch):
     """A step without them would get whatever the namespace defaults to (or nothing at all)."""
     from platform_orchestration.definitions import build_definitions

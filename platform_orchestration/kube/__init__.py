@@ -24,8 +24,12 @@ Sizing, per step:
 * ``pitr_drills`` and ``failover_drills``: a whole copy of the cluster is brought up on the pod
   (a base backup restored and its WAL replayed, or pg_basebackup of the standby), then
   promoted: a work volume of ``1.5 x the cluster + 4 GiB`` (its data directory, the WAL fetched
-  for replay and written after promotion), two cores, memory for the server. The point-in-time
-  restore job (``restore_to_point_in_time``) is sized as the disaster restore.
+  for replay and written after promotion), two cores, memory for the server.
+* ``restore_to_point_in_time``: the same work as a PITR drill (barman-cloud-restore, WAL fetched
+  and replayed, the server started), but into ``target_dir``, which must be a claim the operator
+  mounts and keeps (``pod_storage`` refuses anything deleted with the pod): the base backup, the
+  WAL spool and the prefetched segments all go there. So two cores and the server's memory, and
+  no work volume: one would be deleted with the pod and could hold nothing of the result.
 * everything else (probes, checks, retention, compliance, rewrap, the archiving and replication
   observations) is small.
 
@@ -126,6 +130,10 @@ def _cluster_copy(size: int) -> StepResources:
                          work_volume=_round_up_gib(1.5 * size + 4 * GiB))
 
 
+def _restore_into_kept_claim(_size: int) -> StepResources:
+    return StepResources(2000, 4000, 1 * GiB, 2 * GiB, 1 * GiB, 2 * GiB)
+
+
 def _copies(_size: int) -> StepResources:
     return StepResources(500, 2000, 512 * MiB, 1 * GiB, 512 * MiB, 1 * GiB)
 
@@ -142,7 +150,7 @@ STEPS = {
     "compliance_report": lambda raw: _small(512 * MiB, 250),
     "database_protection_checks": lambda raw: _small(),
     "restore_from_backup": _restore,
-    "restore_to_point_in_time": _restore,
+    "restore_to_point_in_time": _restore_into_kept_claim,
     "rewrap_data_keys": lambda raw: _small(512 * MiB, 250),
     "wal_archiving": lambda size: _small(),
     "physical_base_backups": lambda size: StepResources(1000, 2000, 512 * MiB, 1 * GiB, 1 * GiB, 4 * GiB),
