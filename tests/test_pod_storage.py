@@ -7,19 +7,37 @@ a CSI block device, an emptyDir on the node's disk, a memory-backed emptyDir, a
 PersistentVolumeClaim on its own device, an NFS claim, a path with a space). The refusal on a
 real pipeline (the restore_pitr job, seeding a standby) is in test_dagster_physical.py and
 test_replication.py.
+
+Where mountinfo shows a claim, the pod's own object decides; no Kubernetes API server runs here,
+so it is read from a double: a real HTTPS server on loopback, with its own CA in the service
+account's directory, answering the one path the API server would (GET
+/api/v1/namespaces/NS/pods/NAME) with a Pod object, and only to the pod's bearer token.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from platform_orchestration.kube import pod_storage
 from platform_orchestration.kube.pod_storage import (
     EphemeralTarget,
     deleted_with_the_pod,
     mount_of,
     parse_mountinfo,
+    read_own_pod,
     refuse_unless_kept,
 )
 
@@ -103,3 +121,143 @@ def test_a_symlink_is_followed_to_where_the_directory_really_is(tmp_path: Path) 
     mountinfo = f"1 0 259:4 / / rw - overlay overlay rw\n2 1 259:5 / {link} rw - ext4 /dev/nvme2n1 rw"
     assert deleted_with_the_pod(link / "pg-a", environ=IN_A_POD, mountinfo=mountinfo) == (
         "the container's own file system (its writable layer)")
+
+
+POD_TOKEN = "pod-token-never-in-a-message"
+NAMESPACE = "platform-dr"
+
+
+def _pod(volumes: list[dict], mounts: list[dict]) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": IN_A_POD["HOSTNAME"], "namespace": NAMESPACE, "uid": POD_UID},
+            "spec": {"volumes": [{"name": "fleet", "configMap": {"name": "platform-dr-fleet"}}, *volumes],
+                     "containers": [{"name": "dagster", "image": "platform-dr:test", "volumeMounts": [
+                         {"name": "fleet", "mountPath": "/etc/platform/fleet"}, *mounts]}]}}
+
+
+# A step pod whose operator mounted a generic ephemeral volume at /srv/clusters, which mountinfo
+# shows as it shows any claim (STEP_POD_MOUNTINFO's 1478).
+EPHEMERAL_AT_CLUSTERS = _pod(
+    [{"name": "pgdata", "ephemeral": {"volumeClaimTemplate": {"spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "500Gi"}}}}}}],
+    [{"name": "pgdata", "mountPath": "/srv/clusters/"}])
+CLAIM_AT_CLUSTERS = _pod([{"name": "pgdata", "persistentVolumeClaim": {"claimName": "pg-a-restored"}}],
+                         [{"name": "pgdata", "mountPath": "/srv/clusters"}])
+
+
+def _write_self_signed(directory: Path) -> None:
+    """ca.crt (what the kubelet mounts for the pod) and server.key: a certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(hours=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .sign(key, hashes.SHA256()))
+    (directory / "ca.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+class _ApiServer:
+    """The API server's one answer this module asks for, over real TLS."""
+
+    def __init__(self, directory: Path) -> None:
+        self.pod: dict = CLAIM_AT_CLUSTERS
+        self.requests: list[tuple[str, str | None]] = []
+        _write_self_signed(directory)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.requests.append((self.path, self.headers.get("Authorization")))
+                if self.headers.get("Authorization") != f"Bearer {POD_TOKEN}":
+                    return self._answer(401, {"kind": "Status", "reason": "Unauthorized", "code": 401})
+                if self.path != f"/api/v1/namespaces/{NAMESPACE}/pods/{IN_A_POD['HOSTNAME']}":
+                    return self._answer(404, {"kind": "Status", "reason": "NotFound", "code": 404})
+                return self._answer(200, server.pod)
+
+            def _answer(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(directory / "ca.crt", directory / "server.key")
+        self.http.socket = context.wrap_socket(self.http.socket, server_side=True)
+        self.environ = {**IN_A_POD, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                        "KUBERNETES_SERVICE_PORT": str(self.http.server_address[1])}
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def api_server(tmp_path: Path) -> Iterator[tuple[_ApiServer, Path]]:
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(POD_TOKEN + "\n")
+    (account / "namespace").write_text(NAMESPACE)
+    server = _ApiServer(account)
+    yield server, account
+    server.http.shutdown()
+
+
+def test_a_generic_ephemeral_volume_that_looks_like_a_claim_is_told_by_the_pods_own_object(
+        api_server, monkeypatch) -> None:
+    server, account = api_server
+    monkeypatch.setattr(pod_storage, "SERVICE_ACCOUNT", account)  # where the kubelet would mount it
+    server.pod = EPHEMERAL_AT_CLUSTERS
+    with pytest.raises(EphemeralTarget) as refused:
+        refuse_unless_kept(Path("/srv/clusters/pg-a"), "point-in-time restore of cluster pg-a",
+                           "restore_to_point_in_time", environ=server.environ, mountinfo=STEP_POD_MOUNTINFO)
+    assert server.requests == [(f"/api/v1/namespaces/{NAMESPACE}/pods/{IN_A_POD['HOSTNAME']}", f"Bearer {POD_TOKEN}")]
+    message = str(refused.value)
+    assert ("target directory /srv/clusters/pg-a is on the generic ephemeral volume 'pgdata' at /srv/clusters "
+            "(a claim made for the pod and deleted with it)") in message
+    assert POD_TOKEN not in message
+
+    server.pod = CLAIM_AT_CLUSTERS  # the same mount, a claim the operator keeps
+    kept = read_own_pod(server.environ, service_account=account)
+    assert kept is not None and kept["metadata"]["uid"] == POD_UID
+    assert deleted_with_the_pod(Path("/srv/clusters/pg-a"), environ=server.environ, mountinfo=STEP_POD_MOUNTINFO,
+                                pod=kept) is None
+    # the mountinfo rules come first: the work volume needs no request
+    requests = len(server.requests)
+    assert deleted_with_the_pod(Path("/var/tmp/platform/x"), environ=server.environ,
+                                mountinfo=STEP_POD_MOUNTINFO) is not None
+    assert len(server.requests) == requests
+
+
+def test_an_emptydir_on_a_device_of_its_own_is_told_by_the_pods_object_too() -> None:
+    """An emptyDir on a CSI driver's device is not under the kubelet's empty-dir path in mountinfo."""
+    pod = _pod([{"name": "scratch", "emptyDir": {}}], [{"name": "scratch", "mountPath": "/srv/clusters"}])
+    assert deleted_with_the_pod(Path("/srv/clusters/pg-a"), environ=IN_A_POD, mountinfo=STEP_POD_MOUNTINFO,
+                                pod=pod) == "the emptyDir volume 'scratch' at /srv/clusters"
+
+
+def test_when_the_pods_object_cannot_be_read_mountinfo_alone_decides(api_server, tmp_path: Path) -> None:
+    server, account = api_server
+    server.pod = EPHEMERAL_AT_CLUSTERS
+    (account / "token").write_text("a-token-the-api-server-refuses")
+    assert read_own_pod(server.environ, service_account=account) is None  # 401
+    assert [auth for _, auth in server.requests] == ["Bearer a-token-the-api-server-refuses"]
+    assert read_own_pod(server.environ, service_account=tmp_path / "no-token-mounted") is None
+    assert read_own_pod({**server.environ, "HOSTNAME": "another-pod"}, service_account=account) is None
+    untrusted = tmp_path / "untrusted"  # a CA that did not sign the server's certificate
+    untrusted.mkdir()
+    for name in ("token", "namespace"):
+        (untrusted / name).write_text((account / name).read_text())
+    _write_self_signed(untrusted)
+    requests_before = len(server.requests)
+    assert read_own_pod(server.environ, service_account=untrusted) is None
+    assert len(server.requests) == requests_before  # no request sent, so no token, to an unverified server
+    assert deleted_with_the_pod(Path("/srv/clusters/pg-a"), environ=server.environ, mountinfo=STEP_POD_MOUNTINFO,
+                                pod=None) is None
