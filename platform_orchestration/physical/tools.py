@@ -68,10 +68,22 @@ def _server_user_can_run(python: Path) -> bool:
     return probe.returncode == 0
 
 
+def _installation_identity(venv: Path) -> str:
+    """The venv's path, when it was (re)built and which distributions it holds."""
+    try:
+        built = (venv / "pyvenv.cfg").stat().st_mtime_ns
+    except OSError:
+        built = 0
+    distributions = sorted(info.name for info in venv.glob("lib*/python3*/site-packages/*.dist-info"))
+    return "\n".join([str(venv.resolve()), str(built), *distributions])
+
+
 def _mirror_for_server_user(venv: Path) -> Path:
-    """A world-readable copy of ``venv`` under the temporary directory, made once per venv path.
-    Its interpreter symlink must point at a Python the server user can run (Debian's)."""
-    digest = hashlib.sha256(str(venv.resolve()).encode()).hexdigest()[:12]
+    """A world-readable copy of ``venv`` under the temporary directory, made once per venv path
+    and installation: a venv rebuilt (its pyvenv.cfg rewritten) or holding other distributions
+    gets a new mirror, never the copy of what it held before. Its interpreter symlink must point
+    at a Python the server user can run (Debian's)."""
+    digest = hashlib.sha256(_installation_identity(venv).encode()).hexdigest()[:12]
     mirror = Path(tempfile.gettempdir()) / f"platform-orchestration-barman-{digest}"
     if not (mirror / "bin" / "python").exists():
         staging = mirror.with_name(mirror.name + f".tmp{os.getpid()}")
