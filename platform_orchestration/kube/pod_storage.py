@@ -25,7 +25,7 @@ import json
 import os
 import re
 import ssl
-import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -116,7 +116,7 @@ def read_own_pod(environ: Mapping[str, str], *, service_account: Path | None = N
         return None
     host = f"[{host}]" if ":" in host else host  # an IPv6 service address
     url = (f"https://{host}:{environ.get('KUBERNETES_SERVICE_PORT', '443')}/api/v1/namespaces/"
-           f"{urllib.request.quote(namespace, safe='')}/pods/{urllib.request.quote(name, safe='')}")
+           f"{urllib.parse.quote(namespace, safe='')}/pods/{urllib.parse.quote(name, safe='')}")
     # No proxy: the API server is the cluster's own service, and a proxy would see the token.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
