@@ -28,9 +28,14 @@ from platform_orchestration.checks import build_checks
 from platform_orchestration.checks.physical import build_physical_checks
 from platform_orchestration.checks.replication import build_replication_checks
 from platform_orchestration.fleet import Fleet, fleet_path_from_env
-from platform_orchestration.kube import link_run_tags, per_cluster_step_k8s_config, per_step_k8s_config
+from platform_orchestration.kube import (
+    link_run_tags,
+    per_cluster_step_k8s_config,
+    per_step_k8s_config,
+    sized_steps_k8s_config,
+)
 from platform_orchestration.ops import build_disaster_restore_job
-from platform_orchestration.ops.batches import batch_executor, build_batch_job
+from platform_orchestration.ops.batches import batch_executor, batch_run_config, build_batch_job
 from platform_orchestration.ops.rollout import build_rollout_jobs
 from platform_orchestration.resources import (
     AlertsResource,
@@ -165,9 +170,15 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
             tags.update(run_tags_for(asset_job_specs[name].assets, database))
         return tags
 
+    def batch_run_config_for(members: Sequence[str]) -> dict[str, Any]:
+        # On Kubernetes one op's pods serve every database of the batch: sized for the largest.
+        if executor != "k8s":
+            return batch_run_config(members)
+        return batch_run_config(members, sized_steps_k8s_config(fleet.database(name) for name in members))
+
     schedules = build_schedules(load_schedule_specs(_spec_dir("PLATFORM_SCHEDULES_DIR", "schedules")),
                                 jobs, fleet, partitioned, batch_job_for=batch_job_for,
-                                batch_run_tags_for=batch_run_tags_for,
+                                batch_run_tags_for=batch_run_tags_for, batch_run_config_for=batch_run_config_for,
                                 cluster_partitioned_jobs=per_cluster, cluster_job_cadences=cadences,
                                 standby_partitioned_jobs=per_standby)
     secrets = SecretsResource.from_environment()

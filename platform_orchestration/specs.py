@@ -422,13 +422,16 @@ def build_schedules(
     *,
     batch_job_for: Callable[[str], DagsterJob] | None = None,
     batch_run_tags_for: Callable[[str, Sequence[str]], Mapping[str, str]] | None = None,
+    batch_run_config_for: Callable[[Sequence[str]], Mapping[str, Any]] | None = None,
     cluster_partitioned_jobs: Collection[str] = (),
     cluster_job_cadences: Mapping[str, str] = {},
     standby_partitioned_jobs: Collection[str] = (),
 ) -> list[dg.ScheduleDefinition]:
     """One Dagster schedule per spec; a job in ``partitioned_jobs`` gets one run per selected
     database, or, when more are selected than the spec's ``batch_size`` and ``batch_job_for``
-    is given, one run of ``batch_job_for(job name)`` per batch (see :func:`fleet_batches`).
+    is given, one run of ``batch_job_for(job name)`` per batch (see :func:`fleet_batches`), its
+    tags from ``batch_run_tags_for`` and its run config from ``batch_run_config_for`` (the batch's
+    databases, and on Kubernetes its pods' sizes).
 
     Raises :class:`SpecError` listing every duplicate schedule name, every unknown job, policy or
     database, and every database selection on a job that does not run per database.
@@ -462,7 +465,8 @@ def build_schedules(
             if partitioned and batch_job_for is not None and 0 < spec.batch_size < len(databases):
                 schedules.append(_batched_schedule(
                     spec, batch_job_for(spec.job), fleet_batches(fleet, databases, spec.batch_size),
-                    (lambda members, job=spec.job: batch_run_tags_for(job, members)) if batch_run_tags_for else None))
+                    (lambda members, job=spec.job: batch_run_tags_for(job, members)) if batch_run_tags_for else None,
+                    batch_run_config_for))
             else:
                 schedules.append(_schedule(spec, jobs_by_name[spec.job], databases, partitioned))
         except dg.DagsterInvalidDefinitionError as exc:  # anything Dagster refuses that the model let through
@@ -625,7 +629,8 @@ def fleet_batches(fleet: Fleet, selected: Sequence[str], batch_size: int) -> lis
 
 
 def _batched_schedule(spec: ScheduleSpec, job: DagsterJob, batches: list[tuple[str, list[str]]],
-                      tags_for: Callable[[Sequence[str]], Mapping[str, str]] | None = None
+                      tags_for: Callable[[Sequence[str]], Mapping[str, str]] | None = None,
+                      run_config_for: Callable[[Sequence[str]], Mapping[str, Any]] | None = None,
                       ) -> dg.ScheduleDefinition:
     from platform_orchestration.ops.batches import BATCH_RUN_TAG, batch_run_config
 
@@ -635,7 +640,8 @@ def _batched_schedule(spec: ScheduleSpec, job: DagsterJob, batches: list[tuple[s
                  description=spec.description or None, default_status=status)
     def _evaluate(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
         tick = context.scheduled_execution_time.isoformat()
-        return [dg.RunRequest(run_key=f"{spec.name}:{tag}:{tick}", run_config=batch_run_config(members),
+        return [dg.RunRequest(run_key=f"{spec.name}:{tag}:{tick}",
+                              run_config=dict(run_config_for(members)) if run_config_for else batch_run_config(members),
                               tags={**(tags_for(members) if tags_for else {}), BATCH_RUN_TAG: tag})
                 for tag, members in batches]
 

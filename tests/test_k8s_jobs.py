@@ -34,6 +34,7 @@ from dagster._core.test_utils import create_run_for_test
 from dagster._grpc.types import ExecuteStepArgs
 from dagster_k8s import K8sRunLauncher
 from dagster_k8s.executor import _K8S_EXECUTOR_CONFIG_SCHEMA, K8sStepHandler, k8s_job_executor
+from dagster_k8s.utils import sanitize_k8s_label
 from kube import (
     IMAGE,
     NAMESPACE,
@@ -80,7 +81,7 @@ def k8s_instance(tmp_path, monkeypatch):
 
 
 def _step_jobs(instance, kubeconfig: Path, job_name: str, partition: str | None, run_config=None,
-               fleet: Path = PRODUCTION_FLEET):
+               fleet: Path = PRODUCTION_FLEET, known_state=None, step_keys=None):
     """(step key, namespace, Job body) for every step of `job_name`, as the k8s executor would launch them."""
     from platform_orchestration.definitions import build_definitions
 
@@ -100,7 +101,8 @@ def _step_jobs(instance, kubeconfig: Path, job_name: str, partition: str | None,
         job=recon_job, executor_def=k8s_job_executor, executor_config=executor_config.value, instance=instance))
     run = create_run_for_test(instance, job_name=job_name, tags=tags, run_config=run_config,
                               job_code_origin=recon_job.get_python_origin())
-    plan = create_execution_plan(job, run_config=run_config, tags=tags)
+    plan = create_execution_plan(job, run_config=run_config, tags=tags, known_state=known_state,
+                                 step_keys_to_execute=step_keys)
     plan_context = PlanOrchestrationContext(
         plan_data=PlanData(job=recon_job, dagster_run=run, instance=instance, execution_plan=plan,
                            raise_on_error=True, retry_mode=RetryMode.DISABLED),
@@ -110,12 +112,13 @@ def _step_jobs(instance, kubeconfig: Path, job_name: str, partition: str | None,
         image=IMAGE, container_context=executor._step_handler._executor_container_context,  # noqa: SLF001
         load_incluster_config=False, kubeconfig_file=str(kubeconfig), k8s_client_batch_api=batch,
         per_step_k8s_config=executor_config.value.get("per_step_k8s_config", {}))
-    for step in plan.steps:
+    steps = plan.steps if step_keys is None else [plan.get_step_by_key(key) for key in step_keys]
+    for step in steps:
         list(handler.launch_step(StepHandlerContext(
             instance=instance, plan_context=plan_context, steps=[step],
             execute_step_args=ExecuteStepArgs(recon_job.get_python_origin(), run.run_id, [step.key]))))
-    assert len(batch.created) == len(plan.steps)
-    return [(step.key, namespace, body) for step, (namespace, body) in zip(plan.steps, batch.created, strict=True)]
+    assert len(batch.created) == len(steps)
+    return [(step.key, namespace, body) for step, (namespace, body) in zip(steps, batch.created, strict=True)]
 
 
 def _assert_a_valid_step_job(job_name: str, step: str, namespace: str, body: dict) -> dict:
@@ -129,7 +132,7 @@ def _assert_a_valid_step_job(job_name: str, step: str, namespace: str, body: dic
     assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["runAsUser"] == 10001
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     for labels in (body["metadata"]["labels"], pod["metadata"]["labels"]):
-        assert labels["dagster/job"] == job_name and labels["dagster/op"] == step
+        assert labels["dagster/job"] == job_name and labels["dagster/op"] == sanitize_k8s_label(step)  # a[b] -> a-b
         assert labels["app.kubernetes.io/part-of"] == "platform-dr"
         assert labels["app.kubernetes.io/component"] == "step_worker"
     assert [source["configMapRef"]["name"] for source in container["envFrom"]] == [
@@ -296,6 +299,52 @@ def test_the_point_in_time_restore_gets_no_work_volume_and_mounts_the_claim_the_
     assert volumes["restored"]["persistentVolumeClaim"] == {"claimName": "pg-aws-pitr"}
     assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["restored"] == "/restored/pg-aws"
     assert container["resources"] == step_resources("restore_to_point_in_time").as_kubernetes()
+
+
+def test_a_batched_runs_drill_pods_are_sized_for_the_largest_database_of_its_batch(
+        k8s_instance, monkeypatch, tmp_path):
+    """One op's pods serve every database of a batch (the k8s executor sizes per op, not per
+    mapped step), so a batch holding a 300 GiB database gets that database's drill volume and a
+    batch of databases that state no size gets the default's; the schedule's run config says so
+    and dagster-k8s builds the mapped step's Job with it."""
+    from datetime import datetime, timezone
+
+    from benchmarks.synthetic import database_names, write_fleet_file
+    from dagster._core.execution.plan.state import KnownExecutionState
+
+    from platform_orchestration.definitions import build_definitions
+    from platform_orchestration.ops.batches import mapping_keys
+
+    monkeypatch.setenv("PLATFORM_EXECUTOR", "k8s")
+    fleet = write_fleet_file(tmp_path, 150)
+    big = database_names(150)[120]
+    fleet.write_text(fleet.read_text().replace(f"  - name: {big}\n", f"  - name: {big}\n    expected_dump_size: 300GiB\n"))
+    repository = build_definitions(fleet).get_repository_def()
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 12, 3, 3, 0, tzinfo=timezone.utc),
+                                        repository_def=repository)
+    requests = repository.get_schedule_def("restore_drills_daily").evaluate_tick(context).run_requests
+    assert len(requests) == 2
+
+    def drill_volume(run_config) -> str:
+        drill = run_config["execution"]["config"]["per_step_k8s_config"]["batch_restore_drills"]
+        return drill["pod_spec_config"]["volumes"][0]["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"][
+            "requests"]["storage"]
+
+    assert [drill_volume(r.run_config) for r in requests] == ["27Gi", "752Gi"]  # 2.5 x 10 GiB or 300 GiB + 2 GiB
+
+    instance, kubeconfig = k8s_instance
+    members = requests[1].run_config["ops"]["batch"]["config"]["databases"]
+    assert big in members
+    known = KnownExecutionState(dynamic_mappings={"batch": {"result": mapping_keys(members)}})
+    drill_step = f"batch_restore_drills[{mapping_keys([big])[0]}]"
+    [(step, namespace, body)] = _step_jobs(instance, kubeconfig, "run_restore_drills_batched", None,
+                                           run_config=requests[1].run_config, fleet=fleet, known_state=known,
+                                           step_keys=[drill_step])
+    assert step == drill_step
+    container = _assert_a_valid_step_job("run_restore_drills_batched", step, namespace, body)
+    assert container["resources"] == step_resources("restore_drills", raw_dump_size=300 * GiB).as_kubernetes()
+    volumes = {v["name"]: v for v in body["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["work"]["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "752Gi"
 
 
 def test_every_step_of_every_job_has_its_pod_resources(tmp_path, monkeypatch):

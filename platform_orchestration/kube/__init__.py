@@ -69,6 +69,7 @@ __all__ = [
     "link_tag",
     "per_cluster_step_k8s_config",
     "per_step_k8s_config",
+    "sized_steps_k8s_config",
     "step_resources",
 ]
 
@@ -242,8 +243,17 @@ def per_cluster_step_k8s_config(fleet: Fleet, cluster: str) -> dict[str, dict[st
 
 
 def largest_dump(databases: Iterable[Database]) -> int:
-    """The largest ``expected_dump_size`` among ``databases`` (``DEFAULT_DUMP_SIZE`` at least)."""
-    return max([DEFAULT_DUMP_SIZE, *(d.expected_dump_size or 0 for d in databases)])
+    """The largest raw dump among ``databases``: each one's ``expected_dump_size``, or
+    ``DEFAULT_DUMP_SIZE`` for one that does not say (and for none at all)."""
+    return max((d.expected_dump_size or DEFAULT_DUMP_SIZE for d in databases), default=DEFAULT_DUMP_SIZE)
+
+
+def sized_steps_k8s_config(databases: Iterable[Database]) -> dict[str, dict[str, Any]]:
+    """``dagster-k8s/config`` of each step of ``SIZED_STEPS`` for a run that handles all of
+    ``databases`` one after another in pods of the same op (a batched run: the k8s executor
+    sizes per op, not per mapped step), so sized for the largest of them."""
+    raw = largest_dump(databases)
+    return {step: dagster_k8s_config(step_resources(step, raw_dump_size=raw)) for step in SIZED_STEPS}
 
 
 def cloud_links(fleet: Fleet, database_name: str) -> list[tuple[str, str]]:

@@ -28,7 +28,8 @@ at 10,000 databases takes seconds.
 import functools
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 
@@ -64,8 +65,20 @@ def mapping_keys(databases: Sequence[str]) -> list[str]:
     return keys
 
 
-def batch_run_config(databases: Sequence[str]) -> dict:
-    return {"ops": {"batch": {"config": {"databases": list(databases)}}}}
+def stage_op_name(asset: str) -> str:
+    """The op of ``asset``'s step in a batched job (the key of its ``per_step_k8s_config``)."""
+    return f"batch_{asset}"
+
+
+def batch_run_config(databases: Sequence[str],
+                     per_step_k8s_config: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
+    """Run config of a batch; with ``per_step_k8s_config`` (asset step -> its ``dagster-k8s/config``,
+    for the k8s executor), each stage's pods get those resources."""
+    config: dict[str, Any] = {"ops": {"batch": {"config": {"databases": list(databases)}}}}
+    if per_step_k8s_config:
+        config["execution"] = {"config": {"per_step_k8s_config": {
+            stage_op_name(step): dict(step_config) for step, step_config in per_step_k8s_config.items()}}}
+    return config
 
 
 def batch_executor() -> dg.ExecutorDefinition:
@@ -85,9 +98,9 @@ def _stage(asset: str) -> dg.OpDefinition:
     (op names are unique in a repository; the asset's own op already has the asset's name)."""
     materialize = PER_DATABASE[asset]
 
-    # The asset's own step resources (for a database of the default size: a batch's steps are
-    # not sized database by database yet, see README "Known limits").
-    @dg.op(name=f"batch_{asset}", ins={"database": dg.In(str)}, out=dg.Out(str), tags=k8s_op_tags(asset),
+    # The asset's own step resources (for a database of the default size); on Kubernetes a
+    # batch's run config sizes its backups and drills for the batch's largest database.
+    @dg.op(name=stage_op_name(asset), ins={"database": dg.In(str)}, out=dg.Out(str), tags=k8s_op_tags(asset),
            description=f"One database's partition of asset {asset}, as the asset's own run would do it.")
     def stage(context: dg.OpExecutionContext, fleet: FleetResource, database: str):
         with fleet.protection() as protection:
