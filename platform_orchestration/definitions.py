@@ -45,7 +45,7 @@ from platform_orchestration.resources import (
     load_fleet_once,
 )
 from platform_orchestration.rollout.plans import load_plans, plans_path_from_env
-from platform_orchestration.sensors import build_remedy_sensors, report_failed_runs
+from platform_orchestration.sensors import build_remedy_sensors, report_failed_runs, retry_undelivered_alerts
 from platform_orchestration.specs import (
     AssetJobSpec,
     build_jobs,
@@ -189,7 +189,7 @@ def build_definitions(fleet_file: Path | None = None) -> dg.Definitions:
         asset_checks=checks,
         jobs=[*jobs, *kubernetes_jobs],
         schedules=[*schedules, *kubernetes_schedules],
-        sensors=[report_failed_runs, *build_remedy_sensors({job.name: job for job in jobs})],
+        sensors=[report_failed_runs, retry_undelivered_alerts, *build_remedy_sensors({job.name: job for job in jobs})],
         resources={
             "fleet": FleetResource(fleet_file=str(Path(fleet_file).resolve()), secrets=secrets),
             "secrets": secrets,

@@ -72,7 +72,8 @@ def test_demo_definitions_load_with_jobs_schedules_sensor_and_lineage():
                                                     "replication_every_minute", "failover_drills_weekly",
                                                     "replication_compliance_daily"}
     assert sorted(s.name for s in repo.sensor_defs) == ["escalate_failed_drills", "notice_stale_backups",
-                                                        "repair_missing_copies", "report_failed_runs"]
+                                                        "repair_missing_copies", "report_failed_runs",
+                                                        "retry_undelivered_alerts"]
     graph = repo.asset_graph
     lineage = [("clusters", "databases"), ("databases", "backups"), ("backups", "backup_copies"),
                ("backup_copies", "restore_drills"), ("restore_drills", "compliance_report")]

@@ -18,7 +18,7 @@ from platform_orchestration.backups.manifest import BackupManifest
 from platform_orchestration.definitions import build_definitions
 from platform_orchestration.errors import PlatformError
 from platform_orchestration.resources import AlertsResource
-from platform_orchestration.sensors import ALERT_SENT_TAG, report_failed_runs
+from platform_orchestration.sensors import ALERT_PENDING_TAG, ALERT_SENT_TAG, report_failed_runs, retry_undelivered_alerts
 from platform_orchestration.sensors.remedies import handled_keys
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -269,3 +269,53 @@ def test_a_webhook_reference_that_is_not_a_reference_is_refused():
     alerts = AlertsResource(alerts_file="/dev/null", webhook_url_secret="https://hooks.example/T0/B0/x")
     with pytest.raises(PlatformError, match="expected env:NAME"):
         alerts.receivers()
+
+
+def _retry_tick(instance, alerts: AlertsResource):
+    with dg.build_sensor_context(instance=instance, resources={"alerts": alerts}) as context:
+        return retry_undelivered_alerts(context, alerts=alerts)
+
+
+def test_an_alert_the_webhook_did_not_take_is_sent_on_a_later_tick_once(tmp_path, source_cluster, source_db,
+                                                                        instance, monkeypatch, webhook):
+    defs = _defs(tmp_path, source_cluster, monkeypatch)
+    run_id, event = _failed_run(defs, instance, source_db)
+    alerts = AlertsResource(alerts_file=str(tmp_path / "alerts.jsonl"),
+                            webhook_url_secret="env:TEST_ALERT_WEBHOOK_URL", backoff_seconds=0.01)
+    webhook.statuses = [503] * 4  # down for every attempt of the failure sensor's tick
+    with pytest.raises(RuntimeError, match=f"alert for failed run {run_id} not delivered"):
+        report_failed_runs(_failure_context(instance, run_id, event), alerts=alerts)
+    tags = instance.get_run_by_id(run_id).tags
+    assert tags[ALERT_PENDING_TAG] == "true" and ALERT_SENT_TAG not in tags
+    assert webhook.received == []
+
+    webhook.statuses = [503] * 4  # still down at the first retry: the tick fails, the run stays pending
+    with pytest.raises(RuntimeError, match="1 of 1 pending alert"):
+        _retry_tick(instance, alerts)
+    assert instance.get_run_by_id(run_id).tags[ALERT_PENDING_TAG] == "true"
+
+    result = _retry_tick(instance, alerts)  # back up
+    assert "1 pending alert(s) delivered" in result.skip_message
+    [message] = webhook.received
+    assert run_id in message["text"] and "no readable backup of database shop" in message["text"]
+    tags = instance.get_run_by_id(run_id).tags
+    assert tags[ALERT_PENDING_TAG] == "false" and tags[ALERT_SENT_TAG] == "webhook (env:TEST_ALERT_WEBHOOK_URL)"
+
+    assert _retry_tick(instance, alerts).skip_message == "no undelivered alert"
+    report_failed_runs(_failure_context(instance, run_id, event), alerts=alerts)  # a replayed failure tick
+    assert len(webhook.received) == 1  # sent once in all
+
+
+def test_an_undelivered_alert_is_given_up_a_day_after_its_run_ended(tmp_path, source_cluster, source_db, instance,
+                                                                   monkeypatch, webhook):
+    from platform_orchestration.sensors import failures
+
+    defs = _defs(tmp_path, source_cluster, monkeypatch)
+    run_id, _event = _failed_run(defs, instance, source_db)
+    instance.add_run_tags(run_id, {ALERT_PENDING_TAG: "true"})
+    monkeypatch.setattr(failures, "ALERT_RETRY_WINDOW", timedelta(0))  # the run ended longer ago than that
+    alerts = AlertsResource(alerts_file=str(tmp_path / "alerts.jsonl"),
+                            webhook_url_secret="env:TEST_ALERT_WEBHOOK_URL", backoff_seconds=0.01)
+    assert "1 past the retry window" in _retry_tick(instance, alerts).skip_message
+    assert instance.get_run_by_id(run_id).tags[ALERT_PENDING_TAG] == "expired"
+    assert webhook.received == [] and webhook.attempts == 0

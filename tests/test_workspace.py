@@ -95,7 +95,8 @@ def test_webserver_serves_jobs_schedules_sensor_and_asset_graph(dagster_dev):
             "disaster_restore"} <= {j["name"] for j in repository["jobs"]}
     assert {"critical_backups_hourly", "restore_drills_daily"} <= {s["name"] for s in repository["schedules"]}
     assert sorted(s["name"] for s in repository["sensors"]) == ["escalate_failed_drills", "notice_stale_backups",
-                                                                "repair_missing_copies", "report_failed_runs"]
+                                                                "repair_missing_copies", "report_failed_runs",
+                                                                "retry_undelivered_alerts"]
     upstream = {n["assetKey"]["path"][0]: {d["path"][0] for d in n["dependencyKeys"]}
                 for n in repository["assetNodes"]}
     assert upstream == LINEAGE
