@@ -97,18 +97,22 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServ
 
 
 def postgres_engine_role(server: VaultServer, mount: str, cluster_port: int, role: str,
-                         creation_statements: list[str]) -> str:
+                         creation_statements: list[str], *, default_ttl: str = "10m", max_ttl: str = "1h",
+                         more_roles: dict[str, tuple[str, str]] | None = None) -> str:
     """Enable Vault's database engine at `mount` over the PostgreSQL server on `cluster_port`
     (trusting 127.0.0.1, so the plugin's own password is never checked) with one role whose
-    logins are dropped on revocation; returns the role's creds path."""
+    logins are dropped on revocation; returns the role's creds path. `more_roles` (name ->
+    default and max TTL) adds roles with the same statements on the same connection."""
     admin = server.admin()
     admin.sys.enable_secrets_engine("database", path=mount)
     admin.secrets.database.configure(
-        name="pg", plugin_name="postgresql-database-plugin", allowed_roles=[role], mount_point=mount,
+        name="pg", plugin_name="postgresql-database-plugin", allowed_roles=[role, *(more_roles or {})],
+        mount_point=mount,
         connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{cluster_port}/postgres"
                        "?sslmode=disable",
         username="postgres", password="unused-under-trust")
-    admin.secrets.database.create_role(
-        name=role, db_name="pg", mount_point=mount, default_ttl="10m", max_ttl="1h",
-        creation_statements=creation_statements, revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'])
+    for name, (default, maximum) in {role: (default_ttl, max_ttl), **(more_roles or {})}.items():
+        admin.secrets.database.create_role(
+            name=name, db_name="pg", mount_point=mount, default_ttl=default, max_ttl=maximum,
+            creation_statements=creation_statements, revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'])
     return f"{mount}/creds/{role}"

@@ -332,22 +332,37 @@ def _is_dynamic_credentials_path(path: str) -> bool:
     return "/data/" not in path and len(segments) >= 3 and segments[-2] == "creds"
 
 
+RENEW_AT_FRACTION = 0.5
+"""A lease is renewed once this share of its current duration has passed (Vault's own agent
+renews at two thirds; half leaves room for one failed renewal and a retry)."""
+RENEW_RETRY_SECONDS = 5.0
+
+
 class VaultDatabaseCredentials:
     """Dynamic database logins from Vault's database secrets engine, with their leases tracked.
 
     Every `login()` creates a database user that lives until its lease is revoked or expires;
     `revoke_all()` (or leaving `leases()`) drops every user taken so far, so a step's users do
-    not outlive the step. The role's ``default_ttl`` must exceed the longest step: Vault drops
-    the user when the TTL ends, even mid-backup.
+    not outlive the step. While a lease is outstanding, a thread renews it (``sys/leases/renew``,
+    asking for its first duration again) each time half of its current duration has passed, so a
+    backup longer than the role's ``default_ttl`` keeps its login; Vault stops extending it at
+    the role's ``max_ttl``, which therefore must exceed the longest step (the renewer logs when a
+    lease reaches it). A failed renewal is logged and tried again a few seconds later.
 
-    Vault's default policy does not let a token revoke its own leases: the token needs
-    ``read`` on ``MOUNT/creds/ROLE`` and ``update`` on ``sys/leases/revoke/MOUNT/creds/ROLE/*``.
+    The token needs ``read`` on ``MOUNT/creds/ROLE`` and ``update`` on
+    ``sys/leases/revoke/MOUNT/creds/ROLE/*`` and ``sys/leases/renew/MOUNT/creds/ROLE/*`` (Vault's
+    default policy allows neither for these paths).
     """
 
-    def __init__(self, client: VaultClient) -> None:
+    def __init__(self, client: VaultClient, *, renew: bool = True) -> None:
         self.client = client
+        self.renew = renew
         self._outstanding: dict[str, VaultLease] = {}
         self._lock = threading.Lock()
+        self._renew_at: dict[str, float] = {}  # lease id -> time.monotonic() of its next renewal
+        self._ends_at: dict[str, float] = {}  # lease id -> when its current duration runs out
+        self._changed = threading.Condition(self._lock)
+        self._renewer: threading.Thread | None = None
 
     @property
     def outstanding(self) -> tuple[VaultLease, ...]:
@@ -375,6 +390,11 @@ class VaultDatabaseCredentials:
             # Tracked even if unusable below: whatever Vault issued must be revoked with the rest.
             with self._lock:
                 self._outstanding[lease.lease_id] = lease
+                if self.renew and lease.renewable and lease.duration_seconds > 0:
+                    now = time.monotonic()
+                    self._renew_at[lease.lease_id] = now + lease.duration_seconds * RENEW_AT_FRACTION
+                    self._ends_at[lease.lease_id] = now + lease.duration_seconds
+                    self._start_renewer()
         if not isinstance(data.get("username"), str) or not isinstance(data.get("password"), str):
             raise SecretUnavailable(
                 f"{label}: not database credentials (fields: {', '.join(sorted(data)) or 'none'})")
@@ -400,6 +420,9 @@ class VaultDatabaseCredentials:
             revoked.append(lease)
             with self._lock:
                 self._outstanding.pop(lease.lease_id, None)
+                self._renew_at.pop(lease.lease_id, None)
+                self._ends_at.pop(lease.lease_id, None)
+                self._changed.notify_all()
         if failures:
             listed = ", ".join(f"{lease_id} ({reason})" for lease_id, reason in failures.items())
             raise LeaseRevocationError(
@@ -422,6 +445,60 @@ class VaultDatabaseCredentials:
                 log.warning("%s", exc)
             raise
         self.revoke_all()
+
+    def _start_renewer(self) -> None:
+        """Called holding the lock: one renewer thread while any lease is due for renewal."""
+        if self._renewer is None or not self._renewer.is_alive():
+            self._renewer = threading.Thread(target=self._renew_while_outstanding, name="vault-lease-renewer",
+                                             daemon=True)
+            self._renewer.start()
+        self._changed.notify_all()
+
+    def _renew_while_outstanding(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    if not self._renew_at:
+                        self._renewer = None
+                        return
+                    lease_id, due = min(self._renew_at.items(), key=lambda item: item[1])
+                    wait = due - time.monotonic()
+                    if wait <= 0:
+                        lease = self._outstanding[lease_id]
+                        break
+                    self._changed.wait(wait)
+            self._renew_once(lease)
+
+    def _renew_once(self, lease: VaultLease) -> None:
+        """Renew `lease` for its first duration again and schedule the next renewal; never raises
+        (the renewer thread must outlive a Vault that is briefly away)."""
+        try:
+            # The lease id in the URL, as for revoking: a policy can allow renewing one role's leases.
+            response = self.client.call(lambda session: session.adapter.put(
+                f"/v1/sys/leases/renew/{lease.lease_id}", json={"increment": lease.duration_seconds}))
+            granted = float((response or {}).get("lease_duration") or 0) if isinstance(response, dict) else 0.0
+        except (VaultAuthError, hvac.exceptions.VaultError, requests.RequestException) as exc:
+            with self._lock:
+                if lease.lease_id in self._renew_at:
+                    left = self._ends_at[lease.lease_id] - time.monotonic()
+                    log.warning("could not renew database login lease %s (%.0fs left): %s; trying again",
+                                lease.lease_id, max(left, 0), failure_reason(exc, self.client))
+                    self._renew_at[lease.lease_id] = time.monotonic() + min(RENEW_RETRY_SECONDS, max(left / 2, 0.5))
+            return
+        with self._lock:
+            if lease.lease_id not in self._renew_at:
+                return  # revoked meanwhile
+            now = time.monotonic()
+            self._ends_at[lease.lease_id] = now + granted
+            if granted < lease.duration_seconds * RENEW_AT_FRACTION:
+                # Vault grants no more than the role's max_ttl: renewing again cannot help.
+                log.warning("database login lease %s ends in %.0fs, at its role's max_ttl: work still using it "
+                            "then loses its login (raise the role's max_ttl above the longest step)",
+                            lease.lease_id, granted)
+                self._renew_at.pop(lease.lease_id, None)
+                self._changed.notify_all()
+                return
+            self._renew_at[lease.lease_id] = now + granted * RENEW_AT_FRACTION
 
     def _revoke(self, lease: VaultLease) -> None:
         # The lease id goes in the URL, not the body, so that a policy can allow revoking just
