@@ -216,3 +216,43 @@ def test_a_database_server_clock_ahead_cannot_make_a_backup_look_fresher(protect
     assert not finding.passed and "exceeds RPO" in finding.detail
     assert result.latest_backup_age_seconds == (RPO + timedelta(seconds=1)).total_seconds()
     assert "the database server's clock was 7200s ahead of the worker's" in finding.detail
+
+
+def test_a_store_that_is_down_fails_the_copies_finding_naming_it_and_the_others_are_still_judged(protected):
+    """One cloud down is when the platform's view is needed most: the assessment (and the
+    recoverability view the sensors, the exporter and the report read) must still judge the
+    database from the stores that answer. The down store is a real S3 client against a port
+    where nothing listens (connection refused)."""
+    from platform_orchestration.observability.recoverability import StoreFacts, observe_recoverability
+    from platform_orchestration.storage.s3 import S3ObjectStore
+
+    stores, manifest, record = protected
+    down = S3ObjectStore("s3-down", "bucket-down", region="eu-west-1", endpoint_url="http://127.0.0.1:9",
+                         credentials={"access_key_id": "test", "secret_access_key": "test"}, max_attempts=1)
+    judged = [*stores[:2], down]
+
+    result = assess(judged)
+
+    findings = {f.check: f for f in result.findings}
+    assert findings[BACKUP_WITHIN_RPO].passed  # from the stores that answer
+    assert findings[DRILL_PASSED_WITHIN_CADENCE].passed and result.latest_drill_id == record.drill_id
+    copies = findings[COPIES_IN_REQUIRED_STORES]
+    assert not copies.passed
+    assert f"backup {manifest.backup_id} verified in {STORE_NAMES[0]}, {STORE_NAMES[1]}" in copies.detail
+    assert "unreachable: backups (if any) in store s3-down: the store could not be listed" in copies.detail
+    assert "missing from" not in copies.detail  # not said to lack a copy it may well hold
+
+    view = observe_recoverability(database=SOURCE_DB, cluster="test-cluster", policy=_policy(), stores=judged,
+                                  facts=[StoreFacts(s.name, "local", "local") for s in judged], assessment=result,
+                                  now=utcnow())
+    by_store = {c.store: c for c in view.copies}
+    assert by_store["s3-down"].unreachable and by_store["s3-down"].newest is None
+    assert by_store[STORE_NAMES[0]].holds_latest and not by_store[STORE_NAMES[0]].unreachable
+    assert [d.drill_id for d in view.drills] == [record.drill_id]  # still read from the stores that answer
+
+
+def _policy():
+    from platform_orchestration.fleet.model import Policy
+
+    return Policy.model_validate({"name": "gold", "rpo": "1h", "stores": ["a"], "drill": {"every": "7d", "rto": "10m"},
+                                  "retention": {"keep_last": 3}})

@@ -33,7 +33,7 @@ from platform_orchestration.backups.catalog import (
     merge_drills,
     record_everywhere,
 )
-from platform_orchestration.backups.index import read_catalog
+from platform_orchestration.backups.index import read_catalog_or_report
 from platform_orchestration.backups.manifest import (
     BackupManifest,
     evidence_key,
@@ -124,15 +124,18 @@ def assess_database(
     unencrypted: list[str] = []
     key_versions: dict[str, int] = {}
     broken_manifests: list[UnreadableObject] = []
-    # 2 LIST + 1 GET per store with a current index
+    # 2 LIST + 1 GET per store with a current index; a store that cannot be listed is judged as
+    # unreachable (the copies finding fails naming it), the others as usual.
     if stores_at_once and len(stores) > 1:
         with ThreadPoolExecutor(max_workers=len(stores), thread_name_prefix="assess-store") as pool:
-            views = list(pool.map(lambda store: read_catalog(store, database), stores))
+            views = list(pool.map(lambda store: read_catalog_or_report(store, database), stores))
     else:
-        views = [read_catalog(store, database) for store in stores]
+        views = [read_catalog_or_report(store, database) for store in stores]
+    unreachable: list[UnreadableObject] = []
     for store, view in zip(stores, views):
         listing = view.backups
-        broken_manifests += listing.unreadable
+        unreachable += [u for u in listing.unreadable if u.unreachable]
+        broken_manifests += [u for u in listing.unreadable if not u.unreachable]
         for stored in listing.backups:
             held_by.setdefault(stored.backup_id, []).append(store.name)
             manifest_of.setdefault(stored.backup_id, stored.manifest)
@@ -149,8 +152,10 @@ def assess_database(
     # Broken manifests of backups newer than the latest readable one: those were passed over.
     newer_broken = [u for u in broken_manifests if (u.backup_id or "") > (latest_id or "")]
     age: timedelta | None = None
+    down = {u.store for u in unreachable}
+    down_note = f"; unreachable: {describe_all(unreachable)}" if unreachable else ""
     if latest_id is None:
-        broken = f"; unreadable: {describe_all(broken_manifests)}" if broken_manifests else ""
+        broken = (f"; unreadable: {describe_all(broken_manifests)}" if broken_manifests else "") + down_note
         findings.append(Finding(BACKUP_WITHIN_RPO, False,
                                 f"{database} has no readable backup in any required store{broken}"))
         findings.append(Finding(COPIES_IN_REQUIRED_STORES, False, f"{database} has no backup to copy{broken}"))
@@ -165,12 +170,14 @@ def assess_database(
             + (f"; passed over newer {describe_all(newer_broken)}" if newer_broken else ""),
         ))
         broken_copies = {u.store: u for u in broken_manifests if u.backup_id == latest_id}
-        missing = [s.name for s in stores if s.name not in held_by[latest_id] and s.name not in broken_copies]
+        missing = [s.name for s in stores
+                   if s.name not in held_by[latest_id] and s.name not in broken_copies and s.name not in down]
         older_broken = [u for u in broken_manifests if (u.backup_id or "") < latest_id]
         findings.append(Finding(
-            COPIES_IN_REQUIRED_STORES, not missing and not broken_copies and not newer_broken,
+            COPIES_IN_REQUIRED_STORES, not missing and not broken_copies and not newer_broken and not down,
             f"backup {latest_id} verified in {', '.join(held_by[latest_id])}"
             + (f"; missing from {', '.join(missing)}" if missing else "")
+            + down_note
             + (f"; unreadable: {describe_all(broken_copies.values())}" if broken_copies else "")
             + (f"; newer backup unreadable: {describe_all(newer_broken)}" if newer_broken else "")
             + (f"; older backup unreadable: {describe_all(older_broken)}" if older_broken else ""),
@@ -241,7 +248,7 @@ def assess_database(
         latest_backup_age_seconds=age.total_seconds() if age is not None else None,
         latest_drill_id=latest_drill.drill_id if latest_drill else None,
         latest_drill_rto_seconds=latest_drill.rto_seconds if latest_drill else None,
-        backups=evidence, unreadable=broken_manifests + list(drills.unreadable),
+        backups=evidence, unreadable=broken_manifests + unreachable + list(drills.unreadable),
     )
 
 

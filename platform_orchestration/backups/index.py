@@ -41,6 +41,7 @@ from typing import Any
 from platform_orchestration.backups.catalog import (
     BackupListing,
     DrillListing,
+    UnreadableObject,
     read_backups,
     read_drills,
 )
@@ -172,6 +173,19 @@ def read_catalog(store: ObjectStore, database: str) -> CatalogView:
     _version, entries, state = _load(store, database, versioned=False)
     view, _listed = _view(store, database, entries, state)
     return view
+
+
+def read_catalog_or_report(store: ObjectStore, database: str) -> CatalogView:
+    """:func:`read_catalog`, but a store that cannot be listed (its cloud is down, the
+    credentials refused) is one unreadable entry for the database's prefix (``unreachable``)
+    instead of an exception: with one cloud down, the others still answer, and whoever judges
+    the database must still see them (as :func:`read_backups_or_report` for listings)."""
+    try:
+        return read_catalog(store, database)
+    except StoreError as exc:
+        down = UnreadableObject(store.name, backups_prefix(database), f"the store could not be listed: {exc}")
+        return CatalogView(backups=BackupListing(unreadable=(down,)), drills=DrillListing(), index="unreachable",
+                           read_directly=0)
 
 
 def _document(database: str, view: CatalogView, listed: list[ObjectInfo]) -> bytes:

@@ -17,17 +17,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from platform_orchestration.backups.catalog import (
-    StoredBackup,
-    UnreadableObject,
-    drill_history,
-    read_backups_or_report,
-)
+from platform_orchestration.backups.catalog import StoredBackup, UnreadableObject, merge_drills
 from platform_orchestration.backups.compliance import DatabaseCompliance
+from platform_orchestration.backups.index import read_catalog_or_report
 from platform_orchestration.backups.manifest import DrillRecord
 from platform_orchestration.fleet.durations import format_duration
 from platform_orchestration.fleet.model import Policy
-from platform_orchestration.storage import ObjectStore, StoreError
+from platform_orchestration.storage import ObjectStore
 
 
 @dataclass(frozen=True)
@@ -201,11 +197,14 @@ def observe_recoverability(*, database: str, cluster: str, policy: Policy, store
     immutability_of = {f.name: f.immutability for f in facts}
     per_store: list[tuple[ObjectStore, tuple[StoredBackup, ...], int, str | None]] = []
     unreadable: list[UnreadableObject] = []
-    for store in stores:
-        listing = read_backups_or_report(store, database)
+    drill_listings = []
+    for store in stores:  # through the catalog index: 2 LIST + 1 GET per store when it is current
+        view = read_catalog_or_report(store, database)
+        listing = view.backups
         unreadable += listing.unreadable
         down = next((u.reason for u in listing.unreadable if u.unreachable), None)
         per_store.append((store, listing.backups, len(listing.unreadable), down))
+        drill_listings.append(view.drills)
     newest = [backups[-1] for _store, backups, _n, _down in per_store if backups]
     latest_stored = max(newest, key=lambda b: b.backup_id, default=None)
     latest = BackupFigures.of(latest_stored) if latest_stored else None
@@ -218,13 +217,9 @@ def observe_recoverability(*, database: str, cluster: str, policy: Policy, store
             age_seconds=(now - figures.snapshot_at).total_seconds() if figures else None,
             backups=len(backups), unreadable=broken, unreachable=down,
             immutability=immutability_of.get(store.name)))
-    try:
-        history = drill_history(stores, database)
-        drills = tuple(DrillFigures.of(r, cloud_of.get(r.source_store, "?")) for r in history.records)
-        unreadable += history.unreadable
-    except StoreError as exc:
-        drills = ()
-        unreadable.append(UnreadableObject("?", f"drills/{database}/", f"drill records could not be listed: {exc}"))
+    history = merge_drills(drill_listings)  # a store that is down adds none, the others still count
+    drills = tuple(DrillFigures.of(r, cloud_of.get(r.source_store, "?")) for r in history.records)
+    unreadable += history.unreadable
     return DatabaseRecoverability(
         database=database, cluster=cluster, policy=policy.name, now=now,
         rpo_target_seconds=policy.rpo.total_seconds(), rto_target_seconds=policy.drill.rto.total_seconds(),
