@@ -622,6 +622,35 @@ def test_a_login_outlives_its_default_ttl_while_renewed_up_to_its_roles_max_ttl(
     assert not any(t.name == "vault-lease-renewer" for t in threading.enumerate())
 
 
+def test_a_lease_that_cannot_be_renewed_is_retried_until_it_runs_out_then_left_alone(
+        vault_server: VaultServer, admin: hvac.Client, root_client: VaultClient, source_cluster: LocalCluster,
+        source_db: object, caplog: pytest.LogCaptureFixture) -> None:
+    """Vault refusing a renewal (here the lease was revoked behind our back) is logged and tried
+    again within the time left; once that is gone, the renewer says so and stops."""
+    import logging
+    import time
+
+    mount = unique("database-gone")
+    path = postgres_engine_role(vault_server, mount, source_cluster.port, "brief", [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+        default_ttl="2s", max_ttl="1m")
+    caplog.set_level(logging.WARNING, logger="platform_orchestration.secrets.vault")
+    credentials = VaultDatabaseCredentials(root_client)
+    login = credentials.login(path)
+    admin.sys.revoke_lease(login.lease.lease_id)
+    deadline = time.monotonic() + 10
+    while not any("ran out" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    messages = [r.getMessage() for r in caplog.records if login.lease.lease_id in r.getMessage()]
+    assert any("could not renew" in m and "trying again" in m for m in messages), messages
+    assert any("ran out while it could not be renewed" in m for m in messages), messages
+    while any(t.name == "vault-lease-renewer" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "vault-lease-renewer" for t in threading.enumerate())
+    assert credentials.outstanding == (login.lease,)  # still to be revoked (Vault answers that it is gone)
+    credentials.revoke_all()
+
+
 def test_backup_worker_policy_can_take_and_revoke_its_own_logins_only(
         admin: hvac.Client, vault_server: VaultServer, database_engine: DatabaseEngine,
         source_cluster: LocalCluster) -> None:

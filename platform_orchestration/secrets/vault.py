@@ -477,12 +477,18 @@ class VaultDatabaseCredentials:
             response = self.client.call(lambda session: session.adapter.put(
                 f"/v1/sys/leases/renew/{lease.lease_id}", json={"increment": lease.duration_seconds}))
             granted = float((response or {}).get("lease_duration") or 0) if isinstance(response, dict) else 0.0
-        except (VaultAuthError, hvac.exceptions.VaultError, requests.RequestException) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it is, this thread must go on renewing the others
             with self._lock:
                 if lease.lease_id in self._renew_at:
                     left = self._ends_at[lease.lease_id] - time.monotonic()
+                    if left <= 0:
+                        log.warning("database login lease %s ran out while it could not be renewed (%s): Vault has "
+                                    "dropped its user", lease.lease_id, failure_reason(exc, self.client))
+                        self._renew_at.pop(lease.lease_id, None)
+                        self._changed.notify_all()
+                        return
                     log.warning("could not renew database login lease %s (%.0fs left): %s; trying again",
-                                lease.lease_id, max(left, 0), failure_reason(exc, self.client))
+                                lease.lease_id, left, failure_reason(exc, self.client))
                     self._renew_at[lease.lease_id] = time.monotonic() + min(RENEW_RETRY_SECONDS, max(left / 2, 0.5))
             return
         with self._lock:
