@@ -578,9 +578,9 @@ def test_a_login_outlives_its_default_ttl_while_renewed_up_to_its_roles_max_ttl(
         vault_server: VaultServer, admin: hvac.Client, root_client: VaultClient, source_cluster: LocalCluster,
         source_db: object, caplog: pytest.LogCaptureFixture) -> None:
     """A backup longer than the role's default_ttl keeps its login: the lease is renewed while it
-    is outstanding. Three logins taken at once, then 9 s of work: renewed (default 4 s, max 1 min)
-    it is still there and still reads; not renewed, Vault dropped it at 4 s; renewed but capped
-    by a 6 s max_ttl, Vault dropped it too, and the renewer said so. Leaving leases() revokes the
+    is outstanding. Three logins taken at once, then 5.5 s of work: renewed (default 2 s, max
+    1 min) it is still there and still reads; not renewed, Vault dropped it at 2 s; renewed but
+    capped by a 3 s max_ttl, Vault dropped it too, and the renewer said so. Leaving leases() revokes the
     one left, and renewal stops with it."""
     import logging
     import time
@@ -588,7 +588,7 @@ def test_a_login_outlives_its_default_ttl_while_renewed_up_to_its_roles_max_ttl(
     mount = unique("database-renew")
     renewed_path = postgres_engine_role(vault_server, mount, source_cluster.port, "short", [
         "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-        'GRANT pg_read_all_data TO "{{name}}";'], default_ttl="4s", max_ttl="1m", more_roles={"capped": ("4s", "6s")})
+        'GRANT pg_read_all_data TO "{{name}}";'], default_ttl="2s", max_ttl="1m", more_roles={"capped": ("2s", "3s")})
     # The README's least-privilege policy (Vault's default policy grants renewal only with the
     # lease id in the body, at sys/leases/renew itself, not below it).
     token = token_with_policy(admin, "".join(
@@ -603,13 +603,13 @@ def test_a_login_outlives_its_default_ttl_while_renewed_up_to_its_roles_max_ttl(
         kept = renewing.login(renewed_path)
         capped = renewing.login(f"{mount}/creds/capped")
         dropped = unrenewed.login(renewed_path)
-        assert kept.lease.duration_seconds == 4 and kept.lease.renewable
-        time.sleep(9)
+        assert kept.lease.duration_seconds == 2 and kept.lease.renewable
+        time.sleep(5.5)
         assert role_exists(source_cluster, kept.username)
         with psycopg.connect(host="127.0.0.1", port=source_cluster.port, dbname="shop",
                              user=kept.username, password=kept.password) as conn:
             assert conn.execute("SELECT count(*) FROM public.customers").fetchone()[0] > 0
-        assert not role_exists(source_cluster, dropped.username)  # the control: expired at 4 s
+        assert not role_exists(source_cluster, dropped.username)  # the control: expired at 2 s
         assert not role_exists(source_cluster, capped.username)
         assert any(capped.lease.lease_id in r.getMessage() and "max_ttl" in r.getMessage() for r in caplog.records)
         assert not any(kept.lease.lease_id in r.getMessage() for r in caplog.records)

@@ -496,8 +496,9 @@ class VaultDatabaseCredentials:
                 return  # revoked meanwhile
             now = time.monotonic()
             self._ends_at[lease.lease_id] = now + granted
-            if granted < lease.duration_seconds * RENEW_AT_FRACTION:
-                # Vault grants no more than the role's max_ttl: renewing again cannot help.
+            if granted < lease.duration_seconds:
+                # Vault grants less than asked only up to the role's max_ttl: the lease's end is
+                # fixed from here, and renewing again could only be refused.
                 log.warning("database login lease %s ends in %.0fs, at its role's max_ttl: work still using it "
                             "then loses its login (raise the role's max_ttl above the longest step)",
                             lease.lease_id, granted)
