@@ -242,7 +242,8 @@ def test_a_store_that_is_down_fails_the_copies_finding_naming_it_and_the_others_
     assert "unreachable: backups (if any) in store s3-down: the store could not be listed" in copies.detail
     assert "missing from" not in copies.detail  # not said to lack a copy it may well hold
 
-    view = observe_recoverability(database=SOURCE_DB, cluster="test-cluster", policy=_policy(), stores=judged,
+    view = observe_recoverability(database=SOURCE_DB, cluster="test-cluster", policy=_policy([s.name for s in judged]),
+                                  stores=judged,
                                   facts=[StoreFacts(s.name, "local", "local") for s in judged], assessment=result,
                                   now=utcnow())
     by_store = {c.store: c for c in view.copies}
@@ -251,8 +252,8 @@ def test_a_store_that_is_down_fails_the_copies_finding_naming_it_and_the_others_
     assert [d.drill_id for d in view.drills] == [record.drill_id]  # still read from the stores that answer
 
 
-def _policy():
+def _policy(stores: list[str]):
     from platform_orchestration.fleet.model import Policy
 
-    return Policy.model_validate({"name": "gold", "rpo": "1h", "stores": ["a"], "drill": {"every": "7d", "rto": "10m"},
+    return Policy.model_validate({"name": "gold", "rpo": "1h", "stores": stores, "drill": {"every": "7d", "rto": "10m"},
                                   "retention": {"keep_last": 3}})

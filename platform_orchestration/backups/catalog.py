@@ -212,8 +212,12 @@ def read_backups_or_report(store: ObjectStore, database: str | None = None) -> B
     try:
         return read_backups(store, database)
     except StoreError as exc:
-        return BackupListing(unreadable=(UnreadableObject(store.name, backups_prefix(database),
-                                                          f"the store could not be listed: {exc}"),))
+        return BackupListing(unreadable=(store_unreachable(store, database, exc),))
+
+
+def store_unreachable(store: ObjectStore, database: str | None, exc: StoreError) -> UnreadableObject:
+    """The entry that stands for a store that could not be listed at all (``unreachable``)."""
+    return UnreadableObject(store.name, backups_prefix(database), f"the store could not be listed: {exc}")
 
 
 def list_backups(store: ObjectStore, database: str | None = None, *,

@@ -41,9 +41,9 @@ from typing import Any
 from platform_orchestration.backups.catalog import (
     BackupListing,
     DrillListing,
-    UnreadableObject,
     read_backups,
     read_drills,
+    store_unreachable,
 )
 from platform_orchestration.backups.manifest import backups_prefix, drills_prefix, is_manifest_key
 from platform_orchestration.errors import PlatformError
@@ -183,9 +183,8 @@ def read_catalog_or_report(store: ObjectStore, database: str) -> CatalogView:
     try:
         return read_catalog(store, database)
     except StoreError as exc:
-        down = UnreadableObject(store.name, backups_prefix(database), f"the store could not be listed: {exc}")
-        return CatalogView(backups=BackupListing(unreadable=(down,)), drills=DrillListing(), index="unreachable",
-                           read_directly=0)
+        return CatalogView(backups=BackupListing(unreadable=(store_unreachable(store, database, exc),)),
+                           drills=DrillListing(), index="unreachable", read_directly=0)
 
 
 def _document(database: str, view: CatalogView, listed: list[ObjectInfo]) -> bytes:

@@ -232,7 +232,7 @@ def k8s_op_tags(step: str) -> dict[str, str]:
 
 def per_step_k8s_config(database: Database) -> dict[str, dict[str, Any]]:
     """The k8s executor's ``per_step_k8s_config`` for a run of ``database``: its sized steps."""
-    return {step: dagster_k8s_config(step_resources(step, database)) for step in SIZED_STEPS}
+    return sized_steps_k8s_config([database])
 
 
 def per_cluster_step_k8s_config(fleet: Fleet, cluster: str) -> dict[str, dict[str, Any]]:
@@ -249,9 +249,9 @@ def largest_dump(databases: Iterable[Database]) -> int:
 
 
 def sized_steps_k8s_config(databases: Iterable[Database]) -> dict[str, dict[str, Any]]:
-    """``dagster-k8s/config`` of each step of ``SIZED_STEPS`` for a run that handles all of
-    ``databases`` one after another in pods of the same op (a batched run: the k8s executor
-    sizes per op, not per mapped step), so sized for the largest of them."""
+    """``dagster-k8s/config`` of each step of ``SIZED_STEPS`` for a run of ``databases``: one
+    database's run, or a batched run, whose pods of one op serve every database of the batch (the
+    k8s executor sizes per op, not per mapped step), so sized for the largest of them."""
     raw = largest_dump(databases)
     return {step: dagster_k8s_config(step_resources(step, raw_dump_size=raw)) for step in SIZED_STEPS}
 
